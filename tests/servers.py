@@ -1,0 +1,77 @@
+"""Real processes for tests: the worker under gunicorn, started on a free loopback port."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+ROLE_INJECTOR = Path(sys.executable).parent / "role-injector"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class WorkerProcess:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before {url} answered")
+        try:
+            requests.get(url, timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@contextmanager
+def run_worker(
+    roles_dir: Path,
+    log_dir: Path,
+    env: Mapping[str, str] | None = None,
+    workers: int = 2,
+) -> Iterator[WorkerProcess]:
+    """Start `role-injector serve` (gunicorn) and stop it afterwards."""
+    port = free_port()
+    log_path = log_dir / f"worker-{port}.log"
+    full_env = {**os.environ, **(env or {})}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(ROLE_INJECTOR), "serve", "--host", "127.0.0.1", "--port", str(port),
+             "--roles", str(roles_dir), "--workers", str(workers)],
+            stdout=log, stderr=subprocess.STDOUT, env=full_env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for_http(url + "/healthz", process=process)
+        yield WorkerProcess(url=url, process=process, log_path=log_path)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

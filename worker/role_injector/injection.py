@@ -1,0 +1,137 @@
+"""One injection: resolve a role, choose its budget from the context, fit it and render the prompt."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from role_injector.errors import RoleInjectorError
+from role_injector.fitting import DEFAULT_CACHE, Fit, SectionCache, fit_budget
+from role_injector.formats import Message, neutralise, render
+from role_injector.profiles import ModelProfile, Profiles
+from role_injector.roles import Role, resolve_variables
+from role_injector.store import RoleSet
+from role_injector.tokens import load_tokenizer
+
+# When the context, not the caller, sets the budget, it shrinks in steps of this many tokens, so
+# the system prompt stays byte-identical across the turns of a growing conversation and the model
+# server's prompt cache keeps reusing it.
+BUDGET_STEP = 512
+
+
+class RoleNotFound(RoleInjectorError):
+    code = "role_not_found"
+
+
+class ContextOverflow(RoleInjectorError):
+    code = "context_overflow"
+
+
+@dataclass(frozen=True)
+class InjectRequest:
+    role: str
+    turns: Sequence[Message] = ()
+    variables: Mapping[str, str] = field(default_factory=dict)
+    model: str | None = None
+    budget: int | None = None
+    context_window: int | None = None
+    reserve_output: int | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class Usage:
+    tokenizer: str
+    exact: bool
+    system_tokens: int
+    system_tokens_full: int
+    budget: int
+    messages_tokens: int  # the prompt without the system text: turns plus the format's frame
+    prompt_tokens: int
+    context_window: int
+    reserve_output: int
+    num_ctx: int
+
+
+@dataclass(frozen=True)
+class Injection:
+    role: Role
+    model: str | None
+    profile: ModelProfile
+    format: str
+    turns: tuple[Message, ...]
+    prompt: str
+    fit: Fit
+    usage: Usage
+
+    @property
+    def system(self) -> str:
+        return self.fit.system
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.role.params)
+
+
+def find_role(roles: RoleSet, name: str) -> Role:
+    role = roles.roles.get(name)
+    if role is None:
+        suggestions = difflib.get_close_matches(name, list(roles.roles), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+        raise RoleNotFound(f"role {name!r} not found{hint}", details={"role": name, "suggestions": suggestions})
+    return role
+
+
+def step_down(tokens: int) -> int:
+    return tokens - tokens % BUDGET_STEP if tokens >= BUDGET_STEP else tokens
+
+
+def inject(
+    roles: RoleSet,
+    profiles: Profiles,
+    request: InjectRequest,
+    cache: SectionCache = DEFAULT_CACHE,
+) -> Injection:
+    role = find_role(roles, request.role)
+    model = request.model or role.model
+    profile = profiles.for_model(model)
+    format_name = request.format or profile.format
+    tokenizer = load_tokenizer(profile.tokenizer)
+    values = resolve_variables(role, request.variables)
+    turns = tuple(Message(m.role, neutralise(m.content)) for m in request.turns)
+
+    context_window = request.context_window or profile.context_window
+    reserve_output = profile.reserve_output if request.reserve_output is None else request.reserve_output
+    messages_tokens = tokenizer.count_prompt(render(format_name, "", turns))
+    available = profile.usable_window(context_window) - reserve_output - messages_tokens
+    if available < 0:
+        raise ContextOverflow(
+            f"the messages need {messages_tokens} tokens and the answer {reserve_output}, "
+            f"more than the context window of {context_window} tokens"
+            + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})"),
+            details={
+                "messages_tokens": messages_tokens,
+                "reserve_output": reserve_output,
+                "context_window": context_window,
+            },
+        )
+    explicit = request.budget if request.budget is not None else role.budget
+    budget = explicit if explicit is not None and explicit <= available else step_down(available)
+
+    fit = fit_budget(role, values, budget, tokenizer, cache)
+    prompt = render(format_name, fit.system, turns)
+    usage = Usage(
+        tokenizer=tokenizer.name,
+        exact=profile.exact,
+        system_tokens=fit.tokens,
+        system_tokens_full=fit.full_tokens,
+        budget=budget,
+        messages_tokens=messages_tokens,
+        prompt_tokens=tokenizer.count_prompt(prompt),
+        context_window=context_window,
+        reserve_output=reserve_output,
+        num_ctx=context_window,
+    )
+    return Injection(role, model, profile, format_name, turns, prompt, fit, usage)

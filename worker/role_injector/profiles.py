@@ -1,0 +1,162 @@
+"""Model profiles (tokenizer, chat format, context window) and virtual models (base model + role)."""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from role_injector.errors import RoleInjectorError
+from role_injector.formats import FORMATS
+from role_injector.roles import NAME_PATTERN
+from role_injector.tokens import VOCABULARIES
+
+
+class ProfileError(RoleInjectorError):
+    code = "invalid_profiles"
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    match: str
+    tokenizer: str
+    format: str
+    context_window: int
+    reserve_output: int
+    exact: bool
+    margin: float
+
+    def usable_window(self, context_window: int) -> int:
+        """The window in this tokenizer's counts, with room for what an estimate may miss."""
+        return math.floor(context_window / self.margin)
+
+
+@dataclass(frozen=True)
+class VirtualModel:
+    name: str
+    base: str
+    role: str
+    budget: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    models: tuple[ModelProfile, ...]
+    virtual_models: Mapping[str, VirtualModel]
+
+    def for_model(self, model: str | None) -> ModelProfile:
+        names = [(model or "").lower()]
+        if "/" in names[0]:
+            names.append(names[0].rsplit("/", 1)[1])
+        for profile in self.models:
+            if any(fnmatch.fnmatchcase(name, profile.match) for name in names):
+                return profile
+        return self.models[-1]
+
+    def virtual_model(self, name: str) -> VirtualModel | None:
+        """A declared virtual model, or the ad-hoc form `base@role`."""
+        if name in self.virtual_models:
+            return self.virtual_models[name]
+        base, at, role = name.rpartition("@")
+        if at and base and NAME_PATTERN.fullmatch(role):
+            return VirtualModel(name=name, base=base, role=role)
+        return None
+
+
+def _positive_int(where: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ProfileError(f"{where} must be a positive whole number, not {value!r}")
+    return value
+
+
+def _parse_model(where: str, raw: Any) -> ModelProfile:
+    if not isinstance(raw, dict) or not isinstance(raw.get("match"), str):
+        raise ProfileError(f"{where} must be a mapping with a 'match' pattern")
+    unknown = set(raw) - {"match", "tokenizer", "format", "context_window", "reserve_output", "exact", "margin"}
+    if unknown:
+        raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+    tokenizer = raw.get("tokenizer", "cl100k_base")
+    if tokenizer not in VOCABULARIES:
+        raise ProfileError(f"{where}: tokenizer must be one of {', '.join(VOCABULARIES)}")
+    format_name = raw.get("format", "chatml")
+    if format_name not in FORMATS:
+        raise ProfileError(f"{where}: format must be one of {', '.join(FORMATS)}")
+    exact = raw.get("exact", tokenizer == "qwen")
+    if not isinstance(exact, bool):
+        raise ProfileError(f"{where}: exact must be true or false")
+    margin = raw.get("margin", 1.0 if exact else 1.25)
+    if isinstance(margin, bool) or not isinstance(margin, int | float) or not 1.0 <= margin <= 4.0:
+        raise ProfileError(f"{where}: margin must be a number from 1 to 4")
+    context_window = _positive_int(f"{where}: context_window", raw.get("context_window", 8192))
+    reserve_output = raw.get("reserve_output", 1024)
+    if isinstance(reserve_output, bool) or not isinstance(reserve_output, int) or reserve_output < 0:
+        raise ProfileError(f"{where}: reserve_output must be a whole number ≥ 0")
+    return ModelProfile(
+        match=raw["match"].lower(),
+        tokenizer=tokenizer,
+        format=format_name,
+        context_window=context_window,
+        reserve_output=reserve_output,
+        exact=exact,
+        margin=float(margin),
+    )
+
+
+def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
+    where = f"virtual model {name!r}"
+    if not isinstance(name, str) or not name or "@" in name:
+        raise ProfileError(f"{where}: the name must be a non-empty string without '@'")
+    if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not isinstance(raw.get("role"), str):
+        raise ProfileError(f"{where} needs 'base' (a model) and 'role' (a role name)")
+    unknown = set(raw) - {"base", "role", "budget", "params"}
+    if unknown:
+        raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
+    params = raw.get("params") or {}
+    if not isinstance(params, dict):
+        raise ProfileError(f"{where}: params must be a mapping of model options")
+    budget = raw.get("budget")
+    return VirtualModel(
+        name=name,
+        base=raw["base"],
+        role=raw["role"],
+        budget=None if budget is None else _positive_int(f"{where}: budget", budget),
+        params=params,
+    )
+
+
+def parse_profiles(text: str, source: str) -> tuple[list[ModelProfile], dict[str, VirtualModel]]:
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ProfileError(f"{source} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict) or set(raw) - {"models", "virtual_models"}:
+        raise ProfileError(f"{source} must be a mapping with 'models' and/or 'virtual_models'")
+    models_raw = raw.get("models") or []
+    virtual_raw = raw.get("virtual_models") or {}
+    if not isinstance(models_raw, list) or not isinstance(virtual_raw, dict):
+        raise ProfileError(f"{source}: 'models' must be a list and 'virtual_models' a mapping")
+    models = [_parse_model(f"{source} models[{i}]", item) for i, item in enumerate(models_raw)]
+    virtual = {str(name): _parse_virtual(name, item) for name, item in virtual_raw.items()}
+    return models, virtual
+
+
+def load_profiles(path: str | Path | None = None) -> Profiles:
+    """Defaults, with the entries of `path` (if given) taking precedence."""
+    defaults = resources.files("role_injector").joinpath("default_models.yaml").read_text("utf-8")
+    models, virtual = parse_profiles(defaults, "default_models.yaml")
+    if path:
+        try:
+            text = Path(path).read_text("utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ProfileError(f"cannot read model profiles {path}: {exc}") from None
+        user_models, user_virtual = parse_profiles(text, str(path))
+        models = user_models + models
+        virtual = {**virtual, **user_virtual}
+    return Profiles(models=tuple(models), virtual_models=virtual)

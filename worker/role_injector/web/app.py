@@ -1,0 +1,111 @@
+"""The Flask app factory: settings, role store and profiles on the app; errors as JSON."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from role_injector.errors import RoleInjectorError
+from role_injector.profiles import load_profiles
+from role_injector.store import RoleStore
+from role_injector.web import metrics
+from role_injector.web.settings import Settings
+
+STATUS = {
+    "invalid_request": 400,
+    "unauthorized": 401,
+    "not_found": 404,
+    "role_not_found": 404,
+    "method_not_allowed": 405,
+    "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "missing_variable": 422,
+    "budget_too_small": 422,
+    "context_overflow": 422,
+}
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
+PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API and the Ollama-compatible proxy
+
+log = logging.getLogger("role_injector.requests")
+
+
+def error_response(
+    code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
+) -> Response:
+    body = {"error": {"code": code, "message": message, "details": details or {}}}
+    response = Response(json.dumps(body, ensure_ascii=False), status or STATUS.get(code, 500),
+                        mimetype="application/json")
+    if code == "unauthorized":
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def authorised(api_key: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    given = header[7:] if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "")
+    return hmac.compare_digest(given.encode(), api_key.encode())
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    app.json.ensure_ascii = False  # type: ignore[attr-defined]
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["role_injector"] = {
+        "settings": settings,
+        "store": RoleStore(settings.roles_dir, max_file_bytes=settings.max_role_bytes,
+                           check_interval=settings.reload_interval),
+        "profiles": load_profiles(settings.models_file),
+    }
+
+    from role_injector.web.ollama import ollama
+    from role_injector.web.rest import rest
+
+    app.register_blueprint(rest)
+    app.register_blueprint(ollama)
+
+    @app.before_request
+    def check_key() -> Response | None:
+        g.started = time.perf_counter()
+        g.log = {}
+        if settings.api_key and request.path.startswith(PROTECTED_PREFIXES) and not authorised(settings.api_key):
+            return error_response("unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'")
+        return None
+
+    @app.errorhandler(RoleInjectorError)
+    def library_error(exc: RoleInjectorError) -> Response:
+        return error_response(exc.code, exc.message, exc.details)
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        code = HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+        message = {
+            404: f"no such endpoint: {request.method} {request.path}",
+            413: f"the body is larger than {settings.max_body_bytes} bytes",
+        }.get(status, exc.description or exc.name)
+        return error_response(code, message, status=status)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> Response:
+        app.logger.exception("unexpected error")
+        return error_response("internal_error", "internal error; see the worker's log", status=500)
+
+    @app.after_request
+    def record(response: Response) -> Response:
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        entry = {"route": route, "method": request.method, "status": response.status_code,
+                 "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
+        entry.update(g.get("log", {}))
+        log.info(json.dumps(entry, ensure_ascii=False))
+        return response
+
+    return app

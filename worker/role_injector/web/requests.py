@@ -1,0 +1,135 @@
+"""Checks of request bodies: every wrong shape becomes a 400 that names the field."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from role_injector.errors import RoleInjectorError
+from role_injector.formats import FORMATS, Message
+from role_injector.injection import InjectRequest
+from role_injector.roles import NAME_PATTERN
+
+MAX_TOKENS = 10_000_000
+MAX_MESSAGES = 10_000
+INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
+                 "reserve_output", "format"}
+
+
+def invalid(message: str, **details: Any) -> RoleInjectorError:
+    return RoleInjectorError(message, code="invalid_request", details=details)
+
+
+def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:
+    if (content_type or "").split(";")[0].strip().lower() != "application/json":
+        raise RoleInjectorError(
+            "send the body as JSON with 'Content-Type: application/json'",
+            code="unsupported_media_type",
+            details={"content_type": content_type},
+        )
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise invalid("the body is not valid JSON (or is nested too deeply)") from None
+    if not isinstance(body, dict):
+        raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def check_role_name(name: Any, field: str = "role") -> str:
+    if not isinstance(name, str) or not name:
+        raise invalid(f"'{field}' must be a non-empty string", field=field)
+    if not NAME_PATTERN.fullmatch(name):
+        raise invalid(
+            f"'{field}' must be a role name: lower-case letters, digits, '.', '_', '-', at most 64 characters",
+            field=field,
+        )
+    return name
+
+
+def _integer(body: Mapping[str, Any], field: str, minimum: int) -> int | None:
+    value = body.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid(f"'{field}' must be a whole number of tokens", field=field)
+    if not minimum <= value <= MAX_TOKENS:
+        raise invalid(f"'{field}' must be from {minimum} to {MAX_TOKENS}", field=field)
+    return value
+
+
+def _string(body: Mapping[str, Any], field: str) -> str | None:
+    value = body.get(field)
+    if value is not None and not isinstance(value, str):
+        raise invalid(f"'{field}' must be a string", field=field)
+    return value
+
+
+def parse_messages(value: Any) -> tuple[Message, ...]:
+    if not isinstance(value, list):
+        raise invalid("'messages' must be a list of {role, content} objects", field="messages")
+    if len(value) > MAX_MESSAGES:
+        raise invalid(f"'messages' has more than {MAX_MESSAGES} entries", field="messages")
+    turns = []
+    for i, item in enumerate(value):
+        where = f"messages[{i}]"
+        if not isinstance(item, dict):
+            raise invalid(f"{where} must be an object with 'role' and 'content'", field=where)
+        role, content = item.get("role"), item.get("content")
+        if role == "system":
+            raise invalid(
+                f"{where} is a system message: the role provides the system message; "
+                "pass extra instructions as a variable or a user message",
+                field=where,
+            )
+        if role not in ("user", "assistant"):
+            raise invalid(f"{where}.role must be 'user' or 'assistant', not {role!r}", field=where)
+        if not isinstance(content, str):
+            raise invalid(f"{where}.content must be a string", field=where)
+        turns.append(Message(role, content))
+    return tuple(turns)
+
+
+def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
+    unknown = sorted(set(body) - INJECT_FIELDS)
+    if unknown:
+        raise invalid(
+            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(INJECT_FIELDS))}",
+            unknown=unknown,
+        )
+    role = check_role_name(body.get("role"))
+    if body.get("messages") is not None and body.get("prompt") is not None:
+        raise invalid("send either 'messages' or 'prompt', not both")
+    turns: tuple[Message, ...] = ()
+    if body.get("messages") is not None:
+        turns = parse_messages(body["messages"])
+    prompt = _string(body, "prompt")
+    if prompt is not None:
+        turns = (Message("user", prompt),)
+    variables = body.get("variables") or {}
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise invalid("'variables' must be an object whose values are strings", field="variables")
+    format_name = _string(body, "format")
+    if format_name is not None and format_name not in FORMATS:
+        raise invalid(f"'format' must be one of {', '.join(FORMATS)}", field="format")
+    return InjectRequest(
+        role=role,
+        turns=turns,
+        variables=variables,
+        model=_string(body, "model"),
+        budget=_integer(body, "budget", 1),
+        context_window=_integer(body, "context_window", 1),
+        reserve_output=_integer(body, "reserve_output", 0),
+        format=format_name,
+    )
+
+
+def parse_count(body: Mapping[str, Any]) -> tuple[str, str | None]:
+    unknown = sorted(set(body) - {"text", "model"})
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(unknown)}; allowed: model, text", unknown=unknown)
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise invalid("'text' must be a string", field="text")
+    return text, _string(body, "model")

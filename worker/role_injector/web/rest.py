@@ -1,0 +1,148 @@
+"""REST API v1: /healthz, /v1/roles, /v1/inject, /v1/count, /openapi.json, /metrics."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+import yaml
+from flask import Blueprint, Response, current_app, g, request
+
+from role_injector.errors import RoleInjectorError
+from role_injector.fitting import DEFAULT_CACHE
+from role_injector.injection import Injection, find_role, inject
+from role_injector.profiles import Profiles
+from role_injector.roles import Role
+from role_injector.store import RoleSet, RoleStore
+from role_injector.tokens import load_tokenizer
+from role_injector.web import metrics
+from role_injector.web.requests import check_role_name, parse_count, parse_inject, parse_json_object
+
+rest = Blueprint("rest", __name__)
+OPENAPI = yaml.safe_load(resources.files("role_injector.web").joinpath("openapi.yaml").read_text("utf-8"))
+
+
+def roles() -> RoleSet:
+    store: RoleStore = current_app.extensions["role_injector"]["store"]
+    return store.current()
+
+
+def profiles() -> Profiles:
+    return current_app.extensions["role_injector"]["profiles"]
+
+
+def json_body() -> dict[str, Any]:
+    return parse_json_object(request.get_data(cache=False), request.content_type)
+
+
+def role_tokens(role: Role) -> int:
+    tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
+    return DEFAULT_CACHE.count((role.version, "content"), role.content, tokenizer)
+
+
+def role_summary(role: Role) -> dict[str, Any]:
+    return {
+        "name": role.name,
+        "description": role.description,
+        "version": role.version,
+        "tags": list(role.tags),
+        "variables": [
+            {"name": v.name, "required": v.required, "default": v.default, "description": v.description}
+            for v in role.variables.values()
+        ],
+        "tokens": role_tokens(role),
+        "model": role.model,
+        "budget": role.budget,
+        "extends": role.extends,
+    }
+
+
+def injection_json(result: Injection) -> dict[str, Any]:
+    return {
+        "role": {"name": result.role.name, "version": result.role.version},
+        "system": result.system,
+        "messages": [{"role": "system", "content": result.system}]
+        + [{"role": m.role, "content": m.content} for m in result.turns],
+        "prompt": result.prompt,
+        "format": result.format,
+        "model": result.model,
+        "params": result.params,
+        "usage": asdict(result.usage),
+        "trim": {
+            "trimmed": result.fit.trimmed,
+            "kept": list(result.fit.kept),
+            "truncated": list(result.fit.truncated),
+            "dropped": list(result.fit.dropped),
+        },
+    }
+
+
+@rest.get("/healthz")
+def healthz() -> dict[str, Any]:
+    return {"status": "ok", "roles": len(roles().roles)}
+
+
+@rest.get("/v1/roles")
+def list_roles() -> dict[str, Any]:
+    snapshot = roles()
+    return {
+        "roles": [role_summary(role) for _, role in sorted(snapshot.roles.items())],
+        "errors": [{"file": e.file, "message": e.message} for e in snapshot.errors],
+    }
+
+
+@rest.get("/v1/roles/<path:name>")
+def get_role(name: str) -> dict[str, Any]:
+    role = find_role(roles(), check_role_name(name, "name"))
+    tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
+    sections = [
+        {
+            "title": section.title,
+            "priority": section.priority,
+            "required": section.required,
+            "tokens": DEFAULT_CACHE.count((role.version, "section", i), section.text, tokenizer),
+        }
+        for i, section in enumerate(role.sections)
+    ]
+    return {**role_summary(role), "params": dict(role.params), "sections": sections, "content": role.content}
+
+
+@rest.post("/v1/inject")
+def inject_role() -> dict[str, Any]:
+    request_ = parse_inject(json_body())
+    g.log["role"] = request_.role
+    started = time.perf_counter()
+    try:
+        result = inject(roles(), profiles(), request_)
+    except RoleInjectorError as exc:
+        if exc.code in {"budget_too_small", "context_overflow"}:
+            metrics.BUDGET_ERRORS.labels(request_.role, exc.code).inc()
+        raise
+    metrics.INJECT_SECONDS.observe(time.perf_counter() - started)
+    if result.fit.trimmed:
+        metrics.TRIMS.labels(result.role.name).inc()
+    g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
+                 trimmed=result.fit.trimmed)
+    if current_app.extensions["role_injector"]["settings"].log_prompts:
+        g.log["prompt"] = result.prompt
+    return injection_json(result)
+
+
+@rest.post("/v1/count")
+def count() -> dict[str, Any]:
+    text, model = parse_count(json_body())
+    profile = profiles().for_model(model)
+    return {"tokens": load_tokenizer(profile.tokenizer).count(text), "tokenizer": profile.tokenizer,
+            "exact": profile.exact}
+
+
+@rest.get("/openapi.json")
+def openapi() -> dict[str, Any]:
+    return OPENAPI
+
+
+@rest.get("/metrics")
+def prometheus() -> Response:
+    return Response(metrics.render_metrics(), mimetype="text/plain; version=0.0.4")

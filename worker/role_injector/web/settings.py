@@ -1,0 +1,52 @@
+"""Configuration of the HTTP app, from the environment variables DESIGN.md names."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from role_injector.errors import RoleInjectorError
+
+
+@dataclass(frozen=True)
+class Settings:
+    roles_dir: str = "./roles"
+    api_key: str | None = None
+    ollama_url: str = "http://localhost:11434"
+    models_file: str | None = None
+    max_body_bytes: int = 1024 * 1024
+    max_role_bytes: int = 2 * 1024 * 1024
+    reload_interval: float = 0.5
+    upstream_timeout: float = 300.0
+    log_prompts: bool = False
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        env = os.environ if env is None else env
+
+        def number(name: str, default: float, kind: type = int) -> float:
+            raw = env.get(name)
+            if raw is None or raw == "":
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise RoleInjectorError(f"{name} must be a number, not {raw!r}", code="invalid_config") from None
+            if value <= 0:
+                raise RoleInjectorError(f"{name} must be positive", code="invalid_config")
+            return value
+
+        values: dict[str, object] = {
+            "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,
+            "api_key": env.get("ROLE_INJECTOR_API_KEY") or None,
+            "ollama_url": (env.get("ROLE_INJECTOR_OLLAMA_URL") or cls.ollama_url).rstrip("/"),
+            "models_file": env.get("ROLE_INJECTOR_MODELS") or None,
+            "max_body_bytes": number("ROLE_INJECTOR_MAX_BODY_BYTES", cls.max_body_bytes),
+            "max_role_bytes": number("ROLE_INJECTOR_MAX_ROLE_BYTES", cls.max_role_bytes),
+            "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
+            "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
+            "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},
+        }
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
