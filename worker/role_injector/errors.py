@@ -10,7 +10,7 @@ class RoleInjectorError(Exception):
 
     code = "invalid_request"
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None):
+    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
         if code is not None:
