@@ -17,7 +17,7 @@ run: $(STAMP)
 	$(BIN)/role-injector serve --host 127.0.0.1 --port 8000 --roles roles
 
 lint: $(STAMP)
-	$(BIN)/ruff check worker tests bench
+	$(BIN)/ruff check
 	$(BIN)/role-injector lint roles
 
 test-worker: $(STAMP)

@@ -19,8 +19,9 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 
 from role_injector.errors import RoleInjectorError
 from role_injector.formats import neutralise
@@ -37,25 +38,45 @@ class BudgetTooSmall(RoleInjectorError):
 
 @dataclass(frozen=True)
 class MeasuredSection:
-    """A section's final text with its exact token count and estimated counts of its cut prefixes."""
+    """A section's final text with its exact token count; cut estimates are made when first needed."""
 
     index: int
     section: Section
     text: str
     tokens: int
-    cuts: tuple[int, ...]  # character offsets where the text may be cut, ascending
-    cut_tokens: tuple[int, ...]  # estimated tokens of text[:cut], non-decreasing
+    separator_tokens: int  # what a following separator adds: 0 where it merges into the last token
+    tokenizer: Tokenizer = field(repr=False, compare=False)
+
+    @cached_property
+    def cuts(self) -> tuple[int, ...]:
+        """Character offsets where the text may be cut, ascending."""
+        return tuple(cut_points(self.text, self.section.title is not None))
+
+    @cached_property
+    def cut_tokens(self) -> tuple[int, ...]:
+        """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
+        Only a section that is cut pays for this, once (DESIGN: a request encodes the cut section)."""
+        tokens = self.tokenizer.encode(self.text)
+        starts = list(itertools.accumulate(map(self.tokenizer.token_bytes.__getitem__, tokens), initial=0))
+        estimates = []
+        byte_offset, char_offset = 0, 0
+        for cut in self.cuts:
+            byte_offset += len(self.text[char_offset:cut].encode())
+            char_offset = cut
+            estimates.append(max(1, bisect.bisect_left(starts, byte_offset)))
+        return tuple(estimates)
 
 
 @dataclass(frozen=True)
 class Fit:
     system: str
     tokens: int  # exact count of `system`
-    full_tokens: int  # the whole role untrimmed (sum of section counts and separators)
+    full_tokens: int  # the whole role untrimmed (section counts and separators)
     budget: int
     kept: tuple[str, ...]
     truncated: tuple[str, ...]
     dropped: tuple[str, ...]
+    kept_chars: Mapping[int, int]  # section index -> characters kept, for kept and truncated sections
 
     @property
     def trimmed(self) -> bool:
@@ -68,40 +89,62 @@ def cut_points(text: str, has_heading: bool) -> list[int]:
     body_start = text.find("\n") + 1 if has_heading else 0
     if has_heading and body_start == 0:
         return []
-    paragraph_ends = []
+    paragraph_ends: list[int] = []
     in_fence = False
     offset = 0
+    last_text_end = 0  # end of the last line that had text
     for line in text.split("\n"):
         if FENCE.match(line):
             in_fence = not in_fence
+        if line.strip():
+            last_text_end = offset + len(line.rstrip())
+        elif not in_fence and last_text_end > body_start and (not paragraph_ends or last_text_end > paragraph_ends[-1]):
+            paragraph_ends.append(last_text_end)
         offset += len(line) + 1
-        if not in_fence and not line.strip() and offset > body_start + 1:
-            end = len(text[: offset - len(line) - 1].rstrip())
-            if end > body_start and (not paragraph_ends or end > paragraph_ends[-1]):
-                paragraph_ends.append(end)
     first_end = paragraph_ends[0] if paragraph_ends else len(text)
     first_paragraph = text[body_start:first_end]
     sentence_ends = []
     if not FENCE.search(first_paragraph) and "```" not in first_paragraph:
         sentence_ends = [body_start + m.end() for m in SENTENCE_END.finditer(first_paragraph)]
-    return sorted({c for c in sentence_ends + paragraph_ends if body_start < c < len(text.rstrip())})
+    end = len(text.rstrip())
+    return sorted({c for c in sentence_ends + paragraph_ends if body_start < c < end})
 
 
 def measure_section(index: int, section: Section, text: str, tokenizer: Tokenizer) -> MeasuredSection:
-    tokens = tokenizer.encode(text)
-    starts = list(itertools.accumulate((tokenizer.token_bytes[t] for t in tokens), initial=0))
-    cuts = cut_points(text, section.title is not None)
-    cut_tokens = []
-    byte_offset, char_offset = 0, 0
-    for cut in cuts:
-        byte_offset += len(text[char_offset:cut].encode())
-        char_offset = cut
-        cut_tokens.append(max(1, bisect.bisect_left(starts, byte_offset)))
-    return MeasuredSection(index, section, text, len(tokens), tuple(cuts), tuple(cut_tokens))
+    tail = text[-32:]
+    separator_tokens = tokenizer.count(tail + SEPARATOR) - tokenizer.count(tail)
+    return MeasuredSection(index, section, text, tokenizer.count(text), separator_tokens, tokenizer)
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    """What fitting a role needs under one tokenizer, computed once per role version."""
+
+    sections: tuple[MeasuredSection | None, ...]  # None where the section uses variables
+    dynamic: tuple[int, ...]  # indexes of sections that use variables
+    required: tuple[int, ...]  # document order
+    walk: tuple[int, ...]  # the other sections, in walk order
+    labels: tuple[str, ...]
+    static_full_tokens: int
+
+    @classmethod
+    def build(cls, role: Role, tokenizer: Tokenizer) -> RolePlan:
+        sections = tuple(
+            None if section.variables else measure_section(i, section, neutralise(section.text), tokenizer)
+            for i, section in enumerate(role.sections)
+        )
+        return cls(
+            sections=sections,
+            dynamic=tuple(i for i, m in enumerate(sections) if m is None),
+            required=tuple(i for i, s in enumerate(role.sections) if s.required),
+            walk=tuple(i for i in role.walk_order if not role.sections[i].required),
+            labels=tuple(s.label for s in role.sections),
+            static_full_tokens=sum(m.tokens + m.separator_tokens for m in sections if m is not None),
+        )
 
 
 class SectionCache:
-    """Bounded LRU of measured sections and required-part counts; safe across threads."""
+    """Bounded LRU of role plans, measured sections and counts; safe across threads."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
@@ -121,18 +164,14 @@ class SectionCache:
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
 
-    def static(self, role: Role, tokenizer: Tokenizer) -> tuple[MeasuredSection | None, ...]:
-        """Measured sections that use no variable (None for the others), once per version."""
-        key = (role.version, tokenizer.name, "static")
+    def plan(self, role: Role, tokenizer: Tokenizer) -> RolePlan:
+        key = (role.version, tokenizer.name, "plan")
         found = self._get(key)
-        if isinstance(found, tuple):
+        if isinstance(found, RolePlan):
             return found
-        measured = tuple(
-            None if section.variables else measure_section(i, section, neutralise(section.text), tokenizer)
-            for i, section in enumerate(role.sections)
-        )
-        self._put(key, measured)
-        return measured
+        plan = RolePlan.build(role, tokenizer)
+        self._put(key, plan)
+        return plan
 
     def measure(
         self, role: Role, index: int, values: Mapping[str, str], tokenizer: Tokenizer
@@ -143,8 +182,7 @@ class SectionCache:
         found = self._get(key)
         if isinstance(found, MeasuredSection):
             return found
-        text = neutralise(fill_variables(section.text, values))
-        measured = measure_section(index, section, text, tokenizer)
+        measured = measure_section(index, section, neutralise(fill_variables(section.text, values)), tokenizer)
         self._put(key, measured)
         return measured
 
@@ -169,12 +207,15 @@ def fit_budget(
     cache: SectionCache = DEFAULT_CACHE,
 ) -> Fit:
     """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report."""
-    measured = [
-        m if m is not None else cache.measure(role, i, values, tokenizer)
-        for i, m in enumerate(cache.static(role, tokenizer))
-    ]
-    required = [m for m in measured if m.section.required]
-    separator = cache.count("separator", SEPARATOR, tokenizer)
+    plan = cache.plan(role, tokenizer)
+    measured: Sequence[MeasuredSection | None] = plan.sections
+    full_tokens = plan.static_full_tokens
+    if plan.dynamic:
+        measured = list(measured)
+        for i in plan.dynamic:
+            m = measured[i] = cache.measure(role, i, values, tokenizer)
+            full_tokens += m.tokens + m.separator_tokens
+    required = [_present(measured[i]) for i in plan.required]
     required_text = SEPARATOR.join(m.text for m in required)
     used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
     if used > budget:
@@ -183,55 +224,53 @@ def fit_budget(
             details={"needed": used, "budget": budget, "required": [m.section.label for m in required]},
         )
 
-    walk = [measured[i] for i in role.walk_order if not role.sections[i].required]
-    kept_whole, cut, remaining, count = 0, -1, budget - used, len(required)
-    for m in walk:
-        joiner = separator if count else 0
+    kept: list[MeasuredSection] = []
+    partial: MeasuredSection | None = None
+    cut, remaining = -1, budget - used
+    for i in plan.walk:
+        m = _present(measured[i])
+        # Estimated cost of a piece: its tokens and the separator it brings. A cut piece ends at a
+        # sentence end, where the separator usually merges into the punctuation's token.
+        joiner = m.separator_tokens if required or kept else 0
         if m.tokens + joiner <= remaining:
             remaining -= m.tokens + joiner
-            kept_whole += 1
-            count += 1
+            kept.append(m)
             continue
-        cut = bisect.bisect_right(m.cut_tokens, remaining - joiner) - 1
+        partial, cut = m, bisect.bisect_right(m.cut_tokens, remaining) - 1
         break
 
     while True:
-        system = _assemble(measured, required, walk, kept_whole, cut)
+        pieces = {m.index: m.text for m in required}
+        pieces.update((m.index, m.text) for m in kept)
+        if partial is not None and cut >= 0:
+            pieces[partial.index] = partial.text[: partial.cuts[cut]]
+        system = SEPARATOR.join(pieces[i] for i in sorted(pieces))
         tokens = tokenizer.count(system)
         if tokens <= budget:
             break
         # Step back one candidate; required-only was verified above, so this ends.
-        if cut >= 0:
+        if partial is not None and cut >= 0:
             cut -= 1
         else:
-            kept_whole -= 1
-            cut = len(walk[kept_whole].cuts) - 1
+            partial = kept.pop()
+            cut = len(partial.cuts) - 1
 
-    truncated = walk[kept_whole] if cut >= 0 else None
-    whole = {m.index for m in required} | {m.index for m in walk[:kept_whole]}
+    truncated = partial.index if partial is not None and cut >= 0 else None
+    dropped_mask = bytearray(b"\x01") * len(plan.labels)
+    for i in pieces:
+        dropped_mask[i] = 0
     return Fit(
         system=system,
         tokens=tokens,
-        full_tokens=sum(m.tokens for m in measured) + separator * max(0, len(measured) - 1),
+        full_tokens=full_tokens - (measured[-1].separator_tokens if measured else 0),  # type: ignore[union-attr]
         budget=budget,
-        kept=tuple(m.section.label for m in measured if m.index in whole),
-        truncated=(truncated.section.label,) if truncated else (),
-        dropped=tuple(
-            m.section.label for m in measured if m.index not in whole and m is not truncated
-        ),
+        kept=tuple(plan.labels[i] for i in sorted(pieces) if i != truncated),
+        truncated=(plan.labels[truncated],) if truncated is not None else (),
+        dropped=tuple(itertools.compress(plan.labels, dropped_mask)),
+        kept_chars={i: len(text) for i, text in pieces.items()},
     )
 
 
-def _assemble(
-    measured: list[MeasuredSection],
-    required: list[MeasuredSection],
-    walk: list[MeasuredSection],
-    kept_whole: int,
-    cut: int,
-) -> str:
-    pieces = {m.index: m.text for m in required}
-    pieces.update((m.index, m.text) for m in walk[:kept_whole])
-    if cut >= 0:
-        m = walk[kept_whole]
-        pieces[m.index] = m.text[: m.cuts[cut]]
-    return SEPARATOR.join(pieces[i] for i in sorted(pieces))
+def _present(m: MeasuredSection | None) -> MeasuredSection:
+    assert m is not None  # every dynamic section was measured above
+    return m

@@ -27,6 +27,8 @@ CONTROL_TOKEN = re.compile(
 
 def neutralise(text: str) -> str:
     """Break every control token with a zero-width space after its first character."""
+    if "<" not in text and "[" not in text:  # most text: skip the regex scan
+        return text
     return CONTROL_TOKEN.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
 
 

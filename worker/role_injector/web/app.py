@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import os
 import time
 from typing import Any
 
@@ -55,6 +56,7 @@ def authorised(api_key: str) -> bool:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
+    app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.json.ensure_ascii = False  # type: ignore[attr-defined]
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -65,7 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         "profiles": load_profiles(settings.models_file),
     }
 
-    from role_injector.web.ollama import ollama
+    from role_injector.web.ollama import ollama, ollama_error
     from role_injector.web.rest import rest
 
     app.register_blueprint(rest)
@@ -76,7 +78,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         g.started = time.perf_counter()
         g.log = {}
         if settings.api_key and request.path.startswith(PROTECTED_PREFIXES) and not authorised(settings.api_key):
-            return error_response("unauthorized", "missing or wrong API key: send 'Authorization: Bearer <key>'")
+            message = "missing or wrong API key: send 'Authorization: Bearer <key>'"
+            if request.path.startswith("/api/"):  # Ollama clients read Ollama's error shape
+                return ollama_error(message, 401)
+            return error_response("unauthorized", message)
         return None
 
     @app.errorhandler(RoleInjectorError)
@@ -102,7 +107,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     def record(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
         metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
-        entry = {"route": route, "method": request.method, "status": response.status_code,
+        entry = {"route": route, "method": request.method, "status": response.status_code, "pid": os.getpid(),
                  "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
         entry.update(g.get("log", {}))
         log.info(json.dumps(entry, ensure_ascii=False))

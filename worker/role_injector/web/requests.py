@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +14,9 @@ from role_injector.roles import NAME_PATTERN
 
 MAX_TOKENS = 10_000_000
 MAX_MESSAGES = 10_000
+# A JSON escape of a UTF-16 surrogate (\ud800-\udfff); paired ones decode to one character, lone ones
+# become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
                  "reserve_output", "format"}
 
@@ -34,7 +38,26 @@ def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:
         raise invalid("the body is not valid JSON (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
+    if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(body):
+        raise invalid("the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
     return body
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def check_role_name(name: Any, field: str = "role") -> str:
@@ -107,7 +130,9 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
     prompt = _string(body, "prompt")
     if prompt is not None:
         turns = (Message("user", prompt),)
-    variables = body.get("variables") or {}
+    variables = body.get("variables")
+    if variables is None:
+        variables = {}
     if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
         raise invalid("'variables' must be an object whose values are strings", field="variables")
     format_name = _string(body, "format")

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 from flask import Blueprint, Response, current_app, g, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from role_injector.errors import RoleInjectorError
 from role_injector.fitting import DEFAULT_CACHE
@@ -34,7 +35,14 @@ def profiles() -> Profiles:
 
 
 def json_body() -> dict[str, Any]:
-    return parse_json_object(request.get_data(cache=False), request.content_type)
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    # A body without Content-Length (chunked) is cut at the limit by Werkzeug, silently: if the
+    # server's stream has more, the body was too large.
+    if request.content_length is None and limit is not None and len(data) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return parse_json_object(data, request.content_type)
 
 
 def role_tokens(role: Role) -> int:

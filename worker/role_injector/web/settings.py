@@ -16,6 +16,7 @@ class Settings:
     ollama_url: str = "http://localhost:11434"
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
+    max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
     max_role_bytes: int = 2 * 1024 * 1024
     reload_interval: float = 0.5
     upstream_timeout: float = 300.0
@@ -43,6 +44,7 @@ class Settings:
             "ollama_url": (env.get("ROLE_INJECTOR_OLLAMA_URL") or cls.ollama_url).rstrip("/"),
             "models_file": env.get("ROLE_INJECTOR_MODELS") or None,
             "max_body_bytes": number("ROLE_INJECTOR_MAX_BODY_BYTES", cls.max_body_bytes),
+            "max_proxy_body_bytes": number("ROLE_INJECTOR_MAX_PROXY_BODY_BYTES", cls.max_proxy_body_bytes),
             "max_role_bytes": number("ROLE_INJECTOR_MAX_ROLE_BYTES", cls.max_role_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),

@@ -1,0 +1,59 @@
+"""The command line: lint and render, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.worker.conftest import BUNDLED_ROLES, RoleWriter
+
+CLI = [str(Path(sys.executable).parent / "role-injector")]
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_lint_of_the_bundled_roles_is_clean() -> None:
+    result = run("lint", str(BUNDLED_ROLES))
+    assert result.returncode == 0, result.stdout + result.stderr
+    header, *rows = result.stdout.splitlines()
+    assert header.split() == ["role", "version", "sections", "tokens", "(qwen)", "tokens", "(cl100k_base)", "errors"]
+    names = {row.split()[0] for row in rows}
+    assert {"agi-engineer", "general-assistant", "manifest", "base-assistant"} <= names
+    manifest = next(row.split() for row in rows if row.startswith("manifest "))
+    assert int(manifest[3]) > 20_000 and manifest[-1] == "-"
+
+
+def test_lint_reports_broken_files_and_fails(write_role: RoleWriter, roles_dir: Path) -> None:
+    write_role("good", "Fine.")
+    write_role("bad", "Hello {{nobody}}.")
+    result = run("lint", str(roles_dir))
+    assert result.returncode == 1
+    assert "bad.md" in result.stdout and "undeclared variable(s) nobody" in result.stdout
+    assert any(line.startswith("good ") for line in result.stdout.splitlines())
+
+
+def test_render_prints_the_fitted_prompt_and_the_report() -> None:
+    result = run("render", "agi-engineer", "--roles", str(BUNDLED_ROLES), "--budget", "500",
+                 "--var", "user_name=Анна", "--model", "qwen3:8b")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Ты — инженер AGI.")
+    report = json.loads(result.stderr)
+    assert report["usage"]["system_tokens"] <= 500 and report["trim"]["trimmed"] is True
+    assert report["role"]["version"].startswith("sha256:")
+
+
+def test_render_with_a_prompt_prints_the_whole_formatted_prompt() -> None:
+    result = run("render", "general-assistant", "--roles", str(BUNDLED_ROLES), "--prompt", "Hi",
+                 "--format", "llama3", "--model", "llama3.2")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
+    assert result.stdout.rstrip("\n").endswith("<|start_header_id|>assistant<|end_header_id|>")
+
+
+def test_render_errors_are_clear() -> None:
+    result = run("render", "agi-engineer", "--roles", str(BUNDLED_ROLES))
+    assert result.returncode == 1 and "missing_variable" in result.stderr and "user_name" in result.stderr

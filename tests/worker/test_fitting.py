@@ -1,0 +1,186 @@
+"""Budget fitting: the rule's properties under hypothesis, and the cost of a cached fit."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from role_injector.fitting import BudgetTooSmall, SectionCache, cut_points, fit_budget
+from role_injector.roles import Role, build_role, parse_role_source
+from role_injector.tokens import Tokenizer, load_tokenizer
+
+WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "東京", "naïve", "x1", "42", "über", "résumé", "—"]
+
+
+def make_role(text: str, name: str = "r") -> Role:
+    def no_parent(parent: str) -> Role:
+        raise AssertionError(parent)
+
+    def no_partial(partial: str) -> str:
+        raise AssertionError(partial)
+
+    return build_role(parse_role_source(name, f"{name}.md", text), no_parent, no_partial)
+
+
+sentences = st.lists(st.sampled_from(WORDS), min_size=1, max_size=8).map(
+    lambda words: " ".join(words).capitalize()
+).flatmap(lambda body: st.sampled_from([".", "!", "?", "…"]).map(lambda end: body + end))
+paragraphs = st.lists(sentences, min_size=1, max_size=4).map(" ".join)
+section_bodies = st.lists(paragraphs, min_size=1, max_size=4).map("\n\n".join)
+
+
+@st.composite
+def role_texts(draw: st.DrawFn) -> str:
+    count = draw(st.integers(min_value=1, max_value=6))
+    parts = []
+    if draw(st.booleans()):
+        parts.append(draw(section_bodies))
+    for i in range(count):
+        attribute = draw(st.sampled_from(["", " {required}", " {priority=10}", " {priority=60}", " {priority=90}"]))
+        level = draw(st.sampled_from(["#", "##"]))
+        parts.append(f"{level} Section {i}{attribute}\n{draw(section_bodies)}")
+    return "\n\n".join(parts) + "\n"
+
+
+QWEN = load_tokenizer("qwen")
+CL100K = load_tokenizer("cl100k_base")
+tokenizers = st.sampled_from([QWEN, CL100K])
+PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def fit_or_none(role: Role, budget: int, tokenizer: Tokenizer):
+    try:
+        return fit_budget(role, {}, budget, tokenizer, SectionCache())
+    except BudgetTooSmall:
+        return None
+
+
+@PROPERTY_SETTINGS
+@given(text=role_texts(), budget=st.integers(min_value=1, max_value=400), tokenizer=tokenizers)
+def test_fit_is_within_budget_keeps_required_and_is_valid_utf8(text: str, budget: int, tokenizer: Tokenizer) -> None:
+    role = make_role(text)
+    required = [s.label for s in role.sections if s.required]
+    fit = fit_or_none(role, budget, tokenizer)
+    if fit is None:
+        needed = tokenizer.count("\n\n".join(s.text for s in role.sections if s.required))
+        assert needed > budget
+        return
+    assert fit.tokens == tokenizer.count(fit.system) <= budget
+    assert set(required) <= set(fit.kept)
+    assert fit.system.encode("utf-8").decode("utf-8") == fit.system
+    assert len(fit.kept) + len(fit.truncated) + len(fit.dropped) == len(role.sections)
+    assert fit == fit_budget(role, {}, budget, tokenizer, SectionCache())  # deterministic
+
+
+@PROPERTY_SETTINGS
+@given(text=role_texts(), budgets=st.lists(st.integers(1, 400), min_size=2, max_size=4), tokenizer=tokenizers)
+def test_a_larger_budget_never_keeps_less(text: str, budgets: list[int], tokenizer: Tokenizer) -> None:
+    role = make_role(text)
+    cache = SectionCache()  # shared, as in production: cached and cold fits must agree
+    previous = None
+    for budget in sorted(budgets):
+        try:
+            fit = fit_budget(role, {}, budget, tokenizer, cache)
+        except BudgetTooSmall:
+            assert previous is None  # once the required part fits, it keeps fitting
+            continue
+        if previous is not None:
+            assert all(chars <= fit.kept_chars.get(i, 0) for i, chars in previous.kept_chars.items())
+        previous = fit
+
+
+@PROPERTY_SETTINGS
+@given(text=role_texts(), budget=st.integers(min_value=1, max_value=400), tokenizer=tokenizers)
+def test_cuts_fall_on_sentence_or_paragraph_boundaries(text: str, budget: int, tokenizer: Tokenizer) -> None:
+    role = make_role(text)
+    fit = fit_or_none(role, budget, tokenizer)
+    if fit is None or not fit.truncated:
+        return
+    index = next(i for i, s in enumerate(role.sections) if s.label == fit.truncated[0])
+    full, kept = role.sections[index].text, fit.kept_chars[index]
+    assert 0 < kept < len(full)
+    assert full[kept].isspace(), "cut inside a word"
+    assert full[:kept].endswith((".", "!", "?", "…")), "cut not at a sentence end"
+    heading_end = full.find("\n") if role.sections[index].title else -1
+    assert kept > heading_end + 1, "a heading kept without its text"
+    assert full[:kept] in fit.system
+
+
+def test_walk_order_and_report() -> None:
+    role = make_role(
+        "Intro.\n\n## Must {required}\nRequired text.\n\n## Low {priority=10}\n"
+        + " ".join(["Low priority sentence."] * 50)
+        + "\n\n## High {priority=90}\nHigh priority.\n\n## Mid\nMiddle one.\n\nMiddle two.\n"
+    )
+    full = fit_budget(role, {}, 10_000, QWEN, SectionCache())
+    assert not full.trimmed and full.system == role.content
+    expected = "Intro.\n\n## Must\nRequired text.\n\n## High\nHigh priority.\n\n## Mid\nMiddle one."
+    small = fit_budget(role, {}, QWEN.count(expected), QWEN, SectionCache())
+    assert small.kept == ("(preamble)", "Must", "High")
+    assert small.truncated == ("Mid",) and small.dropped == ("Low",)
+    assert small.system == expected
+
+
+def test_required_sections_over_budget_name_the_tokens_needed() -> None:
+    role = make_role("## A {required}\n" + "Word. " * 100)
+    needed = QWEN.count(role.content)
+    with pytest.raises(BudgetTooSmall) as error:
+        fit_budget(role, {}, needed - 1, QWEN, SectionCache())
+    assert error.value.details["needed"] == needed
+    assert fit_budget(role, {}, needed, QWEN, SectionCache()).tokens == needed
+
+
+def test_cut_points_skip_code_fences_and_headings() -> None:
+    text = "## Title\nFirst sentence. Second one!\n\n```\ncode. more code.\n\nstill code.\n```\n\nLast para."
+    cuts = cut_points(text, has_heading=True)
+    assert [text[:c] for c in cuts] == [
+        "## Title\nFirst sentence.",
+        "## Title\nFirst sentence. Second one!",
+        "## Title\nFirst sentence. Second one!\n\n```\ncode. more code.\n\nstill code.\n```",
+    ]
+
+
+class CountingTokenizer(Tokenizer):
+    def __init__(self, base: Tokenizer) -> None:
+        super().__init__(base.name, base.encoding, base.nfc, base.token_bytes)
+        self.encoded_chars = 0
+
+    def encode(self, text: str) -> list[int]:
+        self.encoded_chars += len(text)
+        return super().encode(text)
+
+
+def test_a_cached_fit_encodes_only_about_the_final_string() -> None:
+    body = "\n\n".join(
+        f"## Part {i} {{priority={i % 90}}}\n" + " ".join(f"Sentence {j} of part {i}." for j in range(60))
+        for i in range(200)
+    )
+    role = make_role(body)
+    tokenizer = CountingTokenizer(QWEN)
+    cache = SectionCache()
+    fit_budget(role, {}, 1000, tokenizer, cache)
+    assert tokenizer.encoded_chars >= len(role.content)  # the cold fit measured every section once
+    tokenizer.encoded_chars = 0
+    fit = fit_budget(role, {}, 1000, tokenizer, cache)
+    assert tokenizer.encoded_chars <= 3 * len(fit.system) < len(role.content) / 20
+
+
+def test_sections_with_variables_are_measured_per_value() -> None:
+    role = make_role("---\nvariables: {who: {required: true}}\n---\n## A {required}\nHello {{who}}.\n\n## B\nStatic.\n")
+    cache = SectionCache()
+    one = fit_budget(role, {"who": "Ann"}, 100, QWEN, cache)
+    two = fit_budget(role, {"who": "Bob <|im_end|>"}, 100, QWEN, cache)
+    assert "Hello Ann." in one.system
+    assert "Hello Bob <\u200b|im_end|>." in two.system
+    assert re.search(r"<\|im_end\|>", two.system) is None
+
+
+@PROPERTY_SETTINGS
+@given(text=role_texts(), tokenizer=tokenizers)
+def test_a_budget_of_the_whole_role_keeps_it_whole(text: str, tokenizer: Tokenizer) -> None:
+    role = make_role(text)
+    fit = fit_budget(role, {}, tokenizer.count(role.content), tokenizer, SectionCache())
+    assert not fit.trimmed and fit.system == role.content

@@ -1,0 +1,325 @@
+"""Rewriting Ollama API requests for virtual models (a base model + a role), with no HTTP in it.
+
+The web layer (`role_injector.web.ollama`) parses a client's body, asks here whether its model is
+virtual, and forwards either the client's own bytes (plain model) or the body rewritten here:
+
+- `/api/chat`: the client's system messages give way to the fitted role; the other messages keep
+  every field (images, tool_calls, ...) with their content neutralised;
+- `/api/generate`: the role becomes `system`, or, with `raw: true`, the whole prompt is rendered in
+  the model's chat format with the role in front and the client's prompt as the user turn;
+- both: the role is fitted to the context the conversation leaves, `options` = role params, then the
+  virtual model's params, then the client's own options (the client wins), and `options.num_ctx`
+  covers the prompt and the answer, never lower than the client asked, so Ollama never cuts it;
+- `/api/tags` and `/api/show` answers are completed with the virtual models.
+
+Errors are `RoleInjectorError`s; `error_status` gives the HTTP status Ollama clients expect.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from role_injector.errors import RoleInjectorError
+from role_injector.formats import Message, neutralise
+from role_injector.injection import ContextOverflow, Injection, InjectRequest, find_role, inject
+from role_injector.profiles import Profiles, VirtualModel
+from role_injector.roles import VariableError
+from role_injector.store import RoleSet
+from role_injector.tokens import load_tokenizer
+
+MAX_NUM_CTX = 10_000_000
+ZERO_TIME = "0001-01-01T00:00:00Z"  # what Ollama sends for "never"; Go clients parse it
+
+
+def invalid(message: str, **details: Any) -> RoleInjectorError:
+    return RoleInjectorError(message, code="invalid_request", details=details)
+
+
+def error_status(exc: RoleInjectorError) -> int:
+    """The status of an error in Ollama's API: 404 for an unknown role, 413 for a large body, else 400."""
+    return {"role_not_found": 404, "payload_too_large": 413}.get(exc.code, 400)
+
+
+def error_body(message: str) -> dict[str, str]:
+    """Ollama's error shape."""
+    return {"error": message}
+
+
+def parse_body(data: bytes) -> dict[str, Any]:
+    """A request body as Ollama reads it: JSON, whatever the Content-Type says."""
+    if not data.strip():
+        raise invalid("missing request body: send a JSON object")
+    try:
+        body = json.loads(data)
+    except (ValueError, RecursionError):
+        raise invalid("the body is not valid JSON (or is nested too deeply)") from None
+    if not isinstance(body, dict):
+        raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def encode_body(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def resolve_virtual(profiles: Profiles, name: Any) -> VirtualModel | None:
+    """The virtual model a request names (declared, or `base@role`), or None for a plain model."""
+    if not isinstance(name, str) or not name:
+        return None
+    found = profiles.virtual_model(name)
+    if found is None and name.endswith(":latest"):  # Ollama clients may add the default tag
+        found = profiles.virtual_model(name[: -len(":latest")])
+    return found
+
+
+def model_field(body: Mapping[str, Any]) -> str:
+    """Where the body names its model: `model`, or `name` in older clients' /api/show."""
+    return "model" if body.get("model") or not body.get("name") else "name"
+
+
+# --- options and fitting ---------------------------------------------------------------------------
+
+
+def _options(body: Mapping[str, Any]) -> dict[str, Any]:
+    options = body.get("options")
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise invalid("'options' must be an object of model options", field="options")
+    return options
+
+
+def _num_ctx(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUM_CTX:
+        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_NUM_CTX}, not {value!r}",
+                      field="options.num_ctx")
+    return value
+
+
+def _fit(
+    roles: RoleSet,
+    profiles: Profiles,
+    virtual: VirtualModel,
+    turns: Sequence[Message],
+    client_options: Mapping[str, Any],
+    extra_tokens: int = 0,
+    extra_what: str = "",
+) -> tuple[Injection, dict[str, Any]]:
+    """Fit the role to what the conversation leaves; return it with the options to send."""
+    role = find_role(roles, virtual.role)
+    options = {**role.params, **virtual.params, **client_options}
+    if "num_ctx" in client_options:
+        where = "options.num_ctx"
+    elif "num_ctx" in virtual.params:
+        where = f"num_ctx in the params of virtual model {virtual.name!r}"
+    else:
+        where = f"num_ctx in the params of role {role.name!r}"
+    asked = _num_ctx(options.get("num_ctx"), where)
+    profile = profiles.for_model(virtual.base)
+    window = max(profile.context_window, asked or 0)
+    request = InjectRequest(
+        role=virtual.role,
+        turns=tuple(turns),
+        model=virtual.base,
+        budget=virtual.budget,
+        context_window=window,
+        reserve_output=profile.reserve_output + extra_tokens,
+    )
+    try:
+        injection = inject(roles, profiles, request)
+    except ContextOverflow as exc:
+        needed = exc.details.get("messages_tokens", 0)
+        extra = f" plus {extra_tokens} for {extra_what}" if extra_tokens else ""
+        raise ContextOverflow(
+            f"the conversation needs {needed} tokens{extra} and {profile.reserve_output} are kept for the answer: "
+            f"more than the context window of {window} tokens for {virtual.base}"
+            + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})")
+            + "; shorten the conversation or raise options.num_ctx",
+            details={**exc.details, "extra_tokens": extra_tokens, "context_window": window},
+        ) from None
+    except VariableError as exc:
+        raise VariableError(
+            f"{exc.message}: the Ollama proxy fills variables from their defaults only, "
+            "so give them a default in the role file",
+            details=exc.details,
+        ) from None
+    options["num_ctx"] = max(asked or 0, injection.usage.num_ctx)
+    return injection, options
+
+
+def _count_json(profiles: Profiles, model: str, value: Any) -> int:
+    tokenizer = load_tokenizer(profiles.for_model(model).tokenizer)
+    return tokenizer.count(json.dumps(value, ensure_ascii=False))
+
+
+# --- /api/chat -------------------------------------------------------------------------------------
+
+
+def _chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if messages is None:
+        return []
+    if not isinstance(messages, list):
+        raise invalid("'messages' must be a list of {role, content} objects", field="messages")
+    for i, message in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise invalid(f"{where} must be an object with 'role' and 'content'", field=where)
+        if not isinstance(message.get("role"), str):
+            raise invalid(f"{where}.role must be a string", field=where)
+        if message.get("content") is not None and not isinstance(message["content"], str):
+            raise invalid(f"{where}.content must be a string", field=where)
+    return messages
+
+
+def _counted(message: Mapping[str, Any]) -> Message:
+    """The message as the budget counts it: tool results and other turns as user text, tool calls
+    as JSON beside the assistant's text."""
+    content = message.get("content") or ""
+    if message["role"] == "assistant":
+        if message.get("tool_calls"):
+            content += "\n" + json.dumps(message["tool_calls"], ensure_ascii=False)
+        return Message("assistant", content)
+    return Message("user", content)
+
+
+def rewrite_chat(body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel) -> dict[str, Any]:
+    """The body to send upstream for an /api/chat request on a virtual model."""
+    messages = _chat_messages(body)
+    client_options = _options(body)
+    turns = [m for m in messages if m["role"] != "system"]
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise invalid("'tools' must be a list", field="tools")
+    tool_tokens = _count_json(profiles, virtual.base, tools) if tools else 0
+    injection, options = _fit(roles, profiles, virtual, [_counted(m) for m in turns], client_options,
+                              tool_tokens, "the tool definitions")
+    out = dict(body)
+    out["model"] = virtual.base
+    out["options"] = options
+    if messages:  # an empty list asks Ollama to load the model: keep it empty
+        out["messages"] = [{"role": "system", "content": injection.system}] + [
+            {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m for m in turns
+        ]
+    return out
+
+
+# --- /api/generate ---------------------------------------------------------------------------------
+
+
+def rewrite_generate(
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+) -> dict[str, Any]:
+    """The body to send upstream for an /api/generate request on a virtual model."""
+    prompt = body.get("prompt")
+    if prompt is None:
+        prompt = ""
+    if not isinstance(prompt, str):
+        raise invalid("'prompt' must be a string", field="prompt")
+    suffix = body.get("suffix")
+    if suffix is not None and not isinstance(suffix, str):
+        raise invalid("'suffix' must be a string", field="suffix")
+    context = body.get("context")
+    if context is not None and not isinstance(context, list):
+        raise invalid("'context' must be a list of token ids", field="context")
+    raw = body.get("raw") is True
+    client_options = _options(body)
+    # In raw mode Ollama applies no template, so a suffix plays no part.
+    turns = [Message("user", prompt if raw else prompt + (suffix or ""))] if prompt else []
+    injection, options = _fit(roles, profiles, virtual, turns, client_options,
+                              len(context or ()), "the context of earlier turns")
+    out = dict(body)
+    out["model"] = virtual.base
+    out["options"] = options
+    out.pop("system", None)  # the role is the system prompt
+    if not prompt:  # an empty prompt asks Ollama to load the model: keep it empty
+        return out
+    if raw:
+        out["prompt"] = injection.prompt  # rendered in the model's format, content neutralised
+    else:
+        out["prompt"] = neutralise(prompt)
+        out["system"] = injection.system
+    return out
+
+
+# --- /api/show and /api/tags -----------------------------------------------------------------------
+
+
+def rewrite_show(body: Mapping[str, Any], virtual: VirtualModel) -> dict[str, Any]:
+    """The /api/show body to send upstream for a virtual model: the same, about the base model."""
+    out = dict(body)
+    out[model_field(body)] = virtual.base
+    return out
+
+
+def _parameter_lines(options: Mapping[str, Any]) -> list[str]:
+    lines = []
+    for key, value in options.items():
+        for item in value if isinstance(value, list) else [value]:
+            lines.append(f"{key:<30} {json.dumps(item, ensure_ascii=False)}")
+    return lines
+
+
+def show_response(
+    upstream: Any, roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+) -> dict[str, Any]:
+    """The base model's /api/show answer, with the role's fitted system prompt and the options the
+    proxy sends by default (a conversation that has not started yet)."""
+    if not isinstance(upstream, dict):
+        raise RoleInjectorError("Ollama's /api/show answer is not a JSON object", code="bad_upstream")
+    injection, options = _fit(roles, profiles, virtual, [], {})
+    out = dict(upstream)
+    out["system"] = injection.system
+    kept = [line for line in str(upstream.get("parameters") or "").splitlines()
+            if line.split(maxsplit=1)[:1] and line.split(maxsplit=1)[0] not in options]
+    out["parameters"] = "\n".join(kept + _parameter_lines(options))
+    return out
+
+
+def _same_model(entry: Mapping[str, Any], name: str) -> bool:
+    names = {entry.get("name"), entry.get("model")}
+    return name in names or (":" not in name.rsplit("/", 1)[-1] and f"{name}:latest" in names)
+
+
+def virtual_entry(virtual: VirtualModel, base: Mapping[str, Any] | None, role_version: str | None) -> dict[str, Any]:
+    """A /api/tags entry for a virtual model: the base model's entry under the virtual name."""
+    base = base or {}
+    details = base.get("details")
+    seed = json.dumps([virtual.name, virtual.base, base.get("digest"), virtual.role, role_version,
+                       virtual.budget, dict(virtual.params)], sort_keys=True, default=str)
+    return {
+        "name": virtual.name,
+        "model": virtual.name,
+        "modified_at": base.get("modified_at") or ZERO_TIME,
+        "size": base.get("size") or 0,
+        "digest": hashlib.sha256(seed.encode()).hexdigest(),  # changes with the role's version
+        "details": dict(details) if isinstance(details, dict) else {
+            "parent_model": "", "format": "", "family": "", "families": None,
+            "parameter_size": "", "quantization_level": "",
+        },
+        "description": f"{virtual.base} with role {virtual.role}"
+        + ("" if role_version else " (role not found)"),
+    }
+
+
+def tags_response(upstream: Any, roles: RoleSet, profiles: Profiles) -> Any:
+    """Ollama's model list plus the declared virtual models (after the real ones, by name)."""
+    if not isinstance(upstream, dict) or not isinstance(upstream.get("models"), list):
+        return upstream
+    declared = profiles.virtual_models
+    real = [m for m in upstream["models"]
+            if not (isinstance(m, dict) and (m.get("name") in declared or m.get("model") in declared))]
+    virtual = []
+    for name in sorted(declared):
+        model = declared[name]
+        base = next((m for m in real if isinstance(m, dict) and _same_model(m, model.base)), None)
+        role = roles.roles.get(model.role)
+        virtual.append(virtual_entry(model, base, role.version if role else None))
+    return {**upstream, "models": real + virtual}
