@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint test-worker bench clean
+.PHONY: run test lint test-worker test-node bench clean
 
 $(STAMP): worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ lint: $(STAMP)
 test-worker: $(STAMP)
 	$(BIN)/pytest tests/worker
 
-test: lint
+test-node: $(STAMP)
+	bash scripts/test-n8n-node.sh
+
+# Everything: lint, the n8n node (lint, build, tests), then all Python tests incl. the e2e suite.
+test: lint test-node
 	$(BIN)/pytest
 
 bench: $(STAMP)

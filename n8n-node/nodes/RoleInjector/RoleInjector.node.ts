@@ -1,0 +1,156 @@
+import type {
+	IDataObject,
+	IExecuteFunctions,
+	INodeExecutionData,
+	INodeType,
+	INodeTypeDescription,
+	JsonObject,
+} from 'n8n-workflow';
+import { NodeApiError, NodeConnectionTypes, NodeOperationError } from 'n8n-workflow';
+import { OUTPUT_FIELDS, properties } from './description';
+import { searchRoles } from './methods/listSearch';
+import { CREDENTIAL_TYPE, workerRequest } from './transport';
+
+type Options = {
+	budget?: unknown;
+	contextWindow?: unknown;
+	reserveOutput?: unknown;
+	format?: string;
+	variables?: { values?: Array<{ name?: unknown; value?: unknown }> };
+	outputFields?: string[];
+};
+
+export class RoleInjector implements INodeType {
+	description: INodeTypeDescription = {
+		displayName: 'Role Injector',
+		name: 'roleInjector',
+		icon: {
+			light: 'file:../../icons/role-injector.svg',
+			dark: 'file:../../icons/role-injector.dark.svg',
+		},
+		group: ['transform'],
+		version: 1,
+		subtitle: '={{ $parameter["role"].value }}',
+		description:
+			"Puts a role (a large system prompt kept in files) in front of a prompt, fitted to the model's token budget and chat format",
+		defaults: { name: 'Role Injector' },
+		usableAsTool: true,
+		inputs: [NodeConnectionTypes.Main],
+		outputs: [NodeConnectionTypes.Main],
+		credentials: [{ name: CREDENTIAL_TYPE, required: true }],
+		properties,
+	};
+
+	methods = {
+		listSearch: { searchRoles },
+	};
+
+	async execute(this: IExecuteFunctions): Promise<INodeExecutionData[][]> {
+		const items = this.getInputData();
+		const returnData: INodeExecutionData[] = [];
+
+		for (let i = 0; i < items.length; i++) {
+			try {
+				const options = this.getNodeParameter('options', i, {}) as Options;
+				const answer = await workerRequest.call(
+					this,
+					'POST',
+					'/v1/inject',
+					injectBody(this, i, options),
+					i,
+				);
+				const fields = options.outputFields ?? OUTPUT_FIELDS;
+				const json: IDataObject = {};
+				for (const field of OUTPUT_FIELDS) {
+					if (fields.includes(field) && field in answer) json[field] = answer[field];
+				}
+				returnData.push({ json, pairedItem: { item: i } });
+			} catch (error) {
+				if (this.continueOnFail()) {
+					returnData.push({ json: { error: (error as Error).message }, pairedItem: { item: i } });
+					continue;
+				}
+				// Both constructors hand back an error of their own class unchanged (its itemIndex is set).
+				if (error instanceof NodeApiError) {
+					throw new NodeApiError(this.getNode(), error as unknown as JsonObject, { itemIndex: i });
+				}
+				throw new NodeOperationError(this.getNode(), error as Error, { itemIndex: i });
+			}
+		}
+
+		return [returnData];
+	}
+}
+
+/** The POST /v1/inject body for one item; options that are not set are left out. */
+function injectBody(context: IExecuteFunctions, i: number, options: Options): IDataObject {
+	const fail = (message: string, description?: string) =>
+		new NodeOperationError(context.getNode(), message, { itemIndex: i, description });
+
+	const role = String(context.getNodeParameter('role', i, '', { extractValue: true }) ?? '').trim();
+	if (!role) throw fail('No role chosen', 'Pick a role from the list or type its name.');
+	const model = String(context.getNodeParameter('model', i, '') ?? '').trim();
+	if (!model) throw fail('No model given', 'Type the model name, e.g. qwen3:8b.');
+	const body: IDataObject = { role, model };
+
+	if (context.getNodeParameter('input', i, 'prompt') === 'messages') {
+		body.messages = parseMessages(context.getNodeParameter('messages', i, '[]'), fail);
+	} else {
+		const prompt = context.getNodeParameter('prompt', i, '');
+		if (typeof prompt === 'object' && prompt !== null) {
+			throw fail('The prompt must be text', 'To send a conversation, set Input to "Messages".');
+		}
+		// No text (e.g. no chatInput on the item) asks for the system prompt alone.
+		if (prompt !== undefined && prompt !== null && prompt !== '') body.prompt = String(prompt);
+	}
+
+	const variables: Record<string, string> = {};
+	(options.variables?.values ?? []).forEach((variable, n) => {
+		const name = String(variable.name ?? '').trim();
+		if (!name) throw fail(`Variable ${n + 1} has no name`);
+		variables[name] = String(variable.value ?? '');
+	});
+	if (Object.keys(variables).length > 0) body.variables = variables;
+
+	const numbers = [
+		['budget', 'Budget', options.budget, 1],
+		['context_window', 'Context Window', options.contextWindow, 1],
+		['reserve_output', 'Reserve for the Answer', options.reserveOutput, 0],
+	] as const;
+	for (const [key, label, value, min] of numbers) {
+		if (value === undefined || value === '') continue;
+		const number = Number(value);
+		if (!Number.isInteger(number) || number < min) {
+			throw fail(
+				`"${label}" must be a whole number of at least ${min}, not ${JSON.stringify(value)}`,
+			);
+		}
+		body[key] = number;
+	}
+	if (options.format) body.format = options.format;
+	return body;
+}
+
+/** Messages from the node parameter: an array, or a JSON string of one, of {role, content}. */
+function parseMessages(
+	value: unknown,
+	fail: (message: string, description?: string) => NodeOperationError,
+): IDataObject[] {
+	const shape = 'Expected a JSON array like [{"role": "user", "content": "Hi"}].';
+	let messages = value;
+	if (typeof messages === 'string') {
+		try {
+			messages = JSON.parse(messages);
+		} catch (error) {
+			throw fail(`Messages is not valid JSON: ${(error as Error).message}`, shape);
+		}
+	}
+	if (!Array.isArray(messages)) throw fail('Messages must be an array', shape);
+	return messages.map((message: unknown, n) => {
+		const { role, content } = (message ?? {}) as IDataObject;
+		if (typeof role !== 'string' || !role || typeof content !== 'string') {
+			throw fail(`Message ${n + 1} needs a "role" and a "content" string`, shape);
+		}
+		return { role, content };
+	});
+}

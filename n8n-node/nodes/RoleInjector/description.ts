@@ -1,0 +1,207 @@
+import type { INodeProperties } from 'n8n-workflow';
+
+/** Fields of the worker's /v1/inject response that the node can pass on. */
+export const OUTPUT_FIELDS = [
+	'system',
+	'messages',
+	'prompt',
+	'usage',
+	'trim',
+	'role',
+	'params',
+	'format',
+] as const;
+
+const roleProperty: INodeProperties = {
+	displayName: 'Role',
+	name: 'role',
+	type: 'resourceLocator',
+	default: { mode: 'list', value: '' },
+	required: true,
+	description: "The role (a file in the worker's roles folder) to put in front of the conversation",
+	modes: [
+		{
+			displayName: 'From List',
+			name: 'list',
+			type: 'list',
+			placeholder: 'Select a role...',
+			typeOptions: {
+				searchListMethod: 'searchRoles',
+				searchable: true,
+			},
+		},
+		{
+			displayName: 'By Name',
+			name: 'name',
+			type: 'string',
+			placeholder: 'e.g. agi-engineer',
+			validation: [
+				{
+					type: 'regex',
+					properties: {
+						regex: '^[a-z0-9][a-z0-9._-]{0,63}$',
+						errorMessage:
+							'A role name is lowercase letters, digits, ".", "_" and "-" (the role file name without .md)',
+					},
+				},
+			],
+		},
+	],
+};
+
+const inputProperties: INodeProperties[] = [
+	{
+		displayName: 'Input',
+		name: 'input',
+		type: 'options',
+		noDataExpression: true,
+		options: [
+			{
+				name: 'Prompt',
+				value: 'prompt',
+				description: 'One user message, e.g. the message from a Chat Trigger',
+			},
+			{
+				name: 'Messages',
+				value: 'messages',
+				description: 'A whole conversation: a JSON array of {role, content}',
+			},
+		],
+		default: 'prompt',
+	},
+	{
+		displayName: 'Prompt',
+		name: 'prompt',
+		type: 'string',
+		typeOptions: { rows: 4 },
+		default: '={{ $json.chatInput }}',
+		description: 'The user message. The default reads the message of a Chat Trigger.',
+		displayOptions: { show: { input: ['prompt'] } },
+	},
+	{
+		displayName: 'Messages',
+		name: 'messages',
+		type: 'json',
+		default: '={{ $json.messages }}',
+		description:
+			'A JSON array of messages, e.g. [{"role": "user", "content": "Hi"}], or an expression that returns one',
+		displayOptions: { show: { input: ['messages'] } },
+	},
+];
+
+const modelProperty: INodeProperties = {
+	displayName: 'Model',
+	name: 'model',
+	type: 'string',
+	default: 'qwen3:8b',
+	required: true,
+	placeholder: 'e.g. qwen3:8b',
+	description:
+		'The model the prompt is for. The worker picks the tokenizer, chat format and context window from it.',
+};
+
+const optionsProperty: INodeProperties = {
+	displayName: 'Options',
+	name: 'options',
+	type: 'collection',
+	placeholder: 'Add Option',
+	default: {},
+	options: [
+		{
+			displayName: 'Budget',
+			name: 'budget',
+			type: 'number',
+			typeOptions: { minValue: 1 },
+			default: 2000,
+			description:
+				"Most tokens the system prompt may take. Without it: the role's own budget, else what the context window leaves.",
+		},
+		{
+			displayName: 'Chat Format',
+			name: 'format',
+			type: 'options',
+			options: [
+				{ name: 'ChatML (Qwen)', value: 'chatml' },
+				{ name: 'Gemma', value: 'gemma' },
+				{ name: 'Llama 3', value: 'llama3' },
+				{ name: 'Mistral', value: 'mistral' },
+			],
+			default: 'chatml',
+			description: "How the prompt is framed. Without it: the model's own format.",
+		},
+		{
+			displayName: 'Context Window',
+			name: 'contextWindow',
+			type: 'number',
+			typeOptions: { minValue: 1 },
+			default: 8192,
+			description: "Context size in tokens. Without it: the model's.",
+		},
+		{
+			displayName: 'Output Fields',
+			name: 'outputFields',
+			type: 'multiOptions',
+			options: [
+				{ name: 'Format', value: 'format', description: 'The chat format used' },
+				{
+					name: 'Messages',
+					value: 'messages',
+					description: 'The messages with the fitted system message first',
+				},
+				{ name: 'Params', value: 'params', description: 'Model options from the role' },
+				{ name: 'Prompt', value: 'prompt', description: 'The whole prompt rendered as text' },
+				{ name: 'Role', value: 'role', description: 'Role name and version' },
+				{ name: 'System', value: 'system', description: 'The fitted system prompt' },
+				{ name: 'Trim', value: 'trim', description: 'Which sections were kept, cut or dropped' },
+				{ name: 'Usage', value: 'usage', description: 'Token counts, budget and num_ctx' },
+			],
+			default: [...OUTPUT_FIELDS],
+			description: "Which fields of the worker's answer to put on the output item",
+		},
+		{
+			displayName: 'Reserve for the Answer',
+			name: 'reserveOutput',
+			type: 'number',
+			typeOptions: { minValue: 0 },
+			default: 1024,
+			description: "Tokens kept free in the context window for the model's answer",
+		},
+		{
+			displayName: 'Variables',
+			name: 'variables',
+			type: 'fixedCollection',
+			placeholder: 'Add Variable',
+			typeOptions: { multipleValues: true },
+			default: {},
+			description: "Values for the role's {{variables}}",
+			options: [
+				{
+					displayName: 'Variable',
+					name: 'values',
+					values: [
+						{
+							displayName: 'Name',
+							name: 'name',
+							type: 'string',
+							default: '',
+							placeholder: 'e.g. user_name',
+						},
+						{
+							displayName: 'Value',
+							name: 'value',
+							type: 'string',
+							default: '',
+						},
+					],
+				},
+			],
+		},
+	],
+};
+
+export const properties: INodeProperties[] = [
+	roleProperty,
+	...inputProperties,
+	modelProperty,
+	optionsProperty,
+];

@@ -1,0 +1,341 @@
+import type { IDataObject, INodeExecutionData } from 'n8n-workflow';
+import { NodeApiError, NodeOperationError } from 'n8n-workflow';
+import { describe, expect, inject, it } from 'vitest';
+import { RoleInjector } from '../nodes/RoleInjector/RoleInjector.node';
+import { executeContext, roleLocator, type ExecuteOptions, type Parameter } from './context';
+import { API_KEY } from './globalSetup';
+
+const workerUrl = inject('workerUrl');
+
+/** The parameters of a node set up for the `tester` role after a Chat Trigger. */
+function parameters(overrides: Record<string, Parameter> = {}): Record<string, Parameter> {
+	return {
+		role: roleLocator('tester'),
+		input: 'prompt',
+		prompt: (item: INodeExecutionData) => item.json.chatInput,
+		model: 'qwen3:8b',
+		options: { variables: { values: [{ name: 'user_name', value: 'Ada' }] } },
+		...overrides,
+	};
+}
+
+/** Options with the item's `name` as the user_name variable; items without one leave it out. */
+function userNameFromItem(item: INodeExecutionData) {
+	const values = item.json.name ? [{ name: 'user_name', value: item.json.name }] : [];
+	return { variables: { values } };
+}
+
+async function run(options: Partial<ExecuteOptions> = {}): Promise<INodeExecutionData[]> {
+	const context = executeContext({
+		credentials: { url: workerUrl },
+		parameters: parameters(),
+		items: [{ chatInput: 'Hello' }],
+		...options,
+	});
+	const [output] = await new RoleInjector().execute.call(context);
+	return output;
+}
+
+/** The error that running the node throws. */
+async function failure(
+	options: Partial<ExecuteOptions>,
+): Promise<NodeApiError | NodeOperationError> {
+	try {
+		await run(options);
+	} catch (error) {
+		return error as NodeApiError | NodeOperationError;
+	}
+	throw new Error('the node did not fail');
+}
+
+describe('execute', () => {
+	it('puts the fitted role in front of the prompt of one item', async () => {
+		const [item] = await run();
+
+		expect(item.pairedItem).toEqual({ item: 0 });
+		expect(Object.keys(item.json).sort()).toEqual([
+			'format',
+			'messages',
+			'params',
+			'prompt',
+			'role',
+			'system',
+			'trim',
+			'usage',
+		]);
+		const { system, messages, prompt, role, usage, format, params } = item.json as IDataObject &
+			Record<'usage' | 'role', IDataObject>;
+		expect(system).toContain('Help Ada check that the node works');
+		expect(messages).toEqual([
+			{ role: 'system', content: system },
+			{ role: 'user', content: 'Hello' },
+		]);
+		expect(prompt).toBe(
+			`<|im_start|>system\n${system}<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n`,
+		);
+		expect(format).toBe('chatml');
+		expect(params).toEqual({ temperature: 0.2 });
+		expect(role.name).toBe('tester');
+		expect(usage.num_ctx).toBeGreaterThan(0);
+	});
+
+	it('answers every item with its own prompt and variables', async () => {
+		const names = ['Ada', 'Grace', 'Linus'];
+		const output = await run({
+			items: names.map((name) => ({ chatInput: `I am ${name}`, name })),
+			parameters: parameters({
+				options: userNameFromItem,
+			}),
+		});
+
+		expect(output).toHaveLength(3);
+		output.forEach((item, i) => {
+			expect(item.pairedItem).toEqual({ item: i });
+			expect(item.json.system).toContain(`Help ${names[i]} check`);
+			expect((item.json.messages as IDataObject[]).at(-1)).toEqual({
+				role: 'user',
+				content: `I am ${names[i]}`,
+			});
+		});
+	});
+
+	it('sends no user message when the prompt is empty', async () => {
+		const [item] = await run({ items: [{}] });
+
+		expect(item.json.messages).toEqual([{ role: 'system', content: item.json.system }]);
+	});
+
+	it('sends a conversation given as an array', async () => {
+		const conversation = [
+			{ role: 'user', content: 'Hi' },
+			{ role: 'assistant', content: 'Hello, Ada.' },
+			{ role: 'user', content: 'Check the node.' },
+		];
+		const [item] = await run({
+			parameters: parameters({ input: 'messages', messages: conversation }),
+		});
+
+		expect(item.json.messages).toEqual([
+			{ role: 'system', content: item.json.system },
+			...conversation,
+		]);
+	});
+
+	it('accepts the conversation as a JSON string', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				input: 'messages',
+				messages: '[{"role": "user", "content": "From JSON"}]',
+			}),
+		});
+
+		expect((item.json.messages as IDataObject[])[1]).toEqual({
+			role: 'user',
+			content: 'From JSON',
+		});
+	});
+
+	it.each([
+		['text that is not JSON', '[{"role": "user"', /not valid JSON/],
+		['an object', { role: 'user', content: 'Hi' }, /must be an array/],
+		['a message without content', [{ role: 'user' }], /Message 1 needs a "role" and a "content"/],
+		['a message that is a string', ['Hi'], /Message 1 needs/],
+	])('rejects messages given as %s', async (_, messages, message) => {
+		const error = await failure({ parameters: parameters({ input: 'messages', messages }) });
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toMatch(message);
+		expect(error.context.itemIndex).toBe(0);
+	});
+
+	it('sends the options that are set', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				options: {
+					budget: 40,
+					contextWindow: 4096,
+					reserveOutput: 256,
+					format: 'llama3',
+					variables: {
+						values: [
+							{ name: 'user_name', value: 'Ada' },
+							{ name: 'language', value: 'French' },
+						],
+					},
+				},
+			}),
+		});
+
+		const usage = item.json.usage as IDataObject;
+		expect(usage).toMatchObject({ budget: 40, context_window: 4096, reserve_output: 256 });
+		expect(usage.system_tokens).toBeLessThanOrEqual(40);
+		expect(item.json.format).toBe('llama3');
+		expect(item.json.prompt).toMatch(/^<\|begin_of_text\|><\|start_header_id\|>system/);
+		expect(item.json.system).toContain('answer in French');
+		expect(item.json.trim).toMatchObject({ trimmed: true });
+	});
+
+	it('leaves out the options that are not set', async () => {
+		const [item] = await run();
+
+		// The role's own budget and the model's format and context window apply.
+		expect(item.json.usage).toMatchObject({
+			budget: 1000,
+			context_window: 8192,
+			reserve_output: 1024,
+		});
+		expect(item.json.format).toBe('chatml');
+		expect(item.json.system).toContain('answer in English');
+	});
+
+	it('takes the role typed by name', async () => {
+		const [item] = await run({
+			parameters: parameters({ role: roleLocator('poet', 'name'), options: {} }),
+		});
+
+		expect(item.json.role).toMatchObject({ name: 'poet' });
+	});
+
+	it('puts only the chosen output fields on the item', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				options: {
+					outputFields: ['usage', 'system'],
+					variables: { values: [{ name: 'user_name', value: 'Ada' }] },
+				},
+			}),
+		});
+
+		expect(Object.keys(item.json)).toEqual(['system', 'usage']);
+	});
+});
+
+describe('errors', () => {
+	it('reports an unknown role with the names it may have meant', async () => {
+		const error = await failure({ parameters: parameters({ role: roleLocator('testr', 'name') }) });
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.message).toBe("role 'testr' not found; did you mean tester?");
+		expect(error.description).toContain('role_not_found');
+		expect(error.description).toContain('Did you mean: tester?');
+		expect((error as NodeApiError).httpCode).toBe('404');
+		expect(error.context.itemIndex).toBe(0);
+	});
+
+	it('reports a missing required variable', async () => {
+		const error = await failure({ parameters: parameters({ options: {} }) });
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.message).toContain('user_name');
+		expect(error.description).toContain('missing_variable');
+		expect((error as NodeApiError).httpCode).toBe('422');
+	});
+
+	it('reports a budget smaller than the required sections', async () => {
+		const error = await failure({
+			parameters: parameters({
+				options: { budget: 3, variables: { values: [{ name: 'user_name', value: 'Ada' }] } },
+			}),
+		});
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.description).toContain('budget_too_small');
+		expect(error.description).toContain('"needed"');
+		expect((error as NodeApiError).httpCode).toBe('422');
+	});
+
+	it('names the item that failed', async () => {
+		const error = await failure({
+			items: [{ chatInput: 'one', name: 'Ada' }, { chatInput: 'two' }],
+			parameters: parameters({
+				options: userNameFromItem,
+			}),
+		});
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.context.itemIndex).toBe(1);
+	});
+
+	it('rejects a wrong API key', async () => {
+		const error = await failure({
+			credentials: { url: inject('securedWorkerUrl'), apiKey: 'wrong-key' },
+		});
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.description).toContain('unauthorized');
+		expect((error as NodeApiError).httpCode).toBe('401');
+	});
+
+	it('rejects a missing API key when the worker has one', async () => {
+		const error = await failure({ credentials: { url: inject('securedWorkerUrl') } });
+
+		expect((error as NodeApiError).httpCode).toBe('401');
+	});
+
+	it('sends the API key as a bearer token', async () => {
+		const [item] = await run({
+			credentials: { url: `${inject('securedWorkerUrl')}/`, apiKey: API_KEY },
+		});
+
+		expect(item.json.role).toMatchObject({ name: 'tester' });
+	});
+
+	it('names the URL it cannot reach', async () => {
+		const closedUrl = inject('closedUrl');
+		const error = await failure({ credentials: { url: closedUrl } });
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.message).toMatch(
+			new RegExp(
+				`^Cannot reach the Role Injector worker at ${closedUrl}/v1/inject: .*ECONNREFUSED`,
+			),
+		);
+		expect(error.context.itemIndex).toBe(0);
+	});
+
+	it.each([
+		['no role', { role: roleLocator('') }, /No role chosen/],
+		['no model', { model: '' }, /No model given/],
+		[
+			'a budget that is not a number',
+			{ options: { budget: 'lots' } },
+			/"Budget" must be a whole number/,
+		],
+		[
+			'a variable without a name',
+			{ options: { variables: { values: [{ name: ' ', value: 'x' }] } } },
+			/Variable 1 has no name/,
+		],
+		['a prompt that is not text', { prompt: { text: 'Hi' } }, /prompt must be text/],
+	])('rejects %s before calling the worker', async (_, overrides, message) => {
+		// The closed port shows that no request is made.
+		const error = await failure({
+			credentials: { url: inject('closedUrl') },
+			parameters: parameters(overrides),
+		});
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toMatch(message);
+		expect(error.context.itemIndex).toBe(0);
+	});
+
+	it('goes on after a failed item when the node continues on fail', async () => {
+		const output = await run({
+			continueOnFail: true,
+			items: [
+				{ chatInput: 'one', name: 'Ada' },
+				{ chatInput: 'two' },
+				{ chatInput: 'three', name: 'Grace' },
+			],
+			parameters: parameters({
+				options: userNameFromItem,
+			}),
+		});
+
+		expect(output).toHaveLength(3);
+		expect(output.map((item) => item.pairedItem)).toEqual([{ item: 0 }, { item: 1 }, { item: 2 }]);
+		expect(output[0].json.system).toContain('Ada');
+		expect(output[1].json).toEqual({ error: expect.stringContaining('user_name') });
+		expect(output[2].json.system).toContain('Grace');
+	});
+});
