@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint test-worker test-node bench clean
+.PHONY: run test lint test-worker test-node test-e2e bench clean
 
 $(STAMP): worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,8 +13,9 @@ $(STAMP): worker/pyproject.toml
 	$(BIN)/pip install --quiet -e 'worker[test]'
 	touch $(STAMP)
 
+# The worker on 127.0.0.1:8000 and n8n on localhost:5678 with the node and the samples; Ctrl-C stops both.
 run: $(STAMP)
-	$(BIN)/role-injector serve --host 127.0.0.1 --port 8000 --roles roles
+	bash scripts/run-local.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check
@@ -30,8 +31,13 @@ test-node: $(STAMP)
 test: lint test-node
 	$(BIN)/pytest
 
+test-e2e: $(STAMP)
+	$(BIN)/pytest -m e2e
+
 bench: $(STAMP)
 	$(BIN)/python bench/fit_bench.py
+	$(BIN)/python bench/inject_bench.py
+	$(BIN)/python bench/proxy_bench.py
 
 clean:
 	rm -rf $(VENV)

@@ -9,6 +9,12 @@ N8N_VERSION="2.41.1"
 NODE_VERSION="24"
 mkdir -p "$TOOLS_DIR"
 cd "$TOOLS_DIR"
+# One install at a time: a second caller (another test session, run-local.sh) waits here instead of
+# deleting a half-done install and starting over.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>"$TOOLS_DIR/.install.lock"
+  flock 9
+fi
 
 node_bin="$TOOLS_DIR/node24/node_modules/node/bin/node"
 if [ ! -x "$node_bin" ]; then

@@ -39,8 +39,9 @@ def invalid(message: str, **details: Any) -> RoleInjectorError:
 
 
 def error_status(exc: RoleInjectorError) -> int:
-    """The status of an error in Ollama's API: 404 for an unknown role, 413 for a large body, else 400."""
-    return {"role_not_found": 404, "payload_too_large": 413}.get(exc.code, 400)
+    """The status of an error in Ollama's API: 404 for an unknown role, 502 for an answer from Ollama
+    that makes no sense, else 400 (the request cannot be served as sent)."""
+    return {"role_not_found": 404, "bad_upstream": 502}.get(exc.code, 400)
 
 
 def error_body(message: str) -> dict[str, str]:
@@ -190,8 +191,10 @@ def _counted(message: Mapping[str, Any]) -> Message:
     return Message("user", content)
 
 
-def rewrite_chat(body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel) -> dict[str, Any]:
-    """The body to send upstream for an /api/chat request on a virtual model."""
+def rewrite_chat(
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+) -> tuple[dict[str, Any], Injection]:
+    """The body to send upstream for an /api/chat request on a virtual model, and the injection."""
     messages = _chat_messages(body)
     client_options = _options(body)
     turns = [m for m in messages if m["role"] != "system"]
@@ -208,7 +211,7 @@ def rewrite_chat(body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, vi
         out["messages"] = [{"role": "system", "content": injection.system}] + [
             {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m for m in turns
         ]
-    return out
+    return out, injection
 
 
 # --- /api/generate ---------------------------------------------------------------------------------
@@ -216,8 +219,8 @@ def rewrite_chat(body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, vi
 
 def rewrite_generate(
     body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel
-) -> dict[str, Any]:
-    """The body to send upstream for an /api/generate request on a virtual model."""
+) -> tuple[dict[str, Any], Injection]:
+    """The body to send upstream for an /api/generate request on a virtual model, and the injection."""
     prompt = body.get("prompt")
     if prompt is None:
         prompt = ""
@@ -240,13 +243,13 @@ def rewrite_generate(
     out["options"] = options
     out.pop("system", None)  # the role is the system prompt
     if not prompt:  # an empty prompt asks Ollama to load the model: keep it empty
-        return out
+        return out, injection
     if raw:
         out["prompt"] = injection.prompt  # rendered in the model's format, content neutralised
     else:
         out["prompt"] = neutralise(prompt)
         out["system"] = injection.system
-    return out
+    return out, injection
 
 
 # --- /api/show and /api/tags -----------------------------------------------------------------------

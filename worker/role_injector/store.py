@@ -48,17 +48,24 @@ class RoleStore:
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         check_interval: float = 0.5,
-        settle_time: float = 0.2,
+        settle_time: float = 0.1,
+        max_settle_wait: float = 1.0,
     ) -> None:
         self.directory = Path(directory)
         self.max_file_bytes = max_file_bytes
         self.check_interval = check_interval
         self.settle_time = settle_time
+        self.max_settle_wait = max_settle_wait
+        self._unsettled_since: float | None = None
         self._snapshot = RoleSet()
         self._fingerprint: Fingerprint | None = None
         self._checked_at = float("-inf")
         self._lock = threading.Lock()
-        self.refresh(force=True)
+        for _ in range(20):  # a file changing under the first read is read again shortly after
+            self.refresh(force=True)
+            if self._fingerprint is not None:
+                break
+            time.sleep(0.05)
 
     def current(self) -> RoleSet:
         """The latest role set, reloading first when files changed and the interval has passed."""
@@ -77,13 +84,18 @@ class RoleStore:
                 return
             newest = max((mtime for _, mtime, _ in fingerprint), default=0)
             if not force and time.time_ns() - newest < self.settle_time * 1e9:
-                return  # a writer may still be busy; look again on the next check
+                # A writer may still be busy: look again on the next check, but not for ever, or
+                # files that change all the time would never be seen (each read is still checked).
+                self._unsettled_since = self._unsettled_since or self._checked_at
+                if self._checked_at - self._unsettled_since < self.max_settle_wait:
+                    return
             try:
-                loaded = self._load()
+                loaded = self._load(fingerprint)
             except FileChanged:
                 return
             self._snapshot = _keep_last_good(self._snapshot, loaded)
             self._fingerprint = fingerprint
+            self._unsettled_since = None
         finally:
             self._lock.release()
 
@@ -101,8 +113,11 @@ class RoleStore:
                 continue
         return tuple(sorted(entries))
 
-    def _read(self, path: Path) -> str:
+    def _read(self, path: Path, scanned: Mapping[str, tuple[int, int]]) -> str:
         before = path.stat()
+        if scanned.get(os.path.relpath(path, self.directory)) != (before.st_mtime_ns, before.st_size):
+            # Changed since the scan that found it settled (e.g. truncated by an in-place rewrite).
+            raise FileChanged(str(path))
         if before.st_size > self.max_file_bytes:
             raise RoleError(f"file is {before.st_size} bytes, over the limit of {self.max_file_bytes} bytes")
         with path.open("rb") as handle:
@@ -115,7 +130,8 @@ class RoleStore:
         except UnicodeDecodeError as exc:
             raise RoleError(f"file is not valid UTF-8 (byte {exc.start})") from None
 
-    def _load(self) -> tuple[dict[str, Role], list[LoadError]]:
+    def _load(self, fingerprint: Fingerprint) -> tuple[dict[str, Role], list[LoadError]]:
+        scanned = {rel: (mtime, size) for rel, mtime, size in fingerprint}
         sources: dict[str, RoleSource] = {}
         failures: dict[str, str] = {}  # role name -> message
         files: dict[str, str] = {}
@@ -129,7 +145,7 @@ class RoleStore:
             name = path.stem
             files[name] = path.name
             try:
-                sources[name] = parse_role_source(name, path.name, self._read(path))
+                sources[name] = parse_role_source(name, path.name, self._read(path, scanned))
             except RoleError as exc:
                 failures[name] = exc.message
             except OSError as exc:
@@ -141,7 +157,7 @@ class RoleStore:
             if name not in partials:
                 path = self.directory / PARTIALS_DIR / f"{name}.md"
                 try:
-                    partials[name] = self._read(path)
+                    partials[name] = self._read(path, scanned)
                 except FileNotFoundError:
                     raise RoleError(f"partial {name!r} not found (expected {PARTIALS_DIR}/{name}.md)") from None
                 except RoleError as exc:

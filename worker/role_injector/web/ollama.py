@@ -11,7 +11,9 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,6 +27,7 @@ from role_injector import ollama_proxy as proxy
 from role_injector.errors import RoleInjectorError
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.store import RoleSet, RoleStore
+from role_injector.web import metrics
 from role_injector.web.settings import Settings
 
 ollama = Blueprint("ollama", __name__)
@@ -206,7 +209,17 @@ def _completion(path: str, rewrite: Any) -> Response:
     virtual = _virtual(body)
     if virtual is None:
         return relay(send("POST", path, raw))  # a plain model: the client's bytes, untouched
-    upstream_body = rewrite(body, roles(), profiles(), virtual)
+    started = time.perf_counter()
+    try:
+        upstream_body, injection = rewrite(body, roles(), profiles(), virtual)
+    except RoleInjectorError as exc:
+        if exc.code in {"budget_too_small", "context_overflow"}:
+            metrics.BUDGET_ERRORS.labels(virtual.role, exc.code).inc()
+        raise
+    metrics.INJECT_SECONDS.observe(time.perf_counter() - started)
+    if injection.fit.trimmed:
+        metrics.TRIMS.labels(injection.role.name).inc()
+    g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed)
     return relay(send("POST", path, proxy.encode_body(upstream_body), "application/json"))
 
 
@@ -255,7 +268,7 @@ def passthrough(rest: str) -> Response:
     path = "/api/" + rest
     if request.method == "POST" and path.startswith("/api/blobs/"):
         # Model layers for `ollama create` can be gigabytes: stream them, never hold them.
-        request.max_content_length = None
+        request.max_content_length = sys.maxsize  # (None would mean the app's limit)
         stream = request.stream
         return relay(send("POST", path, iter(lambda: stream.read(1 << 16), b""), length=request.content_length))
     return relay(send(request.method, path, read_body() or None))

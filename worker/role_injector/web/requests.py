@@ -16,7 +16,7 @@ MAX_TOKENS = 10_000_000
 MAX_MESSAGES = 10_000
 # A JSON escape of a UTF-16 surrogate (\ud800-\udfff); paired ones decode to one character, lone ones
 # become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
-SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
                  "reserve_output", "format"}
 
@@ -33,12 +33,14 @@ def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:
             details={"content_type": content_type},
         )
     try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise invalid("the body is not valid JSON (or is nested too deeply)") from None
+        # Strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded lone surrogates through.
+        text = data.decode("utf-8-sig")
+        body = json.loads(text)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        raise invalid("the body is not valid JSON in UTF-8 (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
-    if SURROGATE_ESCAPE.search(data) and _has_lone_surrogate(body):
+    if SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(body):
         raise invalid("the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
     return body
 

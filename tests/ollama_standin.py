@@ -1,0 +1,320 @@
+"""A stand-in for an Ollama server: speaks enough of Ollama's HTTP API for n8n's Ollama node, the
+`ollama` Python client and the worker's proxy, and records every request so tests can assert on
+exactly what a model server would have received.
+
+    with run_ollama_standin() as ollama:
+        ...  # point a client at ollama.url
+        ollama.set_fault("/api/chat", status=500, body={"error": "boom"})
+        assert ollama.requests_to("/api/chat")[0].body["options"]["num_ctx"] == 8192
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+DEFAULT_ANSWER = "stand-in answer"
+VERSION = "0.12.6"
+# name -> trained context length, as `/api/show` reports it in model_info["qwen3.context_length"].
+DEFAULT_MODELS: dict[str, int] = {"qwen3:8b": 40960, "qwen3:0.6b": 40960, "qwen3:4b": 40960}
+
+Answer = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any  # parsed JSON, or None when the body was empty or not JSON
+    raw: bytes
+
+
+@dataclass
+class Fault:
+    """What to do wrong on a path (or on every path when set without one)."""
+
+    delay: float = 0.0  # seconds to wait before answering at all
+    chunk_delay: float = 0.0  # seconds between streamed chunks
+    status: int | None = None  # answer this status with `body` instead of the real answer
+    body: Any = None  # JSON value, or a str sent as text/plain
+    model_not_found: bool = False  # 404 with Ollama's own message for the requested model
+    chunks: int = 3  # how many pieces a streamed answer comes in (before the final `done` line)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _split(text: str, parts: int) -> list[str]:
+    """Split an answer into about `parts` stream chunks that concatenate back to it."""
+    step = max(1, -(-len(text) // max(1, parts)))
+    return [text[i : i + step] for i in range(0, len(text), step)] or [""]
+
+
+def _count(text: str) -> int:
+    # Not a tokenizer: tests only need a plausible, deterministic positive number.
+    return max(1, len(text.split()))
+
+
+class OllamaStandin:
+    """The server's state; the HTTP handler below reads it. Thread-safe."""
+
+    def __init__(self, answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
+                 strict_models: bool = False) -> None:
+        self.url = ""
+        self.answer: Answer = answer
+        self.models = dict(DEFAULT_MODELS if models is None else models)
+        # When strict, a model not in `models` gets Ollama's 404; otherwise any name is served.
+        self.strict_models = strict_models
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+        self._faults: dict[str | None, Fault] = {}
+        self._interrupted = 0
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, in order of arrival."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, path: str) -> list[RecordedRequest]:
+        return [r for r in self.requests if r.path == path]
+
+    def set_fault(self, path: str | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
+                  status: int | None = None, body: Any = None, model_not_found: bool = False,
+                  chunks: int = 3) -> None:
+        """Misbehave on `path` (e.g. "/api/chat"), or on every path when `path` is None."""
+        with self._lock:
+            self._faults[path] = Fault(delay, chunk_delay, status, body, model_not_found, chunks)
+
+    @property
+    def interrupted(self) -> int:
+        """How many streamed answers the client broke off (closed the connection) before the end."""
+        with self._lock:
+            return self._interrupted
+
+    def note_interrupted(self) -> None:
+        with self._lock:
+            self._interrupted += 1
+
+    def clear(self) -> None:
+        """Forget recorded requests, faults and interruptions, and restore the default answer."""
+        with self._lock:
+            self._requests.clear()
+            self._faults.clear()
+            self._interrupted = 0
+            self.answer = DEFAULT_ANSWER
+
+    def record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def fault_for(self, path: str) -> Fault:
+        with self._lock:
+            return self._faults.get(path) or self._faults.get(None) or Fault()
+
+    def answer_for(self, body: dict[str, Any]) -> str:
+        return self.answer(body) if callable(self.answer) else self.answer
+
+    def knows(self, model: str) -> bool:
+        return not self.strict_models or model in self.models
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # HTTP/1.1 so streams go out chunked, as Ollama's do, and clients may keep connections alive.
+    protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as Go's servers set: without it the body after the headers waits for a delayed ACK
+    # (about 40 ms on loopback), which would swamp every latency measurement made through the stand-in.
+    disable_nagle_algorithm = True
+    server: _Server
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # tests read `requests`; stderr noise would only hide failures
+
+    def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
+        self._handle()
+
+    def do_HEAD(self) -> None:
+        self._handle()
+
+    def do_DELETE(self) -> None:
+        self._handle()
+
+    def _handle(self) -> None:
+        state = self.server.state
+        raw = self._read_body()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        path = self.path.split("?", 1)[0]
+        state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw))
+
+        fault = state.fault_for(path)
+        if fault.delay:
+            time.sleep(fault.delay)
+        if fault.status is not None:
+            self._send(fault.status, fault.body if fault.body is not None else {"error": "injected fault"})
+            return
+        request = body if isinstance(body, dict) else {}
+        model = str(request.get("model") or request.get("name") or "")
+        if path in ("/api/chat", "/api/generate", "/api/show", "/api/embed") and (
+            fault.model_not_found or not state.knows(model)
+        ):
+            self._send(404, {"error": f'model "{model}" not found, try pulling it first'})
+            return
+
+        route = {
+            ("GET", "/"): lambda: self._send(200, "Ollama is running"),
+            ("HEAD", "/"): lambda: self._send(200, ""),
+            ("GET", "/api/version"): lambda: self._send(200, {"version": VERSION}),
+            ("GET", "/api/tags"): lambda: self._send(200, {"models": [self._model(n) for n in state.models]}),
+            ("GET", "/api/ps"): lambda: self._send(200, {"models": self._running()}),
+            ("POST", "/api/show"): lambda: self._send(200, self._show(model)),
+            ("POST", "/api/chat"): lambda: self._complete(request, model, fault, chat=True),
+            ("POST", "/api/generate"): lambda: self._complete(request, model, fault, chat=False),
+        }.get((self.command, path))
+        if route is None:
+            self._send(404, "404 page not found")  # what Ollama's router answers
+        else:
+            route()
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":  # e.g. a streamed blob upload
+            parts = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline() not in (b"\r\n", b"\n", b""):  # trailers
+                pass
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _complete(self, request: dict[str, Any], model: str, fault: Fault, *, chat: bool) -> None:
+        state = self.server.state
+        text = state.answer_for(request)
+        if chat:
+            messages = request.get("messages") or []
+            prompt_text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
+        else:
+            prompt_text = str(request.get("prompt") or "")
+
+        def chunk(piece: str, done: bool) -> dict[str, Any]:
+            out: dict[str, Any] = {"model": model, "created_at": _now()}
+            if chat:
+                out["message"] = {"role": "assistant", "content": piece}
+            else:
+                out["response"] = piece
+            out["done"] = done
+            if done:
+                out |= {
+                    "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 100_000,
+                    "prompt_eval_count": _count(prompt_text), "prompt_eval_duration": 300_000,
+                    "eval_count": _count(text), "eval_duration": 600_000,
+                }
+                if not chat:
+                    out["context"] = [1, 2, 3]
+            return out
+
+        if request.get("stream") is False:
+            self._send(200, chunk(text, done=True))
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for piece in _split(text, fault.chunks):
+                self._write_chunk(chunk(piece, done=False))
+                if fault.chunk_delay:
+                    time.sleep(fault.chunk_delay)
+            self._write_chunk(chunk("", done=True))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True  # the client went away mid-stream; `interrupted` counts it
+            state.note_interrupted()
+
+    def _write_chunk(self, value: dict[str, Any]) -> None:
+        data = json.dumps(value).encode() + b"\n"
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _send(self, status: int, body: Any) -> None:
+        if isinstance(body, str):
+            data, kind = body.encode(), "text/plain; charset=utf-8"
+        else:
+            data, kind = json.dumps(body).encode(), "application/json; charset=utf-8"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _model(self, name: str) -> dict[str, Any]:
+        return {
+            "name": name, "model": name, "modified_at": _now(), "size": 5_225_376_047,
+            "digest": "0" * 64, "details": self._details(),
+        }
+
+    def _running(self) -> list[dict[str, Any]]:
+        return [
+            self._model(name) | {"expires_at": _now(), "size_vram": 0, "context_length": 4096}
+            for name in list(self.server.state.models)[:1]
+        ]
+
+    @staticmethod
+    def _details() -> dict[str, Any]:
+        return {
+            "parent_model": "", "format": "gguf", "family": "qwen3", "families": ["qwen3"],
+            "parameter_size": "8.2B", "quantization_level": "Q4_K_M",
+        }
+
+    def _show(self, model: str) -> dict[str, Any]:
+        context = self.server.state.models.get(model, 40960)
+        return {
+            "license": "", "modelfile": f"FROM {model}\n", "parameters": "", "template": "{{ .Prompt }}",
+            "details": self._details(),
+            "model_info": {
+                "general.architecture": "qwen3", "general.parameter_count": 8_190_735_360,
+                "qwen3.context_length": context, "qwen3.embedding_length": 4096,
+            },
+            "capabilities": ["completion", "tools", "thinking"], "modified_at": _now(),
+        }
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, state: OllamaStandin) -> None:
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.state = state
+
+
+@contextmanager
+def run_ollama_standin(answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
+                       strict_models: bool = False) -> Iterator[OllamaStandin]:
+    """Serve an Ollama stand-in on a free loopback port for the duration of the block."""
+    state = OllamaStandin(answer, models, strict_models)
+    server = _Server(state)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, name="ollama-standin", daemon=True)
+    thread.start()
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
