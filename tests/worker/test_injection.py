@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from role_injector.errors import RoleInjectorError
-from role_injector.formats import Message
+from role_injector.formats import Message, neutralise, render_chatml
 from role_injector.injection import BUDGET_STEP, InjectRequest, inject
 from role_injector.profiles import load_profiles
 from role_injector.store import RoleSet, RoleStore
@@ -103,3 +105,16 @@ def test_estimated_tokenizers_say_so_and_keep_a_margin(bundled: RoleSet) -> None
     assert result.format == "mistral" and not result.usage.exact
     profile = PROFILES.for_model("mistral:7b")
     assert result.usage.prompt_tokens * profile.margin + result.usage.reserve_output <= result.usage.num_ctx
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    system=st.text(min_size=0, max_size=60).filter(lambda t: not t[:1].isspace()),
+    contents=st.lists(st.text(max_size=40), min_size=0, max_size=4),
+)
+def test_qwen_chatml_counts_add_up_so_the_prompt_need_not_be_encoded_again(system: str, contents: list[str]) -> None:
+    qwen = load_tokenizer("qwen")
+    system = neutralise(system)
+    turns = [Message("user" if i % 2 == 0 else "assistant", neutralise(c)) for i, c in enumerate(contents)]
+    whole = qwen.count_prompt(render_chatml(system, turns))
+    assert whole == qwen.count_prompt(render_chatml("", turns)) + qwen.count(system)

@@ -151,14 +151,14 @@ class SectionCache:
         self._entries: OrderedDict[Hashable, object] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _get(self, key: Hashable) -> object | None:
+    def get(self, key: Hashable) -> object | None:
         with self._lock:
             value = self._entries.get(key)
             if value is not None:
                 self._entries.move_to_end(key)
             return value
 
-    def _put(self, key: Hashable, value: object) -> None:
+    def put(self, key: Hashable, value: object) -> None:
         with self._lock:
             self._entries[key] = value
             while len(self._entries) > self.max_entries:
@@ -166,11 +166,11 @@ class SectionCache:
 
     def plan(self, role: Role, tokenizer: Tokenizer) -> RolePlan:
         key = (role.version, tokenizer.name, "plan")
-        found = self._get(key)
+        found = self.get(key)
         if isinstance(found, RolePlan):
             return found
         plan = RolePlan.build(role, tokenizer)
-        self._put(key, plan)
+        self.put(key, plan)
         return plan
 
     def measure(
@@ -179,20 +179,20 @@ class SectionCache:
         """A section that uses variables, measured once per set of the values it uses."""
         section = role.sections[index]
         key = (role.version, tokenizer.name, index, tuple(values[v] for v in sorted(section.variables)))
-        found = self._get(key)
+        found = self.get(key)
         if isinstance(found, MeasuredSection):
             return found
         measured = measure_section(index, section, neutralise(fill_variables(section.text, values)), tokenizer)
-        self._put(key, measured)
+        self.put(key, measured)
         return measured
 
     def count(self, key: Hashable, text: str, tokenizer: Tokenizer) -> int:
         full_key = ("count", tokenizer.name, key)
-        found = self._get(full_key)
+        found = self.get(full_key)
         if isinstance(found, int):
             return found
         tokens = tokenizer.count(text)
-        self._put(full_key, tokens)
+        self.put(full_key, tokens)
         return tokens
 
 
@@ -206,7 +206,19 @@ def fit_budget(
     tokenizer: Tokenizer,
     cache: SectionCache = DEFAULT_CACHE,
 ) -> Fit:
-    """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report."""
+    """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report.
+
+    Fits are cached too: budgets come in coarse steps, so the same fit serves many requests."""
+    key = (role.version, tokenizer.name, "fit", budget, tuple(sorted(values.items())))
+    found = cache.get(key)
+    if isinstance(found, Fit):
+        return found
+    fit = _fit(role, values, budget, tokenizer, cache)
+    cache.put(key, fit)
+    return fit
+
+
+def _fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: SectionCache) -> Fit:
     plan = cache.plan(role, tokenizer)
     measured: Sequence[MeasuredSection | None] = plan.sections
     full_tokens = plan.static_full_tokens

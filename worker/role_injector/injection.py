@@ -9,11 +9,11 @@ from typing import Any
 
 from role_injector.errors import RoleInjectorError
 from role_injector.fitting import DEFAULT_CACHE, Fit, SectionCache, fit_budget
-from role_injector.formats import Message, neutralise, render
+from role_injector.formats import RENDERERS, Message, neutralise
 from role_injector.profiles import ModelProfile, Profiles
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
-from role_injector.tokens import load_tokenizer
+from role_injector.tokens import Tokenizer, load_tokenizer
 
 # When the context, not the caller, sets the budget, it shrinks in steps of this many tokens, so
 # the system prompt stays byte-identical across the turns of a growing conversation and the model
@@ -88,6 +88,16 @@ def step_down(tokens: int) -> int:
     return tokens - tokens % BUDGET_STEP if tokens >= BUDGET_STEP else tokens
 
 
+def prompt_tokens(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
+    """The prompt's count. In ChatML with a vocabulary whose <|im_start|> and <|im_end|> are special
+    tokens, the system text sits between two of them after a newline, so nothing merges across its
+    edges unless it starts with white space: the count is the frame's plus the system text's, which
+    saves encoding the whole prompt again."""
+    if format_name == "chatml" and tokenizer.is_special("<|im_end|>") and not fit.system[:1].isspace():
+        return messages_tokens + fit.tokens
+    return tokenizer.count_prompt(prompt)
+
+
 def inject(
     roles: RoleSet,
     profiles: Profiles,
@@ -101,10 +111,12 @@ def inject(
     tokenizer = load_tokenizer(profile.tokenizer)
     values = resolve_variables(role, request.variables)
     turns = tuple(Message(m.role, neutralise(m.content)) for m in request.turns)
+    # Content is neutralised once here (the fitted system text already is), so render directly.
+    renderer = RENDERERS[format_name]
 
     context_window = request.context_window or profile.context_window
     reserve_output = profile.reserve_output if request.reserve_output is None else request.reserve_output
-    messages_tokens = tokenizer.count_prompt(render(format_name, "", turns))
+    messages_tokens = tokenizer.count_prompt(renderer("", turns))
     available = profile.usable_window(context_window) - reserve_output - messages_tokens
     if available < 0:
         raise ContextOverflow(
@@ -121,7 +133,7 @@ def inject(
     budget = explicit if explicit is not None and explicit <= available else step_down(available)
 
     fit = fit_budget(role, values, budget, tokenizer, cache)
-    prompt = render(format_name, fit.system, turns)
+    prompt = renderer(fit.system, turns)
     usage = Usage(
         tokenizer=tokenizer.name,
         exact=profile.exact,
@@ -129,7 +141,7 @@ def inject(
         system_tokens_full=fit.full_tokens,
         budget=budget,
         messages_tokens=messages_tokens,
-        prompt_tokens=tokenizer.count_prompt(prompt),
+        prompt_tokens=prompt_tokens(format_name, tokenizer, fit, messages_tokens, prompt),
         context_window=context_window,
         reserve_output=reserve_output,
         num_ctx=context_window,

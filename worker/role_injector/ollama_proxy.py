@@ -128,6 +128,7 @@ def _fit(
     request = InjectRequest(
         role=virtual.role,
         turns=tuple(turns),
+        variables=virtual.variables,
         model=virtual.base,
         budget=virtual.budget,
         context_window=window,
@@ -147,8 +148,8 @@ def _fit(
         ) from None
     except VariableError as exc:
         raise VariableError(
-            f"{exc.message}: the Ollama proxy fills variables from their defaults only, "
-            "so give them a default in the role file",
+            f"{exc.message}: Ollama clients cannot send variables, so declare a virtual model with "
+            "'variables:' in the profile file (ROLE_INJECTOR_MODELS) or give them a default in the role file",
             details=exc.details,
         ) from None
     options["num_ctx"] = max(asked or 0, injection.usage.num_ctx)

@@ -44,6 +44,7 @@ class VirtualModel:
     role: str
     budget: int | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -115,12 +116,17 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         raise ProfileError(f"{where}: the name must be a non-empty string without '@'")
     if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not isinstance(raw.get("role"), str):
         raise ProfileError(f"{where} needs 'base' (a model) and 'role' (a role name)")
-    unknown = set(raw) - {"base", "role", "budget", "params"}
+    unknown = set(raw) - {"base", "role", "budget", "params", "variables"}
     if unknown:
         raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise ProfileError(f"{where}: params must be a mapping of model options")
+    variables = raw.get("variables") or {}
+    if not isinstance(variables, dict) or not all(
+        isinstance(v, str | int | float) and not isinstance(v, bool) for v in variables.values()
+    ):
+        raise ProfileError(f"{where}: variables must be a mapping of names to strings")
     budget = raw.get("budget")
     return VirtualModel(
         name=name,
@@ -128,6 +134,7 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         role=raw["role"],
         budget=None if budget is None else _positive_int(f"{where}: budget", budget),
         params=params,
+        variables={str(k): str(v) for k, v in variables.items()},
     )
 
 

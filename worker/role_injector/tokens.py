@@ -92,6 +92,9 @@ class Tokenizer:
     def count(self, text: str) -> int:
         return len(self.encode(text))
 
+    def is_special(self, token: str) -> bool:
+        return token in self.encoding.special_tokens_set
+
     def count_prompt(self, prompt: str) -> int:
         """Tokens of a rendered prompt, where the format's control tokens are real specials."""
         return len(self.encoding.encode(self._normalise(prompt), allowed_special="all"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 from importlib import resources
 from typing import Any
 
@@ -77,7 +76,7 @@ def injection_json(result: Injection) -> dict[str, Any]:
         "format": result.format,
         "model": result.model,
         "params": result.params,
-        "usage": asdict(result.usage),
+        "usage": dict(vars(result.usage)),
         "trim": {
             "trimmed": result.fit.trimmed,
             "kept": list(result.fit.kept),
