@@ -339,3 +339,130 @@ describe('errors', () => {
 		expect(output[2].json.system).toContain('Grace');
 	});
 });
+
+describe('Variables (JSON)', () => {
+	/** Options with only the JSON variables set (no name/value pairs). */
+	const jsonOnly = (variablesJson: Parameter) => parameters({ options: { variablesJson } });
+
+	it('puts the values of an object into the system prompt', async () => {
+		const [item] = await run({
+			parameters: jsonOnly({ user_name: 'Грета', language: 'French' }),
+		});
+
+		expect(item.json.system).toContain('Help Грета check that the node works');
+		expect(item.json.system).toContain('answer in French');
+	});
+
+	it('takes a JSON string of an object', async () => {
+		const [item] = await run({ parameters: jsonOnly('{"user_name": "Grace"}') });
+
+		expect(item.json.system).toContain('Help Grace check');
+		expect(item.json.system).toContain('answer in English');
+	});
+
+	it("reads each item's own object, as an expression would", async () => {
+		const output = await run({
+			items: [
+				{ chatInput: 'one', body: { variables: { user_name: 'Ada' } } },
+				{ chatInput: 'two', body: { variables: '{"user_name": "Linus"}' } },
+			],
+			parameters: parameters({
+				options: (item: INodeExecutionData) => ({
+					variablesJson: (item.json.body as IDataObject).variables,
+				}),
+			}),
+		});
+
+		expect(output.map((item) => item.json.system)).toEqual([
+			expect.stringContaining('Help Ada check'),
+			expect.stringContaining('Help Linus check'),
+		]);
+	});
+
+	it('turns numbers and booleans into text', async () => {
+		const [item] = await run({ parameters: jsonOnly({ user_name: 42, language: true }) });
+
+		expect(item.json.system).toContain('Help 42 check');
+		expect(item.json.system).toContain('answer in true');
+	});
+
+	it('is merged with the name/value pairs, which win on a clash', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				options: {
+					variablesJson: { user_name: 'FromJson', language: 'French' },
+					variables: { values: [{ name: 'user_name', value: 'FromPair' }] },
+				},
+			}),
+		});
+
+		expect(item.json.system).toContain('Help FromPair check');
+		expect(item.json.system).toContain('answer in French');
+		expect(item.json.system).not.toContain('FromJson');
+	});
+
+	it.each([
+		['an empty object', {}],
+		['an empty string', ''],
+		['blank text', '  \n'],
+		['an empty JSON object', '{}'],
+		['no value', undefined],
+		['null', null],
+	])('sends no variables for %s', async (_, variablesJson) => {
+		// The poet declares no variables: the worker would refuse any.
+		const [item] = await run({
+			parameters: parameters({ role: roleLocator('poet', 'name'), options: { variablesJson } }),
+		});
+
+		expect(item.json.role).toMatchObject({ name: 'poet' });
+	});
+
+	it('leaves a required variable missing when empty', async () => {
+		const error = await failure({ parameters: jsonOnly('{}') });
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.description).toContain('missing_variable');
+	});
+
+	it.each([
+		['text that is not JSON', '{"user_name": ', /^Variables \(JSON\) is not valid JSON/],
+		['a JSON array', '["Ada"]', /^Variables \(JSON\) must be an object, not an array$/],
+		['a JSON string', '"Ada"', /must be an object, not string$/],
+		['JSON null', 'null', /must be an object, not null$/],
+		['a number', 42, /must be an object, not number$/],
+		['an array', [{ user_name: 'Ada' }], /must be an object, not an array$/],
+		[
+			'an object as a value',
+			{ user_name: { first: 'Ada' } },
+			/^Variable "user_name" in Variables \(JSON\) must be text, not object$/,
+		],
+		['null as a value', '{"language": null}', /^Variable "language" .* must be text, not null$/],
+		['a list as a value', { user_name: ['Ada'] }, /^Variable "user_name" .* not an array$/],
+	])('rejects %s before calling the worker', async (_, variablesJson, message) => {
+		const error = await failure({
+			credentials: { url: inject('closedUrl') },
+			parameters: jsonOnly(variablesJson),
+		});
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toMatch(message);
+		expect(error.description).toContain('{"user_name": "Ada"}');
+		expect(error.context.itemIndex).toBe(0);
+	});
+
+	it('names the item whose variables are wrong', async () => {
+		const error = await failure({
+			items: [
+				{ chatInput: 'one', variables: { user_name: 'Ada' } },
+				{ chatInput: 'two', variables: { user_name: 7, extra: { nested: true } } },
+			],
+			parameters: parameters({
+				options: (item: INodeExecutionData) => ({ variablesJson: item.json.variables }),
+			}),
+		});
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toMatch(/^Variable "extra" /);
+		expect(error.context.itemIndex).toBe(1);
+	});
+});

@@ -35,9 +35,9 @@ def e2e_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     install_node_package(tools, tgz, n8n.user_folder, logs / "node-package.log")
 
     down_url = f"http://127.0.0.1:{free_port()}"
-    with run_worker(REPO / "roles", logs) as worker, run_ollama_standin() as ollama:
+    with run_ollama_standin() as ollama, run_worker(REPO / "roles", logs, env=worker_env(ollama.url)) as worker:
         samples = base / "samples"
-        write_samples(samples, down_url)
+        write_samples(samples, down_url, worker.url)
         env = {
             **n8n.env(),
             "SAMPLES_DIR": str(samples),
@@ -57,6 +57,11 @@ def e2e_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if code != 0:
             raise N8nError(f"import-samples.sh failed ({code}):\n{log_path.read_text(errors='replace')}")
         yield Stack(n8n=n8n, worker=worker, ollama=ollama, down_url=down_url)
+
+
+def worker_env(ollama_url: str) -> dict[str, str]:
+    """The worker's proxy forwards to the stand-in; a developer's own key or profile file never leaks in."""
+    return {"ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_API_KEY": "", "ROLE_INJECTOR_MODELS": ""}
 
 
 @pytest.hookimpl(hookwrapper=True)

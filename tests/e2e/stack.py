@@ -15,6 +15,7 @@ from tests.ollama_standin import OllamaStandin
 from tests.servers import REPO, WorkerProcess
 
 WORKFLOWS = REPO / "workflows"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 IMPORT_SCRIPT = REPO / "docker" / "import-samples.sh"
 
 # Test-only variants of the shipped workflows, imported beside them.
@@ -23,9 +24,15 @@ WORKER_DOWN_ID = "e2eWorkerDown"
 UNKNOWN_ROLE = "no-such-role"
 DOWN_CREDENTIAL = {"id": "roleInjectorDown", "name": "Role Injector (stopped)"}
 
+# Test-only workflows of their own (tests/e2e/fixtures/), imported in the same step.
+# n8n's Ollama node on a virtual model, its Ollama credential pointing at the worker's proxy.
+PROXY_WORKFLOW = "proxy-virtual-model.json"
+PROXY_WORKFLOW_ID = "e2eProxyVirtualModel"
+PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Injector worker"}
 
-def load_workflow(name: str) -> dict[str, Any]:
-    return json.loads((WORKFLOWS / name).read_text())
+
+def load_workflow(name: str, folder: Path = WORKFLOWS) -> dict[str, Any]:
+    return json.loads((folder / name).read_text())
 
 
 def node(workflow: dict[str, Any], name: str) -> dict[str, Any]:
@@ -56,14 +63,16 @@ def _variant(source: str, workflow_id: str, name: str) -> dict[str, Any]:
     return workflow
 
 
-def write_samples(folder: Path, down_url: str) -> None:
-    """The shipped samples plus the failure variants, with the shipped default URLs left in place."""
+def write_samples(folder: Path, down_url: str, worker_url: str) -> None:
+    """The shipped samples plus the failure variants and the test-only fixtures, with the shipped
+    default URLs left in place (the import script rewrites them)."""
     folder.mkdir()
-    for path in WORKFLOWS.glob("*.json"):
+    for path in [*WORKFLOWS.glob("*.json"), FIXTURES / PROXY_WORKFLOW]:
         (folder / path.name).write_text(path.read_text())
 
     credentials = json.loads((WORKFLOWS / "credentials.json").read_text())
     credentials.append({**DOWN_CREDENTIAL, "type": "roleInjectorApi", "data": {"url": down_url, "apiKey": ""}})
+    credentials.append({**PROXY_CREDENTIAL, "type": "ollamaApi", "data": {"baseUrl": worker_url}})
     (folder / "credentials.json").write_text(json.dumps(credentials, indent=2))
 
     unknown = _variant("raw-chatml-generate.json", UNKNOWN_ROLE_ID, "e2e: unknown role")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -22,20 +23,31 @@ def n8n_url(e2e_stack: Stack) -> Iterator[str]:
         yield url
 
 
-def test_webhook_answers_with_the_roles_reply(e2e_stack: Stack, n8n_url: str) -> None:
-    request = {"role": "agi-engineer", "prompt": "What should we measure first?",
-               "variables": {"user_name": "Bob"}}
-    expected = e2e_stack.inject(**request, model="qwen3:8b").json()
+@pytest.mark.parametrize(
+    "request_body",
+    [
+        pytest.param({"role": "agi-engineer", "prompt": "What should we measure first?",
+                      "variables": {"user_name": "Грета"}}, id="variables-from-the-body"),
+        # No variables: the role's defaults apply.
+        pytest.param({"role": "general-assistant", "prompt": "Hi!"}, id="no-variables"),
+    ],
+)
+def test_webhook_answers_with_the_roles_reply(e2e_stack: Stack, n8n_url: str, request_body: dict[str, Any]) -> None:
+    answer = e2e_stack.inject(**request_body, model="qwen3:8b")
+    assert answer.status_code == 200, answer.text
+    expected = answer.json()
+    for value in request_body.get("variables", {}).values():
+        assert value in expected["system"]
     e2e_stack.ollama.clear()
 
-    response = requests.post(f"{n8n_url}/webhook/{WEBHOOK_PATH}", json=request, timeout=120)
+    response = requests.post(f"{n8n_url}/webhook/{WEBHOOK_PATH}", json=request_body, timeout=120)
 
     assert response.status_code == 200, response.text
     assert response.json() == {"answer": DEFAULT_ANSWER, "role": expected["role"], "usage": expected["usage"]}
     (chat,) = e2e_stack.ollama.requests_to("/api/chat")
     assert chat.body["messages"] == [
         {"role": "system", "content": expected["system"]},
-        {"role": "user", "content": request["prompt"]},
+        {"role": "user", "content": request_body["prompt"]},
     ]
     assert chat.body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
 

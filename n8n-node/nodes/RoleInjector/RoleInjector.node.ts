@@ -17,6 +17,7 @@ type Options = {
 	reserveOutput?: unknown;
 	format?: string;
 	variables?: { values?: Array<{ name?: unknown; value?: unknown }> };
+	variablesJson?: unknown;
 	outputFields?: string[];
 };
 
@@ -104,7 +105,8 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 		if (prompt !== undefined && prompt !== null && prompt !== '') body.prompt = String(prompt);
 	}
 
-	const variables: Record<string, string> = {};
+	// The name/value pairs are applied last: on a clash they win over the JSON object.
+	const variables = parseVariablesJson(options.variablesJson, fail);
 	(options.variables?.values ?? []).forEach((variable, n) => {
 		const name = String(variable.name ?? '').trim();
 		if (!name) throw fail(`Variable ${n + 1} has no name`);
@@ -153,4 +155,40 @@ function parseMessages(
 		}
 		return { role, content };
 	});
+}
+
+/** Variables from the JSON option: an object, or a JSON string of one, of text values. Nothing
+ * (empty text, an empty object, no value) means no variables. */
+function parseVariablesJson(
+	value: unknown,
+	fail: (message: string, description?: string) => NodeOperationError,
+): Record<string, string> {
+	const shape = 'Expected a JSON object like {"user_name": "Ada"}.';
+	let object = value;
+	if (typeof object === 'string') {
+		if (!object.trim()) return {};
+		try {
+			object = JSON.parse(object);
+		} catch (error) {
+			throw fail(`Variables (JSON) is not valid JSON: ${(error as Error).message}`, shape);
+		}
+	} else if (object === undefined || object === null) {
+		return {};
+	}
+	if (typeof object !== 'object' || object === null || Array.isArray(object)) {
+		throw fail(`Variables (JSON) must be an object, not ${kindOf(object)}`, shape);
+	}
+	const variables: Record<string, string> = {};
+	for (const [name, text] of Object.entries(object)) {
+		if (typeof text !== 'string' && typeof text !== 'number' && typeof text !== 'boolean') {
+			throw fail(`Variable "${name}" in Variables (JSON) must be text, not ${kindOf(text)}`, shape);
+		}
+		variables[name] = String(text);
+	}
+	return variables;
+}
+
+function kindOf(value: unknown): string {
+	if (Array.isArray(value)) return 'an array';
+	return value === null ? 'null' : typeof value;
 }

@@ -196,6 +196,14 @@ const optionsProperty: INodeProperties = {
 				},
 			],
 		},
+		{
+			displayName: 'Variables (JSON)',
+			name: 'variablesJson',
+			type: 'json',
+			default: '{}',
+			description:
+				'Values for the role\'s {{variables}} as one JSON object, e.g. {"user_name": "Ada"}, or an expression that returns one (an object or JSON text). Values are text; numbers and true/false become text. A name also set under Variables takes the value set there.',
+		},
 	],
 };
 
