@@ -1,6 +1,8 @@
 """Fitting cost, measured in one run (not a test): prints ratios against their targets.
 
 (a) a fit of a cached 200k-token role vs a cached 2k-token role, same 1,000-token budget: ≤ 1.5×
+    (each call uses a budget not seen before, so the fit itself is computed, not taken from the
+    fit cache: the section counts are cached, the final string is encoded)
 (b) the first (cold) fit of a 200k-token role vs one `encode_ordinary` of its text: ≤ 1.3×
 
 Run: make bench   (or .venv/bin/python bench/fit_bench.py)
@@ -8,6 +10,7 @@ Run: make bench   (or .venv/bin/python bench/fit_bench.py)
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -65,10 +68,13 @@ def main() -> int:
     large_tokens, small_tokens = tokenizer.count(large.content), tokenizer.count(small.content)
 
     cache = SectionCache()
+    fit_budget(large, {}, BUDGET, tokenizer, cache)  # measure every section once: the role is cached
+    fit_budget(small, {}, BUDGET, tokenizer, cache)
+    large_budgets, small_budgets = itertools.count(BUDGET + 1), itertools.count(BUDGET + 1)
     warm_large, warm_small = compare(
         500,
-        lambda: fit_budget(large, {}, BUDGET, tokenizer, cache),
-        lambda: fit_budget(small, {}, BUDGET, tokenizer, cache),
+        lambda: fit_budget(large, {}, next(large_budgets), tokenizer, cache),
+        lambda: fit_budget(small, {}, next(small_budgets), tokenizer, cache),
     )
     cold, encode = compare(
         9,
