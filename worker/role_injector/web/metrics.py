@@ -5,8 +5,14 @@ worker sees the whole server."""
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+
+from role_injector.errors import RoleInjectorError
+from role_injector.injection import Injection
 
 REQUESTS = Counter("role_injector_requests", "HTTP requests by route and status", ["route", "method", "status"])
 INJECT_SECONDS = Histogram(
@@ -16,6 +22,25 @@ INJECT_SECONDS = Histogram(
 )
 TRIMS = Counter("role_injector_trims", "Injections whose role was trimmed to fit", ["role"])
 BUDGET_ERRORS = Counter("role_injector_budget_errors", "Budget and context errors by role", ["role", "code"])
+
+
+@contextmanager
+def injection(role: str) -> Iterator[Callable[[Injection], None]]:
+    """Times an injection and counts its trim (call the yielded function with the result) or its
+    budget error, the same for the REST API and the Ollama proxy."""
+    started = time.perf_counter()
+
+    def record(result: Injection) -> None:
+        INJECT_SECONDS.observe(time.perf_counter() - started)
+        if result.fit.trimmed:
+            TRIMS.labels(result.role.name).inc()
+
+    try:
+        yield record
+    except RoleInjectorError as exc:
+        if exc.code in {"budget_too_small", "context_overflow"}:
+            BUDGET_ERRORS.labels(role, exc.code).inc()
+        raise
 
 
 def render_metrics() -> bytes:

@@ -13,7 +13,6 @@ import os
 import re
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -209,16 +208,9 @@ def _completion(path: str, rewrite: Any) -> Response:
     virtual = _virtual(body)
     if virtual is None:
         return relay(send("POST", path, raw))  # a plain model: the client's bytes, untouched
-    started = time.perf_counter()
-    try:
+    with metrics.injection(virtual.role) as record:
         upstream_body, injection = rewrite(body, roles(), profiles(), virtual)
-    except RoleInjectorError as exc:
-        if exc.code in {"budget_too_small", "context_overflow"}:
-            metrics.BUDGET_ERRORS.labels(virtual.role, exc.code).inc()
-        raise
-    metrics.INJECT_SECONDS.observe(time.perf_counter() - started)
-    if injection.fit.trimmed:
-        metrics.TRIMS.labels(injection.role.name).inc()
+        record(injection)
     g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed)
     return relay(send("POST", path, proxy.encode_body(upstream_body), "application/json"))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 from typing import Any
 
@@ -10,7 +9,6 @@ import yaml
 from flask import Blueprint, Response, current_app, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from role_injector.errors import RoleInjectorError
 from role_injector.fitting import DEFAULT_CACHE
 from role_injector.injection import Injection, find_role, inject
 from role_injector.profiles import Profiles
@@ -120,16 +118,9 @@ def get_role(name: str) -> dict[str, Any]:
 def inject_role() -> dict[str, Any]:
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
-    started = time.perf_counter()
-    try:
+    with metrics.injection(request_.role) as record:
         result = inject(roles(), profiles(), request_)
-    except RoleInjectorError as exc:
-        if exc.code in {"budget_too_small", "context_overflow"}:
-            metrics.BUDGET_ERRORS.labels(request_.role, exc.code).inc()
-        raise
-    metrics.INJECT_SECONDS.observe(time.perf_counter() - started)
-    if result.fit.trimmed:
-        metrics.TRIMS.labels(result.role.name).inc()
+        record(result)
     g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
                  trimmed=result.fit.trimmed)
     if current_app.extensions["role_injector"]["settings"].log_prompts:
