@@ -96,6 +96,10 @@ cat >&2 <<EOF
   worker  $worker_url   (REST /v1/*, Ollama-compatible proxy /api/*)
   Ollama  $OLLAMA_URL   (model $OLLAMA_MODEL)
 
+  Try the worker:
+    curl -s $worker_url/v1/inject -H 'Content-Type: application/json' \\
+      -d '{"role": "agi-engineer", "prompt": "Привет! С чего начать?", "variables": {"user_name": "Анна"}, "budget": 1500}'
+
   Press Ctrl-C to stop.
 EOF
 # Stop everything as soon as either process exits.

@@ -74,7 +74,6 @@ class Role:
     params: Mapping[str, Any]
     tags: tuple[str, ...]
     extends: str | None
-    source_file: str
 
     @cached_property
     def walk_order(self) -> tuple[int, ...]:
@@ -307,7 +306,6 @@ def build_role(
         params=params,
         tags=tuple(resolved["tags"]),
         extends=meta.get("extends"),
-        source_file=source.file,
     )
 
 
