@@ -9,8 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from role_injector.errors import RoleInjectorError
-from role_injector.formats import Message, neutralise, render_chatml
-from role_injector.injection import BUDGET_STEP, InjectRequest, inject
+from role_injector.fitting import SectionCache
+from role_injector.formats import FORMATS, RENDERERS, Message, neutralise, render_chatml
+from role_injector.injection import BUDGET_STEP, InjectRequest, count_messages, inject
 from role_injector.profiles import load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
@@ -118,3 +119,18 @@ def test_qwen_chatml_counts_add_up_so_the_prompt_need_not_be_encoded_again(syste
     turns = [Message("user" if i % 2 == 0 else "assistant", neutralise(c)) for i, c in enumerate(contents)]
     whole = qwen.count_prompt(render_chatml(system, turns))
     assert whole == qwen.count_prompt(render_chatml("", turns)) + qwen.count(system)
+
+
+SHARED_CACHE = SectionCache()
+
+
+@settings(max_examples=300, deadline=None)
+@given(contents=st.lists(st.text(max_size=40), min_size=0, max_size=5), format_name=st.sampled_from(FORMATS),
+       model=st.sampled_from(["qwen3:8b", "phi4"]))
+def test_counting_messages_from_cached_parts_equals_encoding_the_frame(
+    contents: list[str], format_name: str, model: str
+) -> None:
+    tokenizer = load_tokenizer(PROFILES.for_model(model).tokenizer)
+    turns = [Message("user" if i % 2 == 0 else "assistant", neutralise(c)) for i, c in enumerate(contents)]
+    exact = tokenizer.count_prompt(RENDERERS[format_name]("", turns))
+    assert count_messages(format_name, turns, tokenizer, SHARED_CACHE) == exact

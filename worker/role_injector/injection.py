@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import difflib
+import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from role_injector.errors import RoleInjectorError
 from role_injector.fitting import DEFAULT_CACHE, Fit, SectionCache, fit_budget
-from role_injector.formats import RENDERERS, Message, neutralise
+from role_injector.formats import RENDERERS, Message, neutralise, render_chatml
 from role_injector.profiles import ModelProfile, Profiles
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
@@ -88,12 +89,35 @@ def step_down(tokens: int) -> int:
     return tokens - tokens % BUDGET_STEP if tokens >= BUDGET_STEP else tokens
 
 
-def prompt_tokens(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
-    """The prompt's count. In ChatML with a vocabulary whose <|im_start|> and <|im_end|> are special
-    tokens, the system text sits between two of them after a newline, so nothing merges across its
-    edges unless it starts with white space: the count is the frame's plus the system text's, which
-    saves encoding the whole prompt again."""
-    if format_name == "chatml" and tokenizer.is_special("<|im_end|>") and not fit.system[:1].isspace():
+def adds_up(format_name: str, tokenizer: Tokenizer) -> bool:
+    """In ChatML with a vocabulary whose <|im_start|> and <|im_end|> are special tokens, each content
+    sits between a newline and a special token, so nothing merges across its edges unless it starts
+    with white space: a prompt's count is its frame's plus its contents'. Counting that way lets a
+    request skip encoding the prompt, and re-sent turns of a conversation are counted once."""
+    return format_name == "chatml" and tokenizer.is_special("<|im_end|>")
+
+
+def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer, cache: SectionCache) -> int:
+    """Tokens of the prompt without the system text: the turns and the format's frame."""
+    if not adds_up(format_name, tokenizer) or any(m.content[:1].isspace() for m in turns):
+        return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
+
+    def frame(role: str | None) -> int:
+        key = ("chatml-frame", tokenizer.name, role)
+        found = cache.get(key)
+        if found is None:
+            found = tokenizer.count_prompt(render_chatml("", [Message(role, "")] if role else []))
+            cache.put(key, found)
+        return found  # type: ignore[return-value]
+
+    def content(text: str) -> int:
+        return cache.count(("content", hashlib.sha256(text.encode()).digest()), text, tokenizer)
+
+    return frame(None) + sum(frame(m.role) - frame(None) + content(m.content) for m in turns)
+
+
+def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
+    if adds_up(format_name, tokenizer) and not fit.system[:1].isspace():
         return messages_tokens + fit.tokens
     return tokenizer.count_prompt(prompt)
 
@@ -116,7 +140,7 @@ def inject(
 
     context_window = request.context_window or profile.context_window
     reserve_output = profile.reserve_output if request.reserve_output is None else request.reserve_output
-    messages_tokens = tokenizer.count_prompt(renderer("", turns))
+    messages_tokens = count_messages(format_name, turns, tokenizer, cache)
     available = profile.usable_window(context_window) - reserve_output - messages_tokens
     if available < 0:
         raise ContextOverflow(
@@ -141,7 +165,7 @@ def inject(
         system_tokens_full=fit.full_tokens,
         budget=budget,
         messages_tokens=messages_tokens,
-        prompt_tokens=prompt_tokens(format_name, tokenizer, fit, messages_tokens, prompt),
+        prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt),
         context_window=context_window,
         reserve_output=reserve_output,
         num_ctx=context_window,
