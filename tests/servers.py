@@ -47,6 +47,16 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[byt
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
+def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def run_worker(
     roles_dir: Path,
@@ -69,9 +79,4 @@ def run_worker(
         wait_for_http(url + "/healthz", process=process)
         yield WorkerProcess(url=url, process=process, log_path=log_path)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, timeout=15)

@@ -22,7 +22,7 @@ from typing import Any
 
 import requests
 
-from tests.servers import REPO, free_port, wait_for_http
+from tests.servers import REPO, free_port, stop_process, wait_for_http
 
 INSTALL_SCRIPT = REPO / "scripts" / "install-n8n.sh"
 NODE_PACKAGE_DIR = REPO / "n8n-node"
@@ -271,12 +271,7 @@ class N8n:
                 raise N8nError(f"n8n start did not come up ({exc}):\n{_tail(log_path)}") from exc
             yield self.url
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop_process(process, timeout=30)
 
     def wait_for_webhook(self, path: str, method: str = "POST", timeout: float = 60) -> None:
         """Wait until a published workflow's webhook is registered (activation runs after start-up).
