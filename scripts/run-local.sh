@@ -69,14 +69,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+# wait_up URL PID NAME: until URL answers (about 150 s at most), or stop if the process died.
+wait_up() {
+  for _ in $(seq 1 300); do
+    curl -fsS "$1" >/dev/null 2>&1 && return 0
+    kill -0 "$2" 2>/dev/null || { say "$3 did not start"; exit 1; }
+    sleep 0.5
+  done
+  say "$3 did not answer at $1"; exit 1
+}
+
 ROLE_INJECTOR_OLLAMA_URL="$OLLAMA_URL" .venv/bin/role-injector serve --host 127.0.0.1 \
   --port "$WORKER_PORT" --roles "$repo/roles" &
 pids+=($!)
-for _ in $(seq 1 100); do
-  curl -fsS "$worker_url/healthz" >/dev/null 2>&1 && break
-  kill -0 "${pids[0]}" 2>/dev/null || { say "the worker did not start"; exit 1; }
-  sleep 0.2
-done
+wait_up "$worker_url/healthz" "${pids[0]}" "the worker"
 
 say "importing the sample credentials and workflows into $N8N_HOME (first run only)"
 SAMPLES_DIR="$repo/workflows" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
@@ -84,11 +90,7 @@ SAMPLES_DIR="$repo/workflows" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAM
 
 "$n8n" start &
 pids+=($!)
-for _ in $(seq 1 300); do
-  curl -fsS "http://127.0.0.1:$N8N_PORT/healthz" >/dev/null 2>&1 && break
-  kill -0 "${pids[1]}" 2>/dev/null || { say "n8n did not start"; exit 1; }
-  sleep 0.5
-done
+wait_up "http://127.0.0.1:$N8N_PORT/healthz" "${pids[1]}" "n8n"
 
 cat >&2 <<EOF
 
