@@ -540,6 +540,11 @@ def test_too_large_a_body_is_413_in_ollama_shape(place: Path, standin: OllamaSta
         })
         assert response.status_code == 413
         assert response.json() == {"error": "the body is larger than 1000 bytes"}
+        # Without Content-Length (chunked) the body is not cut at the limit and sent on: also 413.
+        chunks = iter([b'{"model": "qwen3:8b", "messages": []}', b" " * 4000])
+        response = requests.post(process.url + "/api/chat", timeout=10, data=chunks,
+                                 headers={"Content-Type": "application/json"})
+        assert response.status_code == 413
         assert standin.requests == []
 
 

@@ -27,6 +27,7 @@ from role_injector.errors import RoleInjectorError
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.store import RoleSet, RoleStore
 from role_injector.web import metrics
+from role_injector.web.requests import read_body
 from role_injector.web.settings import Settings
 
 ollama = Blueprint("ollama", __name__)
@@ -178,9 +179,8 @@ def relay(upstream: HTTPResponse | Response) -> Response:
     return Response(body, status=upstream.status, headers=headers, direct_passthrough=True)
 
 
-def read_body() -> bytes:
-    request.max_content_length = settings().max_proxy_body_bytes
-    return request.get_data(cache=False)
+def proxy_body() -> bytes:
+    return read_body(settings().max_proxy_body_bytes)  # larger than the REST limit: images
 
 
 def _upstream_json(upstream: HTTPResponse) -> Any:
@@ -203,7 +203,7 @@ def _virtual(body: dict[str, Any]) -> VirtualModel | None:
 
 
 def _completion(path: str, rewrite: Any) -> Response:
-    raw = read_body()
+    raw = proxy_body()
     body = proxy.parse_body(raw)
     virtual = _virtual(body)
     if virtual is None:
@@ -227,7 +227,7 @@ def generate() -> Response:
 
 @ollama.post("/api/show")
 def show() -> Response:
-    raw = read_body()
+    raw = proxy_body()
     body = proxy.parse_body(raw)
     virtual = _virtual(body)
     if virtual is None:
@@ -263,7 +263,7 @@ def passthrough(rest: str) -> Response:
         request.max_content_length = sys.maxsize  # (None would mean the app's limit)
         stream = request.stream
         return relay(send("POST", path, iter(lambda: stream.read(1 << 16), b""), length=request.content_length))
-    return relay(send(request.method, path, read_body() or None))
+    return relay(send(request.method, path, proxy_body() or None))
 
 
 # --- errors in Ollama's shape ---------------------------------------------------------------------

@@ -7,6 +7,9 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
+
 from role_injector.errors import RoleInjectorError
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
@@ -23,6 +26,20 @@ INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "
 
 def invalid(message: str, **details: Any) -> RoleInjectorError:
     return RoleInjectorError(message, code="invalid_request", details=details)
+
+
+def read_body(limit: int | None = None) -> bytes:
+    """The request body, at most `limit` bytes (default: the app's MAX_CONTENT_LENGTH), else 413."""
+    if limit is not None:
+        request.max_content_length = limit
+    data = request.get_data(cache=False)
+    limit = request.max_content_length
+    # A body without Content-Length (chunked) is cut at the limit by Werkzeug, silently: if the
+    # server's stream has more, the body was too large.
+    if request.content_length is None and limit is not None and len(data) >= limit \
+            and request.environ["wsgi.input"].read(1):
+        raise RequestEntityTooLarge()
+    return data
 
 
 def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:

@@ -7,7 +7,6 @@ from typing import Any
 
 import yaml
 from flask import Blueprint, Response, current_app, g, request
-from werkzeug.exceptions import RequestEntityTooLarge
 
 from role_injector.fitting import DEFAULT_CACHE
 from role_injector.injection import Injection, find_role, inject
@@ -16,7 +15,7 @@ from role_injector.roles import Role
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
-from role_injector.web.requests import check_role_name, parse_count, parse_inject, parse_json_object
+from role_injector.web.requests import check_role_name, parse_count, parse_inject, parse_json_object, read_body
 
 rest = Blueprint("rest", __name__)
 OPENAPI = yaml.safe_load(resources.files("role_injector.web").joinpath("openapi.yaml").read_text("utf-8"))
@@ -32,14 +31,7 @@ def profiles() -> Profiles:
 
 
 def json_body() -> dict[str, Any]:
-    data = request.get_data(cache=False)
-    limit = request.max_content_length
-    # A body without Content-Length (chunked) is cut at the limit by Werkzeug, silently: if the
-    # server's stream has more, the body was too large.
-    if request.content_length is None and limit is not None and len(data) >= limit \
-            and request.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
-    return parse_json_object(data, request.content_type)
+    return parse_json_object(read_body(), request.content_type)
 
 
 def role_tokens(role: Role) -> int:
