@@ -186,12 +186,13 @@ class SectionCache:
         self.put(key, measured)
         return measured
 
-    def count(self, key: Hashable, text: str, tokenizer: Tokenizer) -> int:
-        full_key = ("count", tokenizer.name, key)
+    def count(self, key: Hashable, text: str, tokenizer: Tokenizer, prompt: bool = False) -> int:
+        """`tokenizer.count(text)` (or `count_prompt` for a rendered prompt), once per key."""
+        full_key = ("count", tokenizer.name, prompt, key)
         found = self.get(full_key)
         if isinstance(found, int):
             return found
-        tokens = tokenizer.count(text)
+        tokens = tokenizer.count_prompt(text) if prompt else tokenizer.count(text)
         self.put(full_key, tokens)
         return tokens
 

@@ -103,12 +103,8 @@ def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokeni
         return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
 
     def frame(role: str | None) -> int:
-        key = ("chatml-frame", tokenizer.name, role)
-        found = cache.get(key)
-        if found is None:
-            found = tokenizer.count_prompt(render_chatml("", [Message(role, "")] if role else []))
-            cache.put(key, found)
-        return found  # type: ignore[return-value]
+        empty = render_chatml("", [Message(role, "")] if role else [])
+        return cache.count(("chatml-frame", role), empty, tokenizer, prompt=True)
 
     def content(text: str) -> int:
         return cache.count(("content", hashlib.sha256(text.encode()).digest()), text, tokenizer)
