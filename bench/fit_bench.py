@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from role_injector.fitting import SectionCache, fit_budget
+from role_injector.fitting import FitCache, fit_budget
 from role_injector.roles import Role, build_role, parse_role_source
 from role_injector.store import RoleStore
 from role_injector.tokens import load_tokenizer
@@ -67,7 +67,7 @@ def main() -> int:
     small = role_from_manifest(2_000, "small")
     large_tokens, small_tokens = tokenizer.count(large.content), tokenizer.count(small.content)
 
-    cache = SectionCache()
+    cache = FitCache()
     fit_budget(large, {}, BUDGET, tokenizer, cache)  # measure every section once: the role is cached
     fit_budget(small, {}, BUDGET, tokenizer, cache)
     large_budgets, small_budgets = itertools.count(BUDGET + 1), itertools.count(BUDGET + 1)
@@ -78,7 +78,7 @@ def main() -> int:
     )
     cold, encode = compare(
         9,
-        lambda: fit_budget(large, {}, BUDGET, tokenizer, SectionCache()),
+        lambda: fit_budget(large, {}, BUDGET, tokenizer, FitCache()),
         lambda: tokenizer.encoding.encode_ordinary(large.content),
     )
 

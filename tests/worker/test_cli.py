@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from role_injector.errors import KINDS
 from tests.worker.conftest import BUNDLED_ROLES, RoleWriter
 
 CLI = [str(Path(sys.executable).parent / "role-injector")]
@@ -57,4 +58,5 @@ def test_render_with_a_prompt_prints_the_whole_formatted_prompt() -> None:
 
 def test_render_errors_are_clear() -> None:
     result = run("render", "agi-engineer", "--roles", str(BUNDLED_ROLES))
-    assert result.returncode == 1 and "missing_variable" in result.stderr and "user_name" in result.stderr
+    assert result.returncode == KINDS["missing_variable"].exit_code
+    assert "missing_variable" in result.stderr and "user_name" in result.stderr

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from role_injector.fitting import BudgetTooSmall, SectionCache, cut_points, fit_budget
+from role_injector.fitting import BudgetTooSmall, FitCache, cut_points, fit_budget
 from role_injector.roles import Role, build_role, parse_role_source
 from role_injector.tokens import Tokenizer, load_tokenizer
 
@@ -53,7 +53,7 @@ PROPERTY_SETTINGS = settings(max_examples=100, deadline=None, suppress_health_ch
 
 def fit_or_none(role: Role, budget: int, tokenizer: Tokenizer):
     try:
-        return fit_budget(role, {}, budget, tokenizer, SectionCache())
+        return fit_budget(role, {}, budget, tokenizer, FitCache())
     except BudgetTooSmall:
         return None
 
@@ -72,14 +72,14 @@ def test_fit_is_within_budget_keeps_required_and_is_valid_utf8(text: str, budget
     assert set(required) <= set(fit.kept)
     assert fit.system.encode("utf-8").decode("utf-8") == fit.system
     assert len(fit.kept) + len(fit.truncated) + len(fit.dropped) == len(role.sections)
-    assert fit == fit_budget(role, {}, budget, tokenizer, SectionCache())  # deterministic
+    assert fit == fit_budget(role, {}, budget, tokenizer, FitCache())  # deterministic
 
 
 @PROPERTY_SETTINGS
 @given(text=role_texts(), budgets=st.lists(st.integers(1, 400), min_size=2, max_size=4), tokenizer=tokenizers)
 def test_a_larger_budget_never_keeps_less(text: str, budgets: list[int], tokenizer: Tokenizer) -> None:
     role = make_role(text)
-    cache = SectionCache()  # shared, as in production: cached and cold fits must agree
+    cache = FitCache()  # shared, as in production: cached and cold fits must agree
     previous = None
     for budget in sorted(budgets):
         try:
@@ -115,10 +115,10 @@ def test_walk_order_and_report() -> None:
         + " ".join(["Low priority sentence."] * 50)
         + "\n\n## High {priority=90}\nHigh priority.\n\n## Mid\nMiddle one.\n\nMiddle two.\n"
     )
-    full = fit_budget(role, {}, 10_000, QWEN, SectionCache())
+    full = fit_budget(role, {}, 10_000, QWEN, FitCache())
     assert not full.trimmed and full.system == role.content
     expected = "Intro.\n\n## Must\nRequired text.\n\n## High\nHigh priority.\n\n## Mid\nMiddle one."
-    small = fit_budget(role, {}, QWEN.count(expected), QWEN, SectionCache())
+    small = fit_budget(role, {}, QWEN.count(expected), QWEN, FitCache())
     assert small.kept == ("(preamble)", "Must", "High")
     assert small.truncated == ("Mid",) and small.dropped == ("Low",)
     assert small.system == expected
@@ -128,9 +128,9 @@ def test_required_sections_over_budget_name_the_tokens_needed() -> None:
     role = make_role("## A {required}\n" + "Word. " * 100)
     needed = QWEN.count(role.content)
     with pytest.raises(BudgetTooSmall) as error:
-        fit_budget(role, {}, needed - 1, QWEN, SectionCache())
+        fit_budget(role, {}, needed - 1, QWEN, FitCache())
     assert error.value.details["needed"] == needed
-    assert fit_budget(role, {}, needed, QWEN, SectionCache()).tokens == needed
+    assert fit_budget(role, {}, needed, QWEN, FitCache()).tokens == needed
 
 
 def test_cut_points_skip_code_fences_and_headings() -> None:
@@ -153,24 +153,27 @@ class CountingTokenizer(Tokenizer):
         return super().encode(text)
 
 
-def test_a_cached_fit_encodes_only_about_the_final_string() -> None:
+def test_a_new_budget_on_a_measured_role_encodes_only_about_the_final_string() -> None:
     body = "\n\n".join(
         f"## Part {i} {{priority={i % 90}}}\n" + " ".join(f"Sentence {j} of part {i}." for j in range(60))
         for i in range(200)
     )
     role = make_role(body)
     tokenizer = CountingTokenizer(QWEN)
-    cache = SectionCache()
+    cache = FitCache()
     fit_budget(role, {}, 1000, tokenizer, cache)
     assert tokenizer.encoded_chars >= len(role.content)  # the cold fit measured every section once
     tokenizer.encoded_chars = 0
-    fit = fit_budget(role, {}, 1000, tokenizer, cache)
-    assert tokenizer.encoded_chars <= 3 * len(fit.system) < len(role.content) / 20
+    # A budget not fitted before: the plan is cached, the fit is computed (not a fit-cache hit).
+    fit = fit_budget(role, {}, 1333, tokenizer, cache)
+    assert fit.truncated  # a section was cut, so its cut estimates were computed too
+    assert 0 < tokenizer.encoded_chars <= 3 * len(fit.system) + max(len(s.text) for s in role.sections)
+    assert tokenizer.encoded_chars < len(role.content) / 20
 
 
 def test_sections_with_variables_are_measured_per_value() -> None:
     role = make_role("---\nvariables: {who: {required: true}}\n---\n## A {required}\nHello {{who}}.\n\n## B\nStatic.\n")
-    cache = SectionCache()
+    cache = FitCache()
     one = fit_budget(role, {"who": "Ann"}, 100, QWEN, cache)
     two = fit_budget(role, {"who": "Bob <|im_end|>"}, 100, QWEN, cache)
     assert "Hello Ann." in one.system
@@ -182,5 +185,5 @@ def test_sections_with_variables_are_measured_per_value() -> None:
 @given(text=role_texts(), tokenizer=tokenizers)
 def test_a_budget_of_the_whole_role_keeps_it_whole(text: str, tokenizer: Tokenizer) -> None:
     role = make_role(text)
-    fit = fit_budget(role, {}, tokenizer.count(role.content), tokenizer, SectionCache())
+    fit = fit_budget(role, {}, tokenizer.count(role.content), tokenizer, FitCache())
     assert not fit.trimmed and fit.system == role.content

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from role_injector.errors import RoleInjectorError
-from role_injector.fitting import SectionCache
+from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, RENDERERS, Message, neutralise, render_chatml
 from role_injector.injection import BUDGET_STEP, InjectRequest, count_messages, inject
 from role_injector.profiles import load_profiles
@@ -124,7 +124,7 @@ def test_qwen_chatml_counts_add_up_so_the_prompt_need_not_be_encoded_again(
     assert whole == qwen.count_prompt(render_chatml("", turns)) + qwen.count(system)
 
 
-SHARED_CACHE = SectionCache()
+SHARED_CACHE = FitCache()
 
 
 @settings(max_examples=300, deadline=None)

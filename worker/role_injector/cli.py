@@ -1,10 +1,13 @@
-"""Command line: `lint`, `render` and `serve`."""
+"""Command line: `lint`, `render` and `serve`.
+
+Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
+`role_injector.errors.KINDS` (2 for a wrong command line).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -13,16 +16,17 @@ from role_injector.errors import RoleInjectorError
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.profiles import load_profiles
+from role_injector.settings import Settings
 from role_injector.store import RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
 
 
-def default_roles_dir() -> str:
-    return os.environ.get("ROLE_INJECTOR_ROLES_DIR", "./roles")
+def open_store(directory: str) -> RoleStore:
+    return RoleStore(directory, max_file_bytes=Settings.from_env().max_role_bytes)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
-    store = RoleStore(args.dir)
+    store = open_store(args.dir)
     snapshot = store.current()
     tokenizers = [load_tokenizer(name) for name in VOCABULARIES]
     rows = [["role", "version", "sections", *(f"tokens ({t.name})" for t in tokenizers), "errors"]]
@@ -51,8 +55,8 @@ def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    store = RoleStore(args.roles)
-    profiles = load_profiles(os.environ.get("ROLE_INJECTOR_MODELS"))
+    store = open_store(args.roles)
+    profiles = load_profiles(Settings.from_env().models_file)
     request = InjectRequest(
         role=args.role,
         turns=(Message("user", args.prompt),) if args.prompt is not None else (),
@@ -61,11 +65,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         budget=args.budget,
         format=args.format,
     )
-    try:
-        result = inject(store.current(), profiles, request)
-    except RoleInjectorError as exc:
-        print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return 1
+    result = inject(store.current(), profiles, request)
     print(result.prompt if args.prompt is not None or args.full_prompt else result.system)
     report = {
         "role": {"name": result.role.name, "version": result.role.version},
@@ -85,16 +85,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    default_roles_dir = Settings.from_env().roles_dir
     parser = argparse.ArgumentParser(prog="role-injector", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
     lint = commands.add_parser("lint", help="validate every role and print a table")
-    lint.add_argument("dir", nargs="?", default=default_roles_dir())
+    lint.add_argument("dir", nargs="?", default=default_roles_dir)
     lint.set_defaults(run=cmd_lint)
 
     render = commands.add_parser("render", help="print a role fitted to a budget (report on stderr)")
     render.add_argument("role")
-    render.add_argument("--roles", default=default_roles_dir())
+    render.add_argument("--roles", default=default_roles_dir)
     render.add_argument("--budget", type=int)
     render.add_argument("--model")
     render.add_argument("--format", choices=FORMATS)
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="serve the REST API and the Ollama proxy with gunicorn")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--roles", default=default_roles_dir())
+    serve.add_argument("--roles", default=default_roles_dir)
     serve.add_argument("--workers", type=int, default=2)
     serve.set_defaults(run=cmd_serve)
     return parser
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args))
     except RoleInjectorError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
-        return 2
+        return exc.kind.exit_code
 
 
 if __name__ == "__main__":

@@ -1,18 +1,133 @@
-"""The one error type of the library: a stable code, a message for people, details for programs."""
+"""Every error of Role Injector, in one place: its code, what it means and how each surface shows it.
+
+The library raises these; nothing else decides a status. `KINDS` is the one table: the REST API
+(`{"error": {"code", "message", "details"}}`), the Ollama-compatible proxy (`{"error": "..."}`), the
+OpenAI-compatible route (`{"error": {"message", "type", "param", "code"}}`), the CLI's exit codes,
+the OpenAPI document and the README are derived from it or tested against it.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 
+@dataclass(frozen=True)
+class ErrorKind:
+    code: str
+    meaning: str
+    rest_status: int
+    ollama_status: int
+    openai_type: str  # OpenAI's `error.type`
+    exit_code: int  # of the `role-injector` command
+
+
+def _kinds(*kinds: ErrorKind) -> dict[str, ErrorKind]:
+    return {kind.code: kind for kind in kinds}
+
+
+KINDS: dict[str, ErrorKind] = _kinds(
+    ErrorKind("invalid_request", "the request is malformed or names something that cannot be used",
+              400, 400, "invalid_request_error", 2),
+    ErrorKind("unauthorized", "missing or wrong API key", 401, 401, "authentication_error", 2),
+    ErrorKind("not_found", "no such endpoint", 404, 404, "invalid_request_error", 2),
+    ErrorKind("role_not_found", "no role of that name (close names in details.suggestions)",
+              404, 404, "invalid_request_error", 3),
+    ErrorKind("method_not_allowed", "the endpoint does not take that HTTP method", 405, 405,
+              "invalid_request_error", 2),
+    ErrorKind("payload_too_large", "the body is over the size limit", 413, 413, "invalid_request_error", 2),
+    ErrorKind("unsupported_media_type", "the body is not sent as application/json", 415, 400,
+              "invalid_request_error", 2),
+    ErrorKind("missing_variable", "the role needs a variable the request did not give", 422, 400,
+              "invalid_request_error", 4),
+    ErrorKind("budget_too_small", "the role's required sections alone exceed the budget", 422, 400,
+              "invalid_request_error", 5),
+    ErrorKind("context_overflow", "the conversation and the answer's reserve do not fit the context window",
+              422, 400, "invalid_request_error", 6),
+    ErrorKind("invalid_role", "a role file cannot be loaded or used as it is", 422, 400,
+              "invalid_request_error", 7),
+    ErrorKind("invalid_profiles", "the model profile file is wrong", 503, 503, "server_error", 8),
+    ErrorKind("invalid_config", "a setting (environment variable or option) is wrong", 503, 503, "server_error", 9),
+    ErrorKind("tokenizer_unavailable", "a vocabulary file is missing or does not match its pinned sha256",
+              503, 503, "server_error", 10),
+    ErrorKind("bad_upstream", "Ollama answered with something that is not its API", 502, 502, "server_error", 11),
+    ErrorKind("upstream_unreachable", "Ollama cannot be reached", 502, 502, "server_error", 11),
+    ErrorKind("upstream_timeout", "Ollama did not answer in time", 504, 504, "server_error", 12),
+    ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
+              "server_error", 70),
+)
+
+
 class RoleInjectorError(Exception):
-    """Base error. Subclasses fix `code`; the HTTP layer maps codes to statuses."""
+    """Base error: a stable `code` (a key of `KINDS`), a message for people, details for programs."""
 
     code = "invalid_request"
 
-    def __init__(self, message: str, *, code: str | None = None, details: dict[str, Any] | None = None) -> None:
+    def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
-        if code is not None:
-            self.code = code
         self.details: dict[str, Any] = details or {}
+
+    @property
+    def kind(self) -> ErrorKind:
+        return KINDS[self.code]
+
+
+class InvalidRequest(RoleInjectorError):
+    code = "invalid_request"
+
+
+class Unauthorized(RoleInjectorError):
+    code = "unauthorized"
+
+
+class RoleNotFound(RoleInjectorError):
+    code = "role_not_found"
+
+
+class UnsupportedMediaType(RoleInjectorError):
+    code = "unsupported_media_type"
+
+
+class VariableError(RoleInjectorError):
+    code = "missing_variable"
+
+
+class BudgetTooSmall(RoleInjectorError):
+    code = "budget_too_small"
+
+
+class ContextOverflow(RoleInjectorError):
+    code = "context_overflow"
+
+
+class RoleError(RoleInjectorError):
+    """A role file that cannot be loaded; the message names the problem."""
+
+    code = "invalid_role"
+
+
+class ProfileError(RoleInjectorError):
+    code = "invalid_profiles"
+
+
+class ConfigError(RoleInjectorError):
+    code = "invalid_config"
+
+
+class VocabularyError(RoleInjectorError):
+    code = "tokenizer_unavailable"
+
+
+class UpstreamError(RoleInjectorError):
+    """Ollama's answer makes no sense for its API."""
+
+    code = "bad_upstream"
+
+
+class UpstreamUnreachable(RoleInjectorError):
+    code = "upstream_unreachable"
+
+
+class UpstreamTimeout(RoleInjectorError):
+    code = "upstream_timeout"

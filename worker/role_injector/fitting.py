@@ -23,17 +23,13 @@ from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
 from role_injector.roles import FENCE, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
 SEPARATOR = "\n\n"
 SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*(?=\s)")
-
-
-class BudgetTooSmall(RoleInjectorError):
-    code = "budget_too_small"
 
 
 @dataclass(frozen=True)
@@ -143,8 +139,9 @@ class RolePlan:
         )
 
 
-class SectionCache:
-    """Bounded LRU of role plans, measured sections and counts; safe across threads."""
+class FitCache:
+    """What fitting remembers between requests: role plans, measured sections, token counts and whole
+    fits, in one bounded LRU that is safe across threads."""
 
     def __init__(self, max_entries: int = 50_000) -> None:
         self.max_entries = max_entries
@@ -197,7 +194,7 @@ class SectionCache:
         return tokens
 
 
-DEFAULT_CACHE = SectionCache()
+DEFAULT_CACHE = FitCache()
 
 
 def fit_budget(
@@ -205,7 +202,7 @@ def fit_budget(
     values: Mapping[str, str],
     budget: int,
     tokenizer: Tokenizer,
-    cache: SectionCache = DEFAULT_CACHE,
+    cache: FitCache = DEFAULT_CACHE,
 ) -> Fit:
     """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report.
 
@@ -214,12 +211,12 @@ def fit_budget(
     found = cache.get(key)
     if isinstance(found, Fit):
         return found
-    fit = _fit(role, values, budget, tokenizer, cache)
+    fit = _compute_fit(role, values, budget, tokenizer, cache)
     cache.put(key, fit)
     return fit
 
 
-def _fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: SectionCache) -> Fit:
+def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache) -> Fit:
     plan = cache.plan(role, tokenizer)
     measured: Sequence[MeasuredSection | None] = plan.sections
     full_tokens = plan.static_full_tokens

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-Role = Literal["user", "assistant"]
+Speaker = Literal["user", "assistant"]
 
 ZERO_WIDTH_SPACE = "\u200b"
 CONTROL_TOKEN = re.compile(
@@ -34,7 +34,7 @@ def neutralise(text: str) -> str:
 
 @dataclass(frozen=True)
 class Message:
-    role: Role
+    role: Speaker
     content: str
 
 

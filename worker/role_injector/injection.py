@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from role_injector.errors import RoleInjectorError
-from role_injector.fitting import DEFAULT_CACHE, Fit, SectionCache, fit_budget
+from role_injector.errors import ContextOverflow, RoleNotFound
+from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, fit_budget
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml
-from role_injector.profiles import ModelProfile, Profiles
+from role_injector.profiles import Profiles
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
 from role_injector.tokens import Tokenizer, load_tokenizer
@@ -20,14 +20,6 @@ from role_injector.tokens import Tokenizer, load_tokenizer
 # the system prompt stays byte-identical across the turns of a growing conversation and the model
 # server's prompt cache keeps reusing it.
 BUDGET_STEP = 512
-
-
-class RoleNotFound(RoleInjectorError):
-    code = "role_not_found"
-
-
-class ContextOverflow(RoleInjectorError):
-    code = "context_overflow"
 
 
 @dataclass(frozen=True)
@@ -40,6 +32,9 @@ class InjectRequest:
     context_window: int | None = None
     reserve_output: int | None = None
     format: str | None = None
+    # Tokens the request carries besides its messages (tool definitions, /api/generate's context):
+    # they take room in the context like the messages do.
+    attached_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -50,6 +45,7 @@ class Usage:
     system_tokens_full: int
     budget: int
     messages_tokens: int  # the prompt without the system text: turns plus the format's frame
+    attached_tokens: int  # tool definitions and the like, sent beside the prompt
     prompt_tokens: int
     context_window: int
     reserve_output: int
@@ -60,7 +56,6 @@ class Usage:
 class Injection:
     role: Role
     model: str | None
-    profile: ModelProfile
     format: str
     turns: tuple[Message, ...]
     prompt: str
@@ -77,6 +72,7 @@ class Injection:
 
 
 def find_role(roles: RoleSet, name: str) -> Role:
+    """The role called `name`, or `RoleNotFound` with up to three close names as suggestions."""
     role = roles.roles.get(name)
     if role is None:
         suggestions = difflib.get_close_matches(name, list(roles.roles), n=3, cutoff=0.5)
@@ -97,7 +93,7 @@ def adds_up(format_name: str, tokenizer: Tokenizer) -> bool:
     return format_name == "chatml" and tokenizer.is_special("<|im_end|>")
 
 
-def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer, cache: SectionCache) -> int:
+def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer, cache: FitCache) -> int:
     """Tokens of the prompt without the system text: the turns and the format's frame."""
     if not adds_up(format_name, tokenizer) or any(m.content[:1].isspace() for m in turns):
         return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
@@ -122,8 +118,15 @@ def inject(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
-    cache: SectionCache = DEFAULT_CACHE,
+    cache: FitCache = DEFAULT_CACHE,
 ) -> Injection:
+    """Resolve `request.role` in `roles`, fit it into its budget and render the whole prompt.
+
+    The model (request, else the role's) picks the profile: tokenizer, format, context window. The
+    budget is the request's, else the role's, else what the context leaves after the messages and
+    the answer's reserve (see docs/architecture.md, "The budget rule"). Raises `RoleNotFound`,
+    `VariableError`, `InvalidRequest` (undeclared variables), `ContextOverflow` or `BudgetTooSmall`.
+    """
     role = find_role(roles, request.role)
     model = request.model or role.model
     profile = profiles.for_model(model)
@@ -137,14 +140,17 @@ def inject(
     context_window = request.context_window or profile.context_window
     reserve_output = profile.reserve_output if request.reserve_output is None else request.reserve_output
     messages_tokens = count_messages(format_name, turns, tokenizer, cache)
-    available = profile.usable_window(context_window) - reserve_output - messages_tokens
+    attached = request.attached_tokens
+    available = profile.usable_window(context_window) - reserve_output - messages_tokens - attached
     if available < 0:
         raise ContextOverflow(
-            f"the messages need {messages_tokens} tokens and the answer {reserve_output}, "
-            f"more than the context window of {context_window} tokens"
+            f"the messages need {messages_tokens} tokens"
+            + (f", what is attached to them {attached}" if attached else "")
+            + f" and the answer {reserve_output}, more than the context window of {context_window} tokens"
             + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})"),
             details={
                 "messages_tokens": messages_tokens,
+                "attached_tokens": attached,
                 "reserve_output": reserve_output,
                 "context_window": context_window,
             },
@@ -161,9 +167,10 @@ def inject(
         system_tokens_full=fit.full_tokens,
         budget=budget,
         messages_tokens=messages_tokens,
+        attached_tokens=attached,
         prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt),
         context_window=context_window,
         reserve_output=reserve_output,
         num_ctx=context_window,
     )
-    return Injection(role, model, profile, format_name, turns, prompt, fit, usage)
+    return Injection(role, model, format_name, turns, prompt, fit, usage)

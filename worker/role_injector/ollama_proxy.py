@@ -12,7 +12,7 @@ virtual, and forwards either the client's own bytes (plain model) or the body re
   covers the prompt and the answer, never lower than the client asked, so Ollama never cuts it;
 - `/api/tags` and `/api/show` answers are completed with the virtual models.
 
-Errors are `RoleInjectorError`s; `error_status` gives the HTTP status Ollama clients expect.
+Errors are `role_injector.errors` classes; the web layer shows them in Ollama's shape.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
 from role_injector.formats import Message, neutralise
-from role_injector.injection import ContextOverflow, Injection, InjectRequest, find_role, inject
+from role_injector.injection import Injection, InjectRequest, find_role, inject
 from role_injector.profiles import Profiles, VirtualModel
-from role_injector.roles import VariableError
 from role_injector.store import RoleSet
 from role_injector.tokens import load_tokenizer
 
@@ -34,36 +33,8 @@ MAX_NUM_CTX = 10_000_000
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Ollama sends for "never"; Go clients parse it
 
 
-def invalid(message: str, **details: Any) -> RoleInjectorError:
-    return RoleInjectorError(message, code="invalid_request", details=details)
-
-
-def error_status(exc: RoleInjectorError) -> int:
-    """The status of an error in Ollama's API: 404 for an unknown role, 502 for an answer from Ollama
-    that makes no sense, else 400 (the request cannot be served as sent)."""
-    return {"role_not_found": 404, "bad_upstream": 502}.get(exc.code, 400)
-
-
-def error_body(message: str) -> dict[str, str]:
-    """Ollama's error shape."""
-    return {"error": message}
-
-
-def parse_body(data: bytes) -> dict[str, Any]:
-    """A request body as Ollama reads it: JSON, whatever the Content-Type says."""
-    if not data.strip():
-        raise invalid("missing request body: send a JSON object")
-    try:
-        body = json.loads(data)
-    except (ValueError, RecursionError):
-        raise invalid("the body is not valid JSON (or is nested too deeply)") from None
-    if not isinstance(body, dict):
-        raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
-    return body
-
-
-def encode_body(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+def invalid(message: str, **details: Any) -> InvalidRequest:
+    return InvalidRequest(message, details=details)
 
 
 def resolve_virtual(profiles: Profiles, name: Any) -> VirtualModel | None:
@@ -104,14 +75,14 @@ def _num_ctx(value: Any, where: str) -> int | None:
     return value
 
 
-def _fit(
+def _inject_virtual(
     roles: RoleSet,
     profiles: Profiles,
     virtual: VirtualModel,
     turns: Sequence[Message],
     client_options: Mapping[str, Any],
-    extra_tokens: int = 0,
-    extra_what: str = "",
+    attached_tokens: int = 0,
+    attached_what: str = "",
 ) -> tuple[Injection, dict[str, Any]]:
     """Fit the role to what the conversation leaves; return it with the options to send."""
     role = find_role(roles, virtual.role)
@@ -132,19 +103,19 @@ def _fit(
         model=virtual.base,
         budget=virtual.budget,
         context_window=window,
-        reserve_output=profile.reserve_output + extra_tokens,
+        attached_tokens=attached_tokens,
     )
     try:
         injection = inject(roles, profiles, request)
     except ContextOverflow as exc:
         needed = exc.details.get("messages_tokens", 0)
-        extra = f" plus {extra_tokens} for {extra_what}" if extra_tokens else ""
+        extra = f" plus {attached_tokens} for {attached_what}" if attached_tokens else ""
         raise ContextOverflow(
             f"the conversation needs {needed} tokens{extra} and {profile.reserve_output} are kept for the answer: "
             f"more than the context window of {window} tokens for {virtual.base}"
             + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})")
             + "; shorten the conversation or raise options.num_ctx",
-            details={**exc.details, "extra_tokens": extra_tokens, "context_window": window},
+            details={**exc.details, "context_window": window},
         ) from None
     except VariableError as exc:
         raise VariableError(
@@ -203,8 +174,8 @@ def rewrite_chat(
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", field="tools")
     tool_tokens = _count_json(profiles, virtual.base, tools) if tools else 0
-    injection, options = _fit(roles, profiles, virtual, [_counted(m) for m in turns], client_options,
-                              tool_tokens, "the tool definitions")
+    injection, options = _inject_virtual(roles, profiles, virtual, [_counted(m) for m in turns], client_options,
+                                         tool_tokens, "the tool definitions")
     out = dict(body)
     out["model"] = virtual.base
     out["options"] = options
@@ -237,8 +208,8 @@ def rewrite_generate(
     client_options = _options(body)
     # In raw mode Ollama applies no template, so a suffix plays no part.
     turns = [Message("user", prompt if raw else prompt + (suffix or ""))] if prompt else []
-    injection, options = _fit(roles, profiles, virtual, turns, client_options,
-                              len(context or ()), "the context of earlier turns")
+    injection, options = _inject_virtual(roles, profiles, virtual, turns, client_options,
+                                         len(context or ()), "the context of earlier turns")
     out = dict(body)
     out["model"] = virtual.base
     out["options"] = options
@@ -277,8 +248,8 @@ def show_response(
     """The base model's /api/show answer, with the role's fitted system prompt and the options the
     proxy sends by default (a conversation that has not started yet)."""
     if not isinstance(upstream, dict):
-        raise RoleInjectorError("Ollama's /api/show answer is not a JSON object", code="bad_upstream")
-    injection, options = _fit(roles, profiles, virtual, [], {})
+        raise UpstreamError("Ollama's /api/show answer is not a JSON object")
+    injection, options = _inject_virtual(roles, profiles, virtual, [], {})
     out = dict(upstream)
     out["system"] = injection.system
     kept = [line for line in str(upstream.get("parameters") or "").splitlines()

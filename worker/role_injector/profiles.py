@@ -12,14 +12,10 @@ from typing import Any
 
 import yaml
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
 from role_injector.roles import NAME_PATTERN
 from role_injector.tokens import VOCABULARIES
-
-
-class ProfileError(RoleInjectorError):
-    code = "invalid_profiles"
 
 
 @dataclass(frozen=True)

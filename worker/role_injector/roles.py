@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import InvalidRequest, RoleError, VariableError
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -31,12 +31,6 @@ DEFAULT_PRIORITY = 50
 PREAMBLE_PRIORITY = 100
 MAX_PARTIAL_DEPTH = 5
 FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble"}
-
-
-class RoleError(RoleInjectorError):
-    """A role file that cannot be loaded; the message names the problem."""
-
-    code = "invalid_role"
 
 
 @dataclass(frozen=True)
@@ -309,17 +303,12 @@ def build_role(
     )
 
 
-class VariableError(RoleInjectorError):
-    code = "missing_variable"
-
-
 def resolve_variables(role: Role, given: Mapping[str, str]) -> dict[str, str]:
     """Values for every declared variable: given, else default; missing required ones are an error."""
     undeclared = sorted(set(given) - role.variables.keys())
     if undeclared:
-        raise RoleInjectorError(
+        raise InvalidRequest(
             f"role {role.name!r} does not declare variable(s) {', '.join(undeclared)}",
-            code="invalid_request",
             details={"undeclared": undeclared, "declared": sorted(role.variables)},
         )
     values: dict[str, str] = {}

@@ -38,9 +38,9 @@ def serve(host: str, port: int, roles_dir: str, workers: int, threads: int = 8) 
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="role-injector-metrics-"))
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
+    from role_injector.settings import Settings
     from role_injector.tokens import VOCABULARIES, load_tokenizer
     from role_injector.web import create_app
-    from role_injector.web.settings import Settings
 
     try:
         app = create_app(Settings.from_env(roles_dir=roles_dir))
@@ -48,7 +48,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int, threads: int = 8) 
             load_tokenizer(name)
     except RoleInjectorError as exc:
         print(f"role-injector: {exc.message}", file=sys.stderr)
-        return 2
+        return exc.kind.exit_code
     options = {
         "bind": f"{host}:{port}",
         "workers": max(1, workers),

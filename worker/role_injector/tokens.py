@@ -15,7 +15,7 @@ from importlib import resources
 
 import tiktoken
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import VocabularyError
 
 # Qwen2/Qwen2.5/Qwen3 pre-tokenizer split pattern (single digits, unlike cl100k's 1-3).
 QWEN_PATTERN = (
@@ -81,10 +81,6 @@ VOCABULARIES: dict[str, Vocabulary] = {
         nfc=False,
     ),
 }
-
-
-class VocabularyError(RoleInjectorError):
-    code = "tokenizer_unavailable"
 
 
 @dataclass

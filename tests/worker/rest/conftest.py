@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from flask import Flask
 
+from role_injector.settings import Settings
 from role_injector.web import create_app
-from role_injector.web.settings import Settings
 from tests.servers import WorkerProcess, run_worker
 from tests.worker.rest.support import (
     API_KEY,

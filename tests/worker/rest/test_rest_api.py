@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from role_injector.errors import KINDS
 from role_injector.fitting import Fit, fit_budget
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet, RoleStore
@@ -136,10 +137,11 @@ def test_bundled_role_with_required_variable(api: Api) -> None:
     assert result["usage"]["system_tokens"] <= 3000
 
 
-def test_openapi_json_is_the_bundled_document(api: Api) -> None:
+def test_openapi_json_is_the_bundled_document_with_the_error_codes_filled_in(api: Api) -> None:
     reply = api.request("GET", "/openapi.json")
     assert reply.status == 200 and reply.content_type.startswith("application/json")
     document = yaml.safe_load((REPO / "worker/role_injector/web/openapi.yaml").read_text("utf-8"))
+    document["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"]["enum"] = list(KINDS)
     assert reply.json() == document
     assert reply.json()["openapi"].startswith("3.1")
 
@@ -202,6 +204,7 @@ def test_inject_fits_renders_and_reports(api: Api, library: RoleSet, qwen: Token
         "system_tokens_full": library_fit(library, 72).full_tokens,
         "budget": 72,
         "messages_tokens": qwen.count_prompt(chatml("", ("user", QUESTION))),
+        "attached_tokens": 0,
         "prompt_tokens": qwen.count_prompt(result["prompt"]),
         "context_window": 8192,
         "reserve_output": 1024,
@@ -514,7 +517,7 @@ def test_context_overflow_reports_the_needed_tokens(api: Api, qwen: Tokenizer) -
     reply = api.request("POST", "/v1/inject", json={**VALID, "prompt": prompt, "context_window": 1200})
     error = assert_error(reply, 422, "context_overflow")
     assert error["details"] == {"messages_tokens": qwen.count_prompt(chatml("", ("user", prompt))),
-                                "reserve_output": 1024, "context_window": 1200}
+                                "attached_tokens": 0, "reserve_output": 1024, "context_window": 1200}
     # Without the answer's reserve the same messages fit, and the role is fitted into what is left.
     result = inject(api, **VALID, prompt=prompt, context_window=1200, reserve_output=0)
     assert result["usage"]["budget"] == 512  # 1200 - messages (~310), in a step of 512

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from role_injector.settings import Settings
 from role_injector.web import create_app
-from role_injector.web.settings import Settings
 from tests.servers import WorkerProcess
 from tests.worker.rest.support import (
     API_KEY,

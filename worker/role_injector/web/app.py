@@ -14,24 +14,11 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
-from role_injector.errors import RoleInjectorError
-from role_injector.profiles import load_profiles
-from role_injector.store import RoleStore
-from role_injector.web import metrics
-from role_injector.web.settings import Settings
+from role_injector.errors import KINDS, RoleInjectorError
+from role_injector.settings import Settings
+from role_injector.web import metrics, state
 
-STATUS = {
-    "invalid_request": 400,
-    "unauthorized": 401,
-    "not_found": 404,
-    "role_not_found": 404,
-    "method_not_allowed": 405,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "missing_variable": 422,
-    "budget_too_small": 422,
-    "context_overflow": 422,
-}
+# Werkzeug's own errors (routing, body size) by status, as codes of `role_injector.errors.KINDS`.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API and the Ollama-compatible proxy
 
@@ -61,7 +48,7 @@ def error_response(
     code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
 ) -> Response:
     body = {"error": {"code": code, "message": message, "details": details or {}}}
-    response = Response(json.dumps(body, ensure_ascii=False), status or STATUS.get(code, 500),
+    response = Response(json.dumps(body, ensure_ascii=False), status or KINDS[code].rest_status,
                         mimetype="application/json")
     if code == "unauthorized":
         response.headers["WWW-Authenticate"] = "Bearer"
@@ -80,12 +67,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json = OrjsonProvider(app)
     app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    app.extensions["role_injector"] = {
-        "settings": settings,
-        "store": RoleStore(settings.roles_dir, max_file_bytes=settings.max_role_bytes,
-                           check_interval=settings.reload_interval),
-        "profiles": load_profiles(settings.models_file),
-    }
+    state.install(app, settings)
 
     from role_injector.web.ollama import ollama, ollama_error
     from role_injector.web.rest import rest

@@ -24,11 +24,10 @@ from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
 from role_injector.errors import RoleInjectorError
-from role_injector.profiles import Profiles, VirtualModel
-from role_injector.store import RoleSet, RoleStore
+from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
-from role_injector.web.requests import read_body
-from role_injector.web.settings import Settings
+from role_injector.web.bodies import encode_json, parse_ollama_body, read_body
+from role_injector.web.state import profiles, roles, settings
 
 ollama = Blueprint("ollama", __name__)
 log = logging.getLogger("role_injector.ollama")
@@ -44,27 +43,13 @@ ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 def ollama_error(message: str, status: int) -> Response:
     """An error in Ollama's own shape, which Ollama clients read: {"error": "..."}."""
-    response = Response(json.dumps(proxy.error_body(message), ensure_ascii=False), status,
-                        mimetype="application/json")
+    response = Response(json.dumps({"error": message}, ensure_ascii=False), status, mimetype="application/json")
     if status == 401:
         response.headers["WWW-Authenticate"] = "Bearer"
     return response
 
 
-# --- state of the app and the process -------------------------------------------------------------
-
-
-def settings() -> Settings:
-    return current_app.extensions["role_injector"]["settings"]
-
-
-def roles() -> RoleSet:
-    store: RoleStore = current_app.extensions["role_injector"]["store"]
-    return store.current()
-
-
-def profiles() -> Profiles:
-    return current_app.extensions["role_injector"]["profiles"]
+# --- connections to Ollama, per process -----------------------------------------------------------
 
 
 _pools: dict[int, urllib3.PoolManager] = {}
@@ -160,7 +145,7 @@ def _chunks(upstream: HTTPResponse, ndjson: bool, ollama_url: str, timeout: floa
             message = f"Ollama at {ollama_url} sent nothing for {timeout:g} s"
         else:
             message = f"the connection to Ollama at {ollama_url} broke: {_reason(exc)}"
-        yield (json.dumps(proxy.error_body(message)) + "\n").encode()
+        yield (json.dumps({"error": message}) + "\n").encode()
     finally:
         if not complete:
             upstream.close()  # never hand a half-read connection back to the pool
@@ -204,7 +189,7 @@ def _virtual(body: dict[str, Any]) -> VirtualModel | None:
 
 def _completion(path: str, rewrite: Any) -> Response:
     raw = proxy_body()
-    body = proxy.parse_body(raw)
+    body = parse_ollama_body(raw)
     virtual = _virtual(body)
     if virtual is None:
         return relay(send("POST", path, raw))  # a plain model: the client's bytes, untouched
@@ -212,7 +197,7 @@ def _completion(path: str, rewrite: Any) -> Response:
         upstream_body, injection = rewrite(body, roles(), profiles(), virtual)
         record(injection)
     g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed)
-    return relay(send("POST", path, proxy.encode_body(upstream_body), "application/json"))
+    return relay(send("POST", path, encode_json(upstream_body), "application/json"))
 
 
 @ollama.post("/api/chat")
@@ -228,11 +213,11 @@ def generate() -> Response:
 @ollama.post("/api/show")
 def show() -> Response:
     raw = proxy_body()
-    body = proxy.parse_body(raw)
+    body = parse_ollama_body(raw)
     virtual = _virtual(body)
     if virtual is None:
         return relay(send("POST", "/api/show", raw))
-    upstream = send("POST", "/api/show", proxy.encode_body(proxy.rewrite_show(body, virtual)), "application/json")
+    upstream = send("POST", "/api/show", encode_json(proxy.rewrite_show(body, virtual)), "application/json")
     if isinstance(upstream, Response) or upstream.status != 200:
         return relay(upstream)
     answer = _upstream_json(upstream)
@@ -271,7 +256,7 @@ def passthrough(rest: str) -> Response:
 
 @ollama.errorhandler(RoleInjectorError)
 def library_error(exc: RoleInjectorError) -> Response:
-    return ollama_error(exc.message, proxy.error_status(exc))
+    return ollama_error(exc.message, exc.kind.ollama_status)
 
 
 @ollama.errorhandler(HTTPException)

@@ -6,28 +6,28 @@ from importlib import resources
 from typing import Any
 
 import yaml
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, g, request
 
-from role_injector.fitting import DEFAULT_CACHE
+from role_injector.errors import KINDS
 from role_injector.injection import Injection, find_role, inject
-from role_injector.profiles import Profiles
 from role_injector.roles import Role
-from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
-from role_injector.web.requests import check_role_name, parse_count, parse_inject, parse_json_object, read_body
+from role_injector.web.bodies import check_role_name, parse_count, parse_inject, parse_json_object, read_body
+from role_injector.web.state import cache, profiles, roles, settings
 
 rest = Blueprint("rest", __name__)
-OPENAPI = yaml.safe_load(resources.files("role_injector.web").joinpath("openapi.yaml").read_text("utf-8"))
 
 
-def roles() -> RoleSet:
-    store: RoleStore = current_app.extensions["role_injector"]["store"]
-    return store.current()
+def load_openapi() -> dict[str, Any]:
+    """The OpenAPI document, with the error codes taken from the one table of errors."""
+    document = yaml.safe_load(resources.files("role_injector.web").joinpath("openapi.yaml").read_text("utf-8"))
+    error = document["components"]["schemas"]["Error"]["properties"]["error"]
+    error["properties"]["code"]["enum"] = list(KINDS)
+    return document
 
 
-def profiles() -> Profiles:
-    return current_app.extensions["role_injector"]["profiles"]
+OPENAPI = load_openapi()
 
 
 def json_body() -> dict[str, Any]:
@@ -36,7 +36,7 @@ def json_body() -> dict[str, Any]:
 
 def role_tokens(role: Role) -> int:
     tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
-    return DEFAULT_CACHE.count((role.version, "content"), role.content, tokenizer)
+    return cache().count((role.version, "content"), role.content, tokenizer)
 
 
 def role_summary(role: Role) -> dict[str, Any]:
@@ -99,7 +99,7 @@ def get_role(name: str) -> dict[str, Any]:
             "title": section.title,
             "priority": section.priority,
             "required": section.required,
-            "tokens": DEFAULT_CACHE.count((role.version, "section", i), section.text, tokenizer),
+            "tokens": cache().count((role.version, "section", i), section.text, tokenizer),
         }
         for i, section in enumerate(role.sections)
     ]
@@ -111,11 +111,11 @@ def inject_role() -> dict[str, Any]:
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
     with metrics.injection(request_.role) as record:
-        result = inject(roles(), profiles(), request_)
+        result = inject(roles(), profiles(), request_, cache())
         record(result)
     g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
                  trimmed=result.fit.trimmed)
-    if current_app.extensions["role_injector"]["settings"].log_prompts:
+    if settings().log_prompts:
         g.log["prompt"] = result.prompt
     return injection_json(result)
 

@@ -1,4 +1,4 @@
-"""Configuration of the HTTP app, from the environment variables DESIGN.md names."""
+"""Settings of the worker and the CLI, from `ROLE_INJECTOR_*` environment variables (README: Configuration)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ class Settings:
             try:
                 value = kind(raw)
             except ValueError:
-                raise RoleInjectorError(f"{name} must be a number, not {raw!r}", code="invalid_config") from None
+                raise ConfigError(f"{name} must be a number, not {raw!r}") from None
             if value <= 0:
-                raise RoleInjectorError(f"{name} must be positive", code="invalid_config")
+                raise ConfigError(f"{name} must be positive")
             return value
 
         values: dict[str, object] = {

@@ -1,4 +1,4 @@
-"""Checks of request bodies: every wrong shape becomes a 400 that names the field."""
+"""Request bodies: read within a limit, parsed as JSON, checked; every wrong shape is a 400 naming the field."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import InvalidRequest, UnsupportedMediaType
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
 from role_injector.roles import NAME_PATTERN
@@ -24,8 +24,8 @@ INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "
                  "reserve_output", "format"}
 
 
-def invalid(message: str, **details: Any) -> RoleInjectorError:
-    return RoleInjectorError(message, code="invalid_request", details=details)
+def invalid(message: str, **details: Any) -> InvalidRequest:
+    return InvalidRequest(message, details=details)
 
 
 def read_body(limit: int | None = None) -> bytes:
@@ -44,11 +44,21 @@ def read_body(limit: int | None = None) -> bytes:
 
 def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:
     if (content_type or "").split(";")[0].strip().lower() != "application/json":
-        raise RoleInjectorError(
+        raise UnsupportedMediaType(
             "send the body as JSON with 'Content-Type: application/json'",
-            code="unsupported_media_type",
             details={"content_type": content_type},
         )
+    return _json_object(data)
+
+
+def parse_ollama_body(data: bytes) -> dict[str, Any]:
+    """A body as Ollama reads it: a JSON object, whatever the Content-Type says."""
+    if not data.strip():
+        raise invalid("missing request body: send a JSON object")
+    return _json_object(data)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
     try:
         # Strict UTF-8 (RFC 8259): json.loads(bytes) would let encoded lone surrogates through.
         text = data.decode("utf-8-sig")
@@ -60,6 +70,11 @@ def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:
     if SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(body):
         raise invalid("the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
     return body
+
+
+def encode_json(body: Any) -> bytes:
+    """A JSON body to send on: compact, UTF-8."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _has_lone_surrogate(value: Any) -> bool:

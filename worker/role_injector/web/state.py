@@ -1,0 +1,60 @@
+"""What the web layer shares across requests: settings, the role store, profiles and the fit cache.
+
+They live on the Flask app (`app.extensions`), set once by `install`; the blueprints read them through
+these accessors, so there is one way to reach each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flask import Flask, current_app
+
+from role_injector.fitting import DEFAULT_CACHE, FitCache
+from role_injector.profiles import Profiles, load_profiles
+from role_injector.settings import Settings
+from role_injector.store import RoleSet, RoleStore
+
+EXTENSION = "role_injector"
+
+
+@dataclass(frozen=True)
+class AppState:
+    settings: Settings
+    store: RoleStore
+    profiles: Profiles
+    cache: FitCache
+
+
+def install(app: Flask, settings: Settings) -> AppState:
+    state = AppState(
+        settings=settings,
+        store=RoleStore(settings.roles_dir, max_file_bytes=settings.max_role_bytes,
+                        check_interval=settings.reload_interval),
+        profiles=load_profiles(settings.models_file),
+        cache=DEFAULT_CACHE,
+    )
+    app.extensions[EXTENSION] = state
+    return state
+
+
+def _state() -> AppState:
+    state: AppState = current_app.extensions[EXTENSION]
+    return state
+
+
+def settings() -> Settings:
+    return _state().settings
+
+
+def roles() -> RoleSet:
+    """The current role set, reloaded first when files changed."""
+    return _state().store.current()
+
+
+def profiles() -> Profiles:
+    return _state().profiles
+
+
+def cache() -> FitCache:
+    return _state().cache
