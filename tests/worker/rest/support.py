@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -23,14 +24,9 @@ from tests.servers import WorkerProcess
 REPO = Path(__file__).resolve().parents[3]
 BUNDLED_ROLES = REPO / "roles"
 API_KEY = "s3cret-Key-for-tests-0123456789"
-# Whatever the developer's shell exports, the servers under test get exactly these settings.
-CLEAN_ENV = {
-    "ROLE_INJECTOR_API_KEY": "",
-    "ROLE_INJECTOR_LOG_PROMPTS": "",
-    "ROLE_INJECTOR_MAX_BODY_BYTES": "",
-    "ROLE_INJECTOR_MODELS": "",
-    "ROLE_INJECTOR_RELOAD_INTERVAL": "",
-}
+# Whatever the developer's shell exports, the servers under test start from the defaults: every
+# ROLE_INJECTOR_* variable is blanked (an empty value means "the default" in Settings.from_env).
+CLEAN_ENV = {name: "" for name in os.environ if name.startswith("ROLE_INJECTOR_")}
 
 # A role with a required variable, a defaulted one, a partial, a {required} section and
 # prioritised sections. Walk order: Mission (required), preamble (100), Style (60), Examples (10).
