@@ -1,4 +1,4 @@
-"""Fitting a role into a token budget, by DESIGN.md's rule.
+"""Fitting a role into a token budget, by the budget rule of docs/architecture.md.
 
 Sections are walked in (required, priority desc, document order); each is kept whole while it
 fits; the first that does not is cut at its last paragraph (else sentence) boundary that fits and
@@ -51,7 +51,7 @@ class MeasuredSection:
     @cached_property
     def cut_tokens(self) -> tuple[int, ...]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
-        Only a section that is cut pays for this, once (DESIGN: a request encodes the cut section)."""
+        Only a section that is cut pays for this, once (a request encodes only the cut section)."""
         tokens = self.tokenizer.encode(self.text)
         starts = list(itertools.accumulate(map(self.tokenizer.token_bytes.__getitem__, tokens), initial=0))
         estimates = []

@@ -188,7 +188,7 @@ class HttpApi:
 
 
 def assert_error(reply: Reply, status: int, code: str) -> dict[str, Any]:
-    """The reply is DESIGN's error envelope with this status and code; returns the error object."""
+    """The reply is the REST error envelope with this status and code; returns the error object."""
     assert reply.status == status, reply
     assert reply.content_type.startswith("application/json"), reply.headers
     body = reply.json()

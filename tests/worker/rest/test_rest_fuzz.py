@@ -1,6 +1,6 @@
 """Arbitrary JSON at /v1/inject and /v1/count (and arbitrary names at /v1/roles/<name>), through the
-Flask test client: never a 5xx, every error in the documented envelope with DESIGN's status, every
-success valid against the OpenAPI schema."""
+Flask test client: never a 5xx, every error in the documented envelope with the REST status of its
+code in `role_injector.errors.KINDS`, every success valid against the OpenAPI schema."""
 
 from __future__ import annotations
 
@@ -16,19 +16,10 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from role_injector.errors import KINDS
 from role_injector.web.rest import OPENAPI
 from tests.worker.rest.support import FlaskApi, Reply
 
-STATUS_OF_CODE = {
-    "invalid_request": 400,
-    "not_found": 404,
-    "role_not_found": 404,
-    "payload_too_large": 413,
-    "unsupported_media_type": 415,
-    "missing_variable": 422,
-    "budget_too_small": 422,
-    "context_overflow": 422,
-}
 FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 REGISTRY = Registry().with_resource("urn:openapi", Resource.from_contents(OPENAPI, default_specification=DRAFT202012))
@@ -87,12 +78,12 @@ def serialise(value: Any, ascii_only: bool) -> bytes:
 
 
 def check(reply: Reply) -> Any:
-    """Below 500; an error is the envelope with the status its code has in DESIGN."""
+    """Below 500; an error is the envelope with the status its code has in KINDS."""
     assert reply.status < 500, reply
     body = reply.json()
     if reply.status >= 400:
         ERROR.validate(body)
-        assert STATUS_OF_CODE[body["error"]["code"]] == reply.status, body
+        assert KINDS[body["error"]["code"]].rest_status == reply.status, body
     return body
 
 
