@@ -1,7 +1,7 @@
 """The README's pictures of the role studio, taken by this suite from the bundled roles.
 
 They are written to docs/images/ when ROLE_INJECTOR_SCREENSHOTS=1 (after a change to the page:
-`ROLE_INJECTOR_SCREENSHOTS=1 .venv/bin/pytest tests/studio -k screenshots`), else to a scratch
+`ROLE_INJECTOR_SCREENSHOTS=1 .venv/bin/pytest tests/browser/studio -k screenshots`), else to a scratch
 folder; either way the committed ones must exist and be PNGs of the documented size.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.browser.studio.support import Watched, open_studio, wait_for_plan
 from tests.servers import REPO, WorkerProcess, run_worker
-from tests.studio.support import Watched, open_studio, wait_for_plan
 from tests.worker.rest.support import CLEAN_ENV
 
 pytestmark = pytest.mark.browser

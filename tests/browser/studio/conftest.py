@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page
 
+from tests.browser.studio.support import Watched
 from tests.servers import WorkerProcess, run_worker
-from tests.studio.support import Watched
 from tests.worker.rest.support import API_KEY, CLEAN_ENV, write_fixture_roles
 
 # Text a browser would run if the page ever inserted role text as HTML.

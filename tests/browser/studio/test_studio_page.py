@@ -12,8 +12,7 @@ import pytest
 import requests
 from playwright.sync_api import expect
 
-from tests.servers import WorkerProcess, run_worker
-from tests.studio.support import (
+from tests.browser.studio.support import (
     Watched,
     inject,
     kept_text,
@@ -23,6 +22,7 @@ from tests.studio.support import (
     trim_states,
     wait_for_plan,
 )
+from tests.servers import WorkerProcess, run_worker
 from tests.worker.rest.support import API_KEY, CLEAN_ENV
 
 pytestmark = pytest.mark.browser
