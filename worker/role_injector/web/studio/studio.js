@@ -19,13 +19,13 @@ function el(tag, props = {}, ...children) {
 
 const state = {
   roles: null, // last /v1/roles text, to notice changes
-  roleList: [],
   role: null, // /v1/roles/<name> of the selected role
   budget: null, // null: the role's default (no budget sent)
   plan: null, // last successful /v1/plan answer
   planTimer: 0,
   planAbort: null,
   planSeq: 0,
+  selectSeq: 0,
   waitingForKey: false,
 };
 
@@ -159,7 +159,6 @@ async function loadRoles() {
   const text = JSON.stringify(answer);
   if (text === state.roles) return;
   state.roles = text;
-  state.roleList = answer.roles;
   drawRoles(answer);
   const wanted = state.role?.name || decodeURIComponent(location.hash.slice(1));
   const current = answer.roles.find((role) => role.name === wanted);
@@ -205,8 +204,9 @@ function drawRoles(answer) {
 // --- one role --------------------------------------------------------------------------------
 
 async function selectRole(name, picked) {
+  const seq = ++state.selectSeq;
   const detail = await ask("role", `v1/roles/${encodeURIComponent(name)}`);
-  if (!detail) return;
+  if (!detail || seq !== state.selectSeq) return; // a later pick wins
   const same = state.role?.name === detail.name;
   state.role = detail;
   if (!same) {
