@@ -22,7 +22,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import cast
+from typing import Literal, cast
 
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
@@ -96,10 +96,10 @@ class SectionFit:
     kept_tokens: int  # exact count of those characters
 
     @property
-    def state(self) -> str:
+    def state(self) -> Literal["kept", "truncated", "dropped"]:  # the words of the trim report
         if self.kept_chars == 0:
             return "dropped"
-        return "kept" if self.kept_chars == len(self.text) else "cut"
+        return "kept" if self.kept_chars == len(self.text) else "truncated"
 
 
 def cut_points(text: str, has_heading: bool) -> list[int]:

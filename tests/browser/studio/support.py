@@ -8,8 +8,6 @@ from typing import Any
 import requests
 from playwright.sync_api import Page, expect
 
-STATES = {"kept": "kept", "truncated": "cut", "dropped": "dropped"}
-
 
 @dataclass
 class Watched:
@@ -65,5 +63,5 @@ def inject(url: str, body: dict[str, Any]) -> dict[str, Any]:
 
 
 def trim_states(injected: dict[str, Any]) -> dict[str, str]:
-    """/v1/inject's trim report as label -> kept / cut / dropped."""
-    return {label: STATES[key] for key in STATES for label in injected["trim"][key]}
+    """/v1/inject's trim report as label -> kept / truncated / dropped."""
+    return {label: state for state in ("kept", "truncated", "dropped") for label in injected["trim"][state]}

@@ -76,7 +76,7 @@ def test_the_slider_moved_by_keyboard_shows_exactly_what_inject_reports(watched:
         expect(page.locator("#summary .used")).to_have_text(f"{usage['system_tokens']:,} of {usage['budget']:,} tokens")
         assert kept_text(page) == injected["system"]
         expect(page.locator("#prompt")).to_have_text(injected["prompt"])
-        for cut in page.locator('#sections li[data-state="cut"]').all():
+        for cut in page.locator('#sections li[data-state="truncated"]').all():
             planned = next(s for s in post(studio.url, "/v1/plan", body).json()["sections"]
                            if s["label"] == cut.get_attribute("data-label"))
             assert cut.get_attribute("data-kept-chars") == str(planned["kept_chars"])

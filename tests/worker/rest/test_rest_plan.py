@@ -49,9 +49,9 @@ def post(api: Api, path: str, body: dict[str, Any]) -> dict[str, Any]:
 def check_sections_explain(plan: dict[str, Any]) -> None:
     """The sections say what trim says, and their kept text is the system prompt."""
     sections = plan["sections"]
-    by_state = {state: [s["label"] for s in sections if s["state"] == state] for state in ("kept", "cut", "dropped")}
-    assert by_state == {"kept": plan["trim"]["kept"], "cut": plan["trim"]["truncated"],
-                        "dropped": plan["trim"]["dropped"]}
+    states = ("kept", "truncated", "dropped")
+    assert {state: [s["label"] for s in sections if s["state"] == state] for state in states} == \
+        {state: plan["trim"][state] for state in states}
     assert "\n\n".join(s["text"][: s["kept_chars"]] for s in sections if s["kept_chars"]) == plan["system"]
     assert [s["index"] for s in sections] == list(range(len(sections)))
     assert sorted(s["order"] for s in sections) == list(range(1, len(sections) + 1))
@@ -89,7 +89,7 @@ def test_sections_are_the_role_as_fitted(api: Api, library: RoleSet) -> None:
         assert "<|im_end|>" not in s["text"]
         assert s["tokens"] == tokenizer.count(text)
         assert (s["title"], s["required"], s["priority"]) == (section.title, section.required, section.priority)
-        if s["state"] == "cut":
+        if s["state"] == "truncated":
             assert s["kept_tokens"] == tokenizer.count(text[: s["kept_chars"]])
     assert [s["index"] for s in sorted(plan["sections"], key=lambda s: s["order"])] == list(role.walk_order)
     assert [s["label"] for s in plan["sections"]] == ["(preamble)", "Mission", "Style", "Examples"]
@@ -174,7 +174,7 @@ def test_plan_injection_explains_inject_for_any_budget(budget: int, model: str) 
     assert plan.injection == expected
     fit = expected.fit
     assert tuple(s.label for s in plan.sections if s.state == "kept") == fit.kept
-    assert tuple(s.label for s in plan.sections if s.state == "cut") == fit.truncated
+    assert tuple(s.label for s in plan.sections if s.state == "truncated") == fit.truncated
     assert tuple(s.label for s in plan.sections if s.state == "dropped") == fit.dropped
     assert {s.index: s.kept_chars for s in plan.sections if s.kept_chars} == dict(fit.kept_chars)
     assert "\n\n".join(s.text[: s.kept_chars] for s in plan.sections if s.kept_chars) == fit.system

@@ -378,12 +378,12 @@ function drawPlan(answer, body) {
   result.dataset.systemTokens = String(usage.system_tokens);
   result.dataset.error = "";
 
-  const counts = { kept: 0, cut: 0, dropped: 0 };
+  const counts = { kept: 0, truncated: 0, dropped: 0 };
   for (const section of answer.sections) counts[section.state] += 1;
   const summary = $("summary");
   summary.replaceChildren();
   summary.append(el("strong", { className: "used", textContent: `${number(usage.system_tokens)} of ${number(usage.budget)} tokens` }), ` used (${Math.round((100 * usage.system_tokens) / usage.budget)}%) · whole role `
-    + `${number(usage.system_tokens_full)} tokens · ${counts.kept} kept, ${counts.cut} cut, ${counts.dropped} dropped`);
+    + `${number(usage.system_tokens_full)} tokens · ${counts.kept} kept, ${counts.truncated} cut, ${counts.dropped} dropped`);
   if (body.budget !== undefined && usage.budget !== body.budget) {
     summary.append(el("span", { className: "over",
       textContent: ` · the context leaves ${number(usage.budget)} tokens, less than the ${number(body.budget)} asked` }));
@@ -443,7 +443,7 @@ function drawSections(sections) {
 
     const status = el("div", { className: "state" });
     const name = (text) => el("span", { className: "state-name", textContent: text });
-    if (section.state === "cut") {
+    if (section.state === "truncated") {
       status.append(name("cut"), ` after ${number(section.kept_chars)} of ${number(section.chars)} characters · `
         + `keeps ${number(section.kept_tokens)} of ${number(section.tokens)} tokens`);
     } else if (section.state === "kept" || section.state === "dropped") {
@@ -478,7 +478,7 @@ function drawFitted(answer) {
     }
     anyKept = true;
     box.append(el("span", { className: "kept", textContent: section.text.slice(0, section.kept_chars) }));
-    if (section.state === "cut") removed("cut", section.text.slice(section.kept_chars), `cut: ${section.label}`);
+    if (section.state === "truncated") removed("cut", section.text.slice(section.kept_chars), `cut: ${section.label}`);
   });
 }
 
