@@ -385,6 +385,29 @@ def test_other_paths_pass_through(worker: WorkerProcess, standin: OllamaStandin)
     assert seen == [("GET", "/api/version"), ("GET", "/api/ps"), ("DELETE", "/api/nothing-here"), ("HEAD", "/")]
 
 
+BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
+
+
+@pytest.mark.parametrize("accept", [None, "*/*", "application/json", "text/plain", "text/html;q=0"])
+def test_ollama_clients_get_the_heartbeat_at_the_root(worker: WorkerProcess, standin: OllamaStandin,
+                                                      accept: str | None) -> None:
+    """The `ollama` CLI checks `HEAD /` (Accept: application/json) and other clients `GET /`: they get
+    Ollama's own answer, whatever they accept, unless they name text/html as a browser does."""
+    headers = {"Accept": accept} if accept is not None else {}
+    got = requests.get(worker.url + "/", headers=headers, timeout=10, allow_redirects=False)
+    assert (got.status_code, got.text) == (200, "Ollama is running")
+    assert requests.head(worker.url + "/", headers={"Accept": BROWSER_ACCEPT}, timeout=10).status_code == 200
+    assert [(r.method, r.path) for r in standin.requests] == [("GET", "/"), ("HEAD", "/")]
+
+
+def test_a_browser_at_the_root_is_sent_to_the_role_studio(worker: WorkerProcess, standin: OllamaStandin) -> None:
+    got = requests.get(worker.url + "/", headers={"Accept": BROWSER_ACCEPT}, timeout=10, allow_redirects=False)
+    assert got.status_code == 302 and got.headers["Location"] == "studio/"
+    page = requests.get(worker.url + "/", headers={"Accept": BROWSER_ACCEPT}, timeout=10)
+    assert page.url == worker.url + "/studio/" and "<title>Role studio" in page.text
+    assert standin.requests == []
+
+
 # --- bad input ---------------------------------------------------------------------------------------
 
 

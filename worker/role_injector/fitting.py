@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Literal, cast
 
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
@@ -77,6 +78,28 @@ class Fit:
     @property
     def trimmed(self) -> bool:
         return bool(self.truncated or self.dropped)
+
+
+@dataclass(frozen=True)
+class SectionFit:
+    """What a fit did to one section, for people who tune a role (the role studio, POST /v1/plan)."""
+
+    index: int
+    label: str
+    title: str | None
+    required: bool
+    priority: int
+    order: int  # 1-based position in the order the fitter walks the sections
+    tokens: int  # exact count of the section's text alone
+    text: str  # as fitted: variables filled, control tokens neutralised
+    kept_chars: int  # characters kept from the start of `text`: all when kept, none when dropped
+    kept_tokens: int  # exact count of those characters
+
+    @property
+    def state(self) -> Literal["kept", "truncated", "dropped"]:  # the words of the trim report
+        if self.kept_chars == 0:
+            return "dropped"
+        return "kept" if self.kept_chars == len(self.text) else "truncated"
 
 
 def cut_points(text: str, has_heading: bool) -> list[int]:
@@ -216,16 +239,30 @@ def fit_budget(
     return fit
 
 
+def measure_sections(
+    role: Role, values: Mapping[str, str], tokenizer: Tokenizer, cache: FitCache
+) -> tuple[Sequence[MeasuredSection], int]:
+    """Every section as the fitter sees it (variables filled, control tokens neutralised) and the
+    tokens of the whole role untrimmed; sections without variables come from the cached role plan."""
+    plan = cache.plan(role, tokenizer)
+    full_tokens = plan.static_full_tokens
+    measured = plan.sections
+    if plan.dynamic:
+        filled = list(measured)
+        for i in plan.dynamic:
+            m = filled[i] = cache.measure(role, i, values, tokenizer)
+            full_tokens += m.tokens + m.separator_tokens
+        measured = tuple(filled)
+    sections = cast(tuple[MeasuredSection, ...], measured)  # every None was measured above
+    if sections:
+        full_tokens -= sections[-1].separator_tokens  # no separator after the last section
+    return sections, full_tokens
+
+
 def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache) -> Fit:
     plan = cache.plan(role, tokenizer)
-    measured: Sequence[MeasuredSection | None] = plan.sections
-    full_tokens = plan.static_full_tokens
-    if plan.dynamic:
-        measured = list(measured)
-        for i in plan.dynamic:
-            m = measured[i] = cache.measure(role, i, values, tokenizer)
-            full_tokens += m.tokens + m.separator_tokens
-    required = [_present(measured[i]) for i in plan.required]
+    measured, full_tokens = measure_sections(role, values, tokenizer, cache)
+    required = [measured[i] for i in plan.required]
     required_text = SEPARATOR.join(m.text for m in required)
     used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
     if used > budget:
@@ -238,7 +275,7 @@ def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: 
     partial: MeasuredSection | None = None
     cut, remaining = -1, budget - used
     for i in plan.walk:
-        m = _present(measured[i])
+        m = measured[i]
         # Estimated cost of a piece: its tokens and the separator it brings. A cut piece ends at a
         # sentence end, where the separator usually merges into the punctuation's token.
         joiner = m.separator_tokens if required or kept else 0
@@ -272,7 +309,7 @@ def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: 
     return Fit(
         system=system,
         tokens=tokens,
-        full_tokens=full_tokens - (measured[-1].separator_tokens if measured else 0),  # type: ignore[union-attr]
+        full_tokens=full_tokens,
         budget=budget,
         kept=tuple(plan.labels[i] for i in sorted(pieces) if i != truncated),
         truncated=(plan.labels[truncated],) if truncated is not None else (),
@@ -281,6 +318,20 @@ def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: 
     )
 
 
-def _present(m: MeasuredSection | None) -> MeasuredSection:
-    assert m is not None  # every dynamic section was measured above
-    return m
+def section_fits(
+    role: Role, values: Mapping[str, str], fit: Fit, tokenizer: Tokenizer, cache: FitCache = DEFAULT_CACHE
+) -> tuple[SectionFit, ...]:
+    """Each section of `role` with what `fit` (made from the same values and tokenizer) kept of it."""
+    measured, _ = measure_sections(role, values, tokenizer, cache)
+    order = {index: position for position, index in enumerate(role.walk_order, 1)}
+    report = []
+    for m in measured:
+        kept = fit.kept_chars.get(m.index, 0)
+        # Only the cut section is encoded again.
+        kept_tokens = m.tokens if kept == len(m.text) else tokenizer.count(m.text[:kept]) if kept else 0
+        report.append(SectionFit(
+            index=m.index, label=m.section.label, title=m.section.title, required=m.section.required,
+            priority=m.section.priority, order=order[m.index], tokens=m.tokens, text=m.text,
+            kept_chars=kept, kept_tokens=kept_tokens,
+        ))
+    return tuple(report)

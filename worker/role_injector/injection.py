@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from role_injector.errors import ContextOverflow, RoleNotFound
-from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, fit_budget
+from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml
 from role_injector.profiles import Profiles
 from role_injector.roles import Role, resolve_variables
@@ -174,3 +174,24 @@ def inject(
         num_ctx=context_window,
     )
     return Injection(role, model, format_name, turns, prompt, fit, usage)
+
+
+@dataclass(frozen=True)
+class InjectionPlan:
+    """An injection and, per section, what its fit kept, cut or dropped (POST /v1/plan)."""
+
+    injection: Injection
+    sections: tuple[SectionFit, ...]
+
+
+def plan_injection(
+    roles: RoleSet,
+    profiles: Profiles,
+    request: InjectRequest,
+    cache: FitCache = DEFAULT_CACHE,
+) -> InjectionPlan:
+    """`inject` itself, then the section detail of the fit it made (same values, same tokenizer)."""
+    injection = inject(roles, profiles, request, cache)
+    values = resolve_variables(injection.role, request.variables)
+    tokenizer = load_tokenizer(profiles.for_model(injection.model).tokenizer)
+    return InjectionPlan(injection, section_fits(injection.role, values, injection.fit, tokenizer, cache))

@@ -13,6 +13,8 @@ PROTECTED = [
     ("GET", "/v1/roles/helper", None),
     ("POST", "/v1/inject", {"role": "helper", "variables": ADA, "budget": 100}),
     ("POST", "/v1/count", {"text": "hello"}),
+    ("POST", "/v1/plan", {"role": "helper", "variables": ADA, "budget": 100}),
+    ("GET", "/v1/profiles", None),
 ]
 WRONG = [
     pytest.param({}, id="none"),

@@ -1,4 +1,4 @@
-"""Arbitrary JSON at /v1/inject and /v1/count (and arbitrary names at /v1/roles/<name>), through the
+"""Arbitrary JSON at /v1/inject, /v1/plan and /v1/count (and arbitrary names at /v1/roles/<name>), through the
 Flask test client: never a 5xx, every error in the documented envelope with the REST status of its
 code in `role_injector.errors.KINDS`, every success valid against the OpenAPI schema."""
 
@@ -32,6 +32,7 @@ def validator(pointer: str) -> Draft202012Validator:
 ERROR = validator("/components/schemas/Error")
 INJECT_REQUEST = validator("/components/schemas/InjectRequest")
 INJECT_RESPONSE = validator("/components/schemas/InjectResponse")
+PLAN_RESPONSE = validator("/components/schemas/PlanResponse")
 COUNT_REQUEST = validator("/paths/~1v1~1count/post/requestBody/content/application~1json/schema")
 COUNT_RESPONSE = validator("/paths/~1v1~1count/post/responses/200/content/application~1json/schema")
 
@@ -103,6 +104,24 @@ def test_inject_fuzz(client: FlaskApi, body: Any, ascii_only: bool) -> None:
         INJECT_RESPONSE.validate(result)
         assert result["usage"]["system_tokens"] <= result["usage"]["budget"]
         assert result["role"]["name"] == body["role"]
+
+
+@settings(FUZZ, max_examples=200)
+@given(body=inject_bodies | json_values, ascii_only=st.booleans())
+def test_plan_fuzz(client: FlaskApi, body: Any, ascii_only: bool) -> None:
+    """/v1/plan answers what /v1/inject answers, error or not, plus sections that explain `system`."""
+    data, headers = serialise(body, ascii_only), {"Content-Type": "application/json"}
+    reply = client.request("POST", "/v1/plan", data=data, headers=headers)
+    result = check(reply)
+    injected = client.request("POST", "/v1/inject", data=data, headers=headers)
+    assert reply.status == injected.status
+    if reply.status == 200:
+        PLAN_RESPONSE.validate(result)
+        assert {k: v for k, v in result.items() if k != "sections"} == injected.json()
+        kept = [s["text"][: s["kept_chars"]] for s in result["sections"] if s["kept_chars"]]
+        assert "\n\n".join(kept) == result["system"]
+    else:
+        assert result == injected.json()
 
 
 @FUZZ

@@ -28,10 +28,11 @@ def document(api: Api) -> dict[str, Any]:
 
 def routes(app: Flask) -> dict[str, set[str]]:
     """Flask's routes as OpenAPI paths with their methods: not the static files, not the Ollama proxy
-    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`)."""
+    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`), not the role studio's page."""
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith("ollama.") or rule.rule.startswith("/api/"):
+        if rule.endpoint == "static" or rule.endpoint.startswith(("ollama.", "studio.")) \
+                or rule.rule.startswith("/api/"):
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
         found.setdefault(path, set()).update(m.lower() for m in rule.methods or () if m not in {"HEAD", "OPTIONS"})
@@ -93,6 +94,22 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
         req("POST", "/v1/inject", {"role": "helper", "variables": ADA, "budget": 5}),
         req("POST", "/v1/inject", {"role": "helper", "variables": ADA, "context_window": 100}),
     ],
+    ("/v1/plan", "post", "200"): [
+        req("POST", "/v1/plan", {"role": "helper", "variables": ADA, "budget": 60, "prompt": "hi"}),
+        req("POST", "/v1/plan", {"role": "manifest", "model": "llama3.1:8b", "budget": 900, "format": "mistral"}),
+        req("POST", "/v1/plan", {"role": "plain"}),
+    ],
+    ("/v1/plan", "post", "400"): [req("POST", "/v1/plan", {"role": "helper", "budget": 0}),
+                                  req("POST", "/v1/plan", {"role": "helper", "query": "x"})],
+    ("/v1/plan", "post", "401"): [req("POST", "/v1/plan", {"role": "helper"}, key=False)],
+    ("/v1/plan", "post", "404"): [req("POST", "/v1/plan", {"role": "helpr"})],
+    ("/v1/plan", "post", "413"): [req("POST", "/v1/plan", {"role": "helper", "prompt": "x" * 5000})],
+    ("/v1/plan", "post", "415"): [req("POST", "/v1/plan", data=b'{"role": "helper"}',
+                                      headers={"Content-Type": "text/plain"})],
+    ("/v1/plan", "post", "422"): [req("POST", "/v1/plan", {"role": "helper"}),
+                                  req("POST", "/v1/plan", {"role": "helper", "variables": ADA, "budget": 5})],
+    ("/v1/profiles", "get", "200"): [req("GET", "/v1/profiles")],
+    ("/v1/profiles", "get", "401"): [req("GET", "/v1/profiles", key=False)],
     ("/v1/count", "post", "200"): [req("POST", "/v1/count", {"text": "hello", "model": "qwen3:8b"}),
                                    req("POST", "/v1/count", {"text": ""})],
     ("/v1/count", "post", "400"): [req("POST", "/v1/count", {"text": 1})],

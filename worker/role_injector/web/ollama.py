@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import urllib3
-from flask import Blueprint, Response, current_app, g, request
+from flask import Blueprint, Response, current_app, g, redirect, request
 from urllib3 import HTTPResponse
 from urllib3.exceptions import NewConnectionError
 from werkzeug.exceptions import HTTPException
@@ -28,6 +28,7 @@ from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body
 from role_injector.web.state import profiles, roles, settings
+from role_injector.web.studio import wants_page
 
 ollama = Blueprint("ollama", __name__)
 log = logging.getLogger("role_injector.ollama")
@@ -236,7 +237,10 @@ def tags() -> Response:
 
 @ollama.route("/", methods=["GET", "HEAD"])
 def heartbeat() -> Response:
-    """Ollama answers "Ollama is running" here; the `ollama` CLI checks it before every command."""
+    """Ollama answers "Ollama is running" here; the `ollama` CLI checks it before every command.
+    A browser (it asks for text/html) is sent to the role studio instead."""
+    if request.method == "GET" and wants_page():
+        return redirect("studio/", 302)  # relative: right behind a proxy that mounts the worker on a sub-path
     return relay(send(request.method, "/"))
 
 

@@ -1,4 +1,4 @@
-"""REST API v1: /healthz, /v1/roles, /v1/inject, /v1/count, /openapi.json, /metrics."""
+"""REST API v1: /healthz, /v1/roles, /v1/inject, /v1/plan, /v1/count, /v1/profiles, /openapi.json, /metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ import yaml
 from flask import Blueprint, Response, g, request
 
 from role_injector.errors import KINDS
-from role_injector.injection import Injection, find_role, inject
+from role_injector.formats import FORMATS
+from role_injector.injection import Injection, find_role, inject, plan_injection
 from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
@@ -118,6 +119,39 @@ def inject_role() -> dict[str, Any]:
     if settings().log_prompts:
         g.log["prompt"] = result.prompt
     return injection_json(result)
+
+
+@rest.post("/v1/plan")
+def plan() -> dict[str, Any]:
+    """What /v1/inject answers for the same body, plus what the fit did to each section."""
+    request_ = parse_inject(json_body())
+    g.log["role"] = request_.role
+    result = plan_injection(roles(), profiles(), request_, cache())
+    sections = [
+        {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
+         "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
+         "kept_tokens": s.kept_tokens, "text": s.text}
+        for s in result.sections
+    ]
+    return {**injection_json(result.injection), "sections": sections}
+
+
+@rest.get("/v1/profiles")
+def list_profiles() -> dict[str, Any]:
+    """The model profiles in the order they are matched, the virtual models and the chat formats."""
+    found = profiles()
+    return {
+        "models": [
+            {"match": m.match, "tokenizer": m.tokenizer, "format": m.format, "context_window": m.context_window,
+             "reserve_output": m.reserve_output, "exact": m.exact}
+            for m in found.models
+        ],
+        "virtual_models": [
+            {"name": v.name, "base": v.base, "role": v.role, "budget": v.budget}
+            for _, v in sorted(found.virtual_models.items())
+        ],
+        "formats": list(FORMATS),
+    }
 
 
 @rest.post("/v1/count")

@@ -1,0 +1,67 @@
+"""Driving the role studio in a real Chromium: open it, wait for the worker's answer, read what it shows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+from playwright.sync_api import Page, expect
+
+
+@dataclass
+class Watched:
+    """What a page did besides drawing: script errors and every URL it asked for."""
+
+    page: Page
+    errors: list[str] = field(default_factory=list)
+    urls: list[str] = field(default_factory=list)
+
+
+def open_studio(page: Page, url: str, role: str | None = None) -> None:
+    page.goto(f"{url}/studio/" + (f"#{role}" if role else ""))
+    expect(page.locator("#roles-status")).not_to_have_text("Loading roles…")
+    if role:
+        wait_for_plan(page, role, None)
+
+
+def wait_for_plan(page: Page, role: str, requested: int | None, error: str | None = None) -> None:
+    """Until the page shows the worker's answer for `role` at `requested` (None: the role's default
+    budget), and, when `error` is given, that answer is that error code ("" for none).
+
+    One selector for all of it, so each poll checks one moment (the page's CSP forbids the eval
+    behind `wait_for_function`)."""
+    wanted = f'[data-role="{role}"][data-requested="{"" if requested is None else requested}"]'
+    if error is not None:
+        wanted += f'[data-error="{error}"]'
+    expect(page.locator(f'main[aria-busy="false"] #result{wanted}')).to_have_count(1)
+
+
+def shown_states(page: Page) -> dict[str, str]:
+    states: dict[str, str] = page.eval_on_selector_all(
+        "#sections li", "items => Object.fromEntries(items.map(i => [i.dataset.label, i.dataset.state]))")
+    return states
+
+
+def kept_text(page: Page) -> str:
+    """The fitted text as the page shows it, without what it marks as removed (<del>)."""
+    text: str = page.eval_on_selector(
+        "#fitted", "pre => [...pre.childNodes].filter(n => n.nodeName !== 'DEL').map(n => n.textContent).join('')")
+    return text
+
+
+def post(url: str, path: str, body: dict[str, Any], key: str | None = None) -> requests.Response:
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return requests.post(url + path, json=body, headers=headers, timeout=30)
+
+
+def inject(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    reply = post(url, "/v1/inject", body)
+    assert reply.status_code == 200, reply.text
+    result: dict[str, Any] = reply.json()
+    return result
+
+
+def trim_states(injected: dict[str, Any]) -> dict[str, str]:
+    """/v1/inject's trim report as label -> kept / truncated / dropped."""
+    return {label: state for state in ("kept", "truncated", "dropped") for label in injected["trim"][state]}

@@ -1,0 +1,565 @@
+// Role studio. Everything about fitting comes from the worker: /v1/roles (the list), /v1/roles/<name>
+// (sections and variables), /v1/profiles (models and formats) and /v1/plan (what /v1/inject does for
+// these inputs, per section). This script only asks and draws; it has no budget rule of its own.
+
+const POLL_MS = 2000; // how often the roles list is compared with the worker's (files change under it)
+const PLAN_DELAY_MS = 150; // a slider held down asks once it rests, not on every step
+const KEY_STORAGE = "role-injector-api-key";
+const API = new URL("../", document.baseURI); // the worker's root, also behind a proxy's sub-path
+
+const $ = (id) => document.getElementById(id);
+const number = (n) => Number(n).toLocaleString("en");
+
+// A new element with properties (className, textContent, dir, title, ...) and children.
+function el(tag, props = {}, ...children) {
+  const element = Object.assign(document.createElement(tag), props);
+  element.append(...children);
+  return element;
+}
+
+const state = {
+  roles: null, // last /v1/roles text, to notice changes
+  role: null, // /v1/roles/<name> of the selected role
+  budget: null, // null: the role's default (no budget sent)
+  plan: null, // last successful /v1/plan answer
+  planTimer: 0,
+  planAbort: null,
+  planSeq: 0,
+  selectSeq: 0,
+  waitingForKey: false,
+};
+
+// --- talking to the worker -------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, code, message, details) {
+    super(message);
+    this.status = status;
+    this.code = code;
+    this.details = details || {};
+  }
+}
+
+async function api(method, path, body, signal) {
+  const headers = { Accept: "application/json" };
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  if (key) headers.Authorization = `Bearer ${key}`;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  let response;
+  try {
+    response = await fetch(new URL(path, API), {
+      method, headers, signal, cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError(0, "unreachable", `cannot reach the worker at ${API.origin}: ${error.message}`);
+  }
+  const text = await response.text();
+  let data = null;
+  try {
+    data = JSON.parse(text);
+  } catch {
+    // not JSON: reported below with the status
+  }
+  if (response.ok && data !== null) return data;
+  if (data && data.error && typeof data.error === "object") {
+    throw new ApiError(response.status, data.error.code, data.error.message, data.error.details);
+  }
+  throw new ApiError(response.status, "bad_answer",
+    `the worker answered ${response.status} ${response.statusText} with ${text.slice(0, 200) || "nothing"}`);
+}
+
+// --- messages --------------------------------------------------------------------------------
+
+const messages = new Map(); // source -> element; one message per source, replaced or cleared
+
+function say(source, error) {
+  messages.get(source)?.remove();
+  messages.delete(source);
+  if (!error) return;
+  const text = el("p", { className: "message-text" });
+  text.dataset.code = error.code || "error";
+  if (error.code) text.append(el("code", { textContent: error.code }), " ");
+  text.append(error.message || String(error));
+  const suggestions = error.details?.suggestions;
+  if (Array.isArray(suggestions) && suggestions.length) text.append(` (close names: ${suggestions.join(", ")})`);
+  const close = el("button", { type: "button", textContent: "Dismiss" });
+  close.setAttribute("aria-label", "Dismiss this message");
+  close.addEventListener("click", () => say(source, null));
+  const box = el("div", { className: "message" }, text, close);
+  box.dataset.source = source;
+  $("messages").append(box);
+  messages.set(source, box);
+}
+
+function failed(source, error) {
+  if (error.name === "AbortError") return;
+  if (error.status === 401) askForKey(Boolean(sessionStorage.getItem(KEY_STORAGE)));
+  else say(source, error);
+}
+
+// The worker's answer, or null once its error is on the page as the message of `source`.
+async function ask(source, path) {
+  try {
+    const answer = await api("GET", path);
+    say(source, null);
+    return answer;
+  } catch (error) {
+    failed(source, error);
+    return null;
+  }
+}
+
+// --- the API key -----------------------------------------------------------------------------
+
+function askForKey(refused) {
+  state.waitingForKey = true;
+  $("key-form").hidden = false;
+  $("roles-status").textContent = "Waiting for the API key.";
+  say("key", refused
+    ? { code: "unauthorized", message: "the worker refused this key; enter the right one" }
+    : { code: "unauthorized", message: "this worker needs its API key" });
+  $("key-input").focus();
+  showKeyState();
+}
+
+function showKeyState() {
+  const key = sessionStorage.getItem(KEY_STORAGE);
+  $("key-state").textContent = key ? "API key: set for this tab" : "";
+  $("forget-key").hidden = !key;
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("key-input").value.trim();
+  if (!key) return;
+  sessionStorage.setItem(KEY_STORAGE, key);
+  $("key-input").value = "";
+  $("key-form").hidden = true;
+  state.waitingForKey = false;
+  say("key", null);
+  showKeyState();
+  start();
+  if (state.role) planNow();
+});
+
+$("forget-key").addEventListener("click", () => {
+  sessionStorage.removeItem(KEY_STORAGE);
+  showKeyState();
+  start();
+});
+
+// --- the roles list --------------------------------------------------------------------------
+
+async function loadRoles() {
+  if (state.waitingForKey) return;
+  const answer = await ask("roles", "v1/roles");
+  if (!answer) return;
+  const text = JSON.stringify(answer);
+  if (text === state.roles) return;
+  state.roles = text;
+  drawRoles(answer);
+  const wanted = state.role?.name || decodeURIComponent(location.hash.slice(1));
+  const current = answer.roles.find((role) => role.name === wanted);
+  const fileError = answer.errors.find((error) => error.file === `${wanted}.md`);
+  say("role-file", current && fileError ? { code: "invalid_role", message: `${fileError.file}: ${fileError.message}` } : null);
+  if (state.role && !current) {
+    say("role", { code: "role_gone", message: `role ${state.role.name} is gone: its file was removed or no longer loads` });
+  } else if (current && (!state.role || current.version !== state.role.version)) {
+    selectRole(current.name, false);
+  }
+}
+
+function drawRoles(answer) {
+  const list = $("roles");
+  list.replaceChildren();
+  const brokenFiles = new Set(answer.errors.map((error) => error.file));
+  for (const role of answer.roles) {
+    const meta = `${number(role.tokens)} tokens · ${role.version.slice(7, 19)}`
+      + (role.tags.length ? ` · ${role.tags.join(", ")}` : "");
+    const button = el("button", { type: "button" },
+      el("span", { className: "name", textContent: role.name }),
+      el("span", { className: "description", dir: "auto", textContent: role.description || "(no description)" }),
+      el("span", { className: "meta", textContent: meta, title: role.version }));
+    if (brokenFiles.has(`${role.name}.md`)) {
+      button.append(el("span", { className: "warning", textContent: "Its file does not load: this is the last good version" }));
+    }
+    button.dataset.role = role.name;
+    button.addEventListener("click", () => selectRole(role.name, true));
+    if (state.role?.name === role.name) button.setAttribute("aria-current", "true");
+    list.append(el("li", {}, button));
+  }
+  $("roles-status").textContent = answer.roles.length
+    ? `${answer.roles.length} role${answer.roles.length === 1 ? "" : "s"}`
+    : "No roles in the worker's roles folder.";
+  const broken = $("broken-list");
+  broken.replaceChildren();
+  for (const error of answer.errors) {
+    broken.append(el("li", {}, el("span", { className: "file", textContent: error.file }), ": ", error.message));
+  }
+  $("broken").hidden = answer.errors.length === 0;
+}
+
+// --- one role --------------------------------------------------------------------------------
+
+async function selectRole(name, picked) {
+  const seq = ++state.selectSeq;
+  const detail = await ask("role", `v1/roles/${encodeURIComponent(name)}`);
+  if (!detail || seq !== state.selectSeq) return; // a later pick wins
+  const same = state.role?.name === detail.name;
+  state.role = detail;
+  if (!same) {
+    state.budget = null;
+    state.plan = null;
+    $("model").value = "";
+    $("format").value = "";
+    $("message").value = "";
+  }
+  if (picked) history.replaceState(null, "", `#${encodeURIComponent(name)}`);
+  for (const button of $("roles").querySelectorAll("button")) {
+    if (button.dataset.role === name) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+  }
+  drawRole(detail, same);
+  $("pick-hint").hidden = true;
+  $("role-view").hidden = false;
+  planNow();
+}
+
+function drawRole(role, keepInputs) {
+  $("role-name").textContent = role.name;
+  $("role-description").textContent = role.description || "";
+  const facts = $("role-facts");
+  facts.replaceChildren();
+  const fact = (term, value) => facts.append(el("div", {}, el("dt", { textContent: term }), el("dd", { textContent: value })));
+  fact("Version", role.version);
+  fact("Model", role.model || "none set");
+  fact("Default budget", role.budget ? `${number(role.budget)} tokens` : "what the context leaves");
+  if (role.extends) fact("Extends", role.extends);
+  if (role.tags.length) fact("Tags", role.tags.join(", "));
+  $("model").placeholder = role.model ? `${role.model} (the role's)` : "the default profile";
+  if (!keepInputs) {
+    $("budget").max = String(Math.max(role.tokens, role.budget || 0, 1));
+    setBudget(role.budget || role.tokens, false); // until the worker answers with the real budget
+  }
+  drawVariables(role, keepInputs);
+  drawSections(role.sections.map((section, index) => ({
+    ...section, index, label: section.title ?? "(preamble)", state: "unknown", kept_chars: 0,
+  })));
+}
+
+function drawVariables(role, keepInputs) {
+  const box = $("variable-fields");
+  const old = new Map([...box.querySelectorAll("input")].map((input) => [input.name, input.value]));
+  box.replaceChildren();
+  for (const variable of role.variables) {
+    const id = `var-${variable.name}`;
+    const label = el("label", { htmlFor: id, textContent: variable.name });
+    if (variable.required) {
+      const mark = el("span", { className: "required-mark", textContent: " *" });
+      mark.setAttribute("aria-hidden", "true");
+      label.append(mark);
+    }
+    const input = el("input", { id, name: variable.name, dir: "auto", required: variable.required });
+    if (variable.default !== null) input.placeholder = variable.default;
+    if (keepInputs && old.has(variable.name)) input.value = old.get(variable.name);
+    const help = el("p", { className: "help", id: `${id}-help`, dir: "auto", textContent: [
+      variable.required ? "Required." : `Default: ${variable.default === null ? "empty" : `“${variable.default}”`}.`,
+      variable.description,
+    ].filter(Boolean).join(" ") });
+    input.setAttribute("aria-describedby", help.id);
+    input.addEventListener("input", () => planSoon());
+    box.append(el("div", { className: "field" }, label, input, help));
+  }
+  $("variables").hidden = role.variables.length === 0;
+}
+
+// --- the budget and the other inputs ---------------------------------------------------------
+
+function setBudget(value, fromUser) {
+  const slider = $("budget");
+  const budget = Math.max(1, Math.round(value));
+  if (budget > Number(slider.max)) slider.max = String(budget);
+  slider.value = String(budget);
+  slider.setAttribute("aria-valuetext", `${number(budget)} tokens`);
+  if (document.activeElement !== $("budget-number")) $("budget-number").value = String(budget);
+  if (fromUser) {
+    state.budget = budget;
+    planSoon();
+  }
+}
+
+$("budget").addEventListener("input", () => setBudget(Number($("budget").value), true));
+$("budget-number").addEventListener("input", () => {
+  const value = Number($("budget-number").value);
+  if (Number.isInteger(value) && value >= 1) setBudget(value, true);
+});
+$("budget-number").addEventListener("change", () => setBudget(Number($("budget").value), false));
+$("budget-reset").addEventListener("click", () => {
+  state.budget = null;
+  planNow();
+});
+for (const id of ["model", "message"]) $(id).addEventListener("input", () => planSoon());
+$("format").addEventListener("change", () => planNow());
+$("controls").addEventListener("submit", (event) => event.preventDefault());
+
+function planRequest() {
+  const body = { role: state.role.name };
+  if (state.budget !== null) body.budget = state.budget;
+  const model = $("model").value.trim();
+  if (model) body.model = model;
+  const format = $("format").value;
+  if (format) body.format = format;
+  const variables = {};
+  for (const input of $("variable-fields").querySelectorAll("input")) {
+    if (input.value !== "") variables[input.name] = input.value;
+  }
+  if (Object.keys(variables).length) body.variables = variables;
+  const message = $("message").value;
+  if (message.trim()) body.prompt = message;
+  return body;
+}
+
+function planSoon() {
+  clearTimeout(state.planTimer);
+  $("role").setAttribute("aria-busy", "true");
+  state.planTimer = setTimeout(plan, PLAN_DELAY_MS);
+}
+
+function planNow() {
+  clearTimeout(state.planTimer);
+  plan();
+}
+
+async function plan() {
+  if (!state.role) return;
+  state.planAbort?.abort();
+  const abort = new AbortController();
+  state.planAbort = abort;
+  const seq = ++state.planSeq;
+  const body = planRequest();
+  $("role").setAttribute("aria-busy", "true");
+  try {
+    const answer = await api("POST", "v1/plan", body, abort.signal);
+    if (seq !== state.planSeq) return;
+    say("plan", null);
+    markVariables([]);
+    drawPlan(answer, body);
+  } catch (error) {
+    if (seq !== state.planSeq) return;
+    failed("plan", error);
+    if (error.name !== "AbortError") drawNoPlan(error, body);
+  } finally {
+    if (seq === state.planSeq) $("role").setAttribute("aria-busy", "false");
+  }
+}
+
+function markVariables(missing) {
+  for (const input of $("variable-fields").querySelectorAll("input")) {
+    if (missing.includes(input.name)) input.setAttribute("aria-invalid", "true");
+    else input.removeAttribute("aria-invalid");
+  }
+}
+
+// --- drawing a plan --------------------------------------------------------------------------
+
+function drawPlan(answer, body) {
+  state.plan = answer;
+  const usage = answer.usage;
+  const slider = $("budget");
+  slider.max = String(Math.max(usage.system_tokens_full, usage.budget, state.budget || 0, 1));
+  setBudget(state.budget ?? usage.budget, false);
+
+  const result = $("result");
+  result.dataset.role = answer.role.name;
+  result.dataset.requested = body.budget === undefined ? "" : String(body.budget);
+  result.dataset.budget = String(usage.budget);
+  result.dataset.systemTokens = String(usage.system_tokens);
+  result.dataset.error = "";
+
+  const counts = { kept: 0, truncated: 0, dropped: 0 };
+  for (const section of answer.sections) counts[section.state] += 1;
+  const summary = $("summary");
+  summary.replaceChildren();
+  summary.append(el("strong", { className: "used", textContent: `${number(usage.system_tokens)} of ${number(usage.budget)} tokens` }), ` used (${Math.round((100 * usage.system_tokens) / usage.budget)}%) · whole role `
+    + `${number(usage.system_tokens_full)} tokens · ${counts.kept} kept, ${counts.truncated} cut, ${counts.dropped} dropped`);
+  if (body.budget !== undefined && usage.budget !== body.budget) {
+    summary.append(el("span", { className: "over",
+      textContent: ` · the context leaves ${number(usage.budget)} tokens, less than the ${number(body.budget)} asked` }));
+  }
+  summary.append(el("br"), `${answer.model || "default model"}: tokenizer ${usage.tokenizer} `
+    + `(${usage.exact ? "exact" : "estimated"}) · format ${answer.format} · context ${number(usage.context_window)}, `
+    + `${number(usage.reserve_output)} kept for the answer · whole prompt ${number(usage.prompt_tokens)} tokens`);
+  $("total-fill").style.width = `${Math.min(100, (100 * usage.system_tokens) / usage.budget)}%`;
+
+  drawSections(answer.sections);
+  drawFitted(answer);
+  $("prompt").textContent = answer.prompt;
+  $("prompt-heading").textContent = `Full prompt (${answer.format})`;
+}
+
+function drawNoPlan(error, body) {
+  state.plan = null;
+  const result = $("result");
+  result.dataset.role = body.role;
+  result.dataset.requested = body.budget === undefined ? "" : String(body.budget);
+  result.dataset.budget = "";
+  result.dataset.systemTokens = "";
+  result.dataset.error = error.code || "error";
+  markVariables(error.details?.missing || []);
+  const summary = $("summary");
+  summary.replaceChildren();
+  summary.append(el("strong", { className: "over", textContent: "No fit: " }), error.message);
+  $("total-fill").style.width = "0";
+  drawSections(state.role.sections.map((section, index) => ({
+    ...section, index, label: section.title ?? "(preamble)", state: "unknown", kept_chars: 0,
+  })));
+  $("fitted").replaceChildren();
+  $("prompt").textContent = "";
+}
+
+function drawSections(sections) {
+  const list = $("sections");
+  list.replaceChildren();
+  const longest = Math.max(1, ...sections.map((section) => section.tokens));
+  for (const section of sections) {
+    const label = el("div", { className: "label" });
+    if (section.order) {
+      label.append(el("span", { className: "order", textContent: `${section.order}.`,
+        title: "Position in the order the fitter keeps sections" }));
+    }
+    label.append(
+      el("span", { className: "title", dir: "auto", textContent: section.label }),
+      el("span", { className: section.required ? "badge required" : "badge",
+        textContent: section.required ? "required" : `priority ${section.priority}` }));
+
+    const kept = el("div", { className: "kept" });
+    kept.style.width = `${section.chars ? (100 * section.kept_chars) / section.chars : 0}%`;
+    const bar = el("div", { className: "bar" }, kept, el("div", { className: "rest" }));
+    bar.style.width = `${(100 * section.tokens) / longest}%`;
+    const track = el("div", { className: "track" }, bar);
+    track.setAttribute("aria-hidden", "true");
+
+    const status = el("div", { className: "state" });
+    const name = (text) => el("span", { className: "state-name", textContent: text });
+    if (section.state === "truncated") {
+      status.append(name("cut"), ` after ${number(section.kept_chars)} of ${number(section.chars)} characters · `
+        + `keeps ${number(section.kept_tokens)} of ${number(section.tokens)} tokens`);
+    } else if (section.state === "kept" || section.state === "dropped") {
+      status.append(name(section.state), ` · ${number(section.tokens)} tokens`);
+    } else {
+      status.append(`${number(section.tokens)} tokens`);
+    }
+
+    const item = el("li", { className: "section" }, label, track, status);
+    Object.assign(item.dataset, { state: section.state, label: section.label, tokens: String(section.tokens),
+      keptChars: String(section.kept_chars) });
+    list.append(item);
+  }
+}
+
+function drawFitted(answer) {
+  // Kept text as plain text, what was removed (and the blank lines around it) inside <del>: the
+  // text outside <del> is exactly `system`, the kept pieces joined by blank lines in document order.
+  const box = $("fitted");
+  box.replaceChildren();
+  let anyKept = false;
+  answer.sections.forEach((section, i) => {
+    const removed = (className, text, title = "") => box.append(el("del", { className, textContent: text, title }));
+    const isKept = section.state !== "dropped";
+    if (i > 0) {
+      if (isKept && anyKept) box.append("\n\n");
+      else removed("sep", "\n\n");
+    }
+    if (!isKept) {
+      removed("dropped", section.text, `dropped: ${section.label}`);
+      return;
+    }
+    anyKept = true;
+    box.append(el("span", { className: "kept", textContent: section.text.slice(0, section.kept_chars) }));
+    if (section.state === "truncated") removed("cut", section.text.slice(section.kept_chars), `cut: ${section.label}`);
+  });
+}
+
+$("show-removed").addEventListener("change", () => {
+  $("fitted").classList.toggle("hide-removed", !$("show-removed").checked);
+});
+
+// --- copy ------------------------------------------------------------------------------------
+
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) {
+    await navigator.clipboard.writeText(text);
+    return;
+  }
+  // Plain http on another host is not a secure context: fall back to a selected textarea.
+  const area = el("textarea", { value: text, readOnly: true, className: "visually-hidden" });
+  document.body.append(area);
+  area.select();
+  const done = document.execCommand("copy");
+  area.remove();
+  if (!done) throw new Error("the browser refused to copy");
+}
+
+for (const button of document.querySelectorAll("button.copy")) {
+  button.addEventListener("click", async () => {
+    if (!state.plan) return;
+    const what = button.dataset.copy;
+    try {
+      await copyText(state.plan[what]);
+      button.textContent = "Copied";
+      $("copy-status").textContent = what === "system" ? "System prompt copied" : "Full prompt copied";
+      setTimeout(() => { button.textContent = "Copy"; }, 1500);
+    } catch (error) {
+      say("copy", { code: "copy_failed", message: `could not copy: ${error.message}` });
+    }
+  });
+}
+
+// --- start -----------------------------------------------------------------------------------
+
+async function loadProfiles() {
+  const answer = await ask("profiles", "v1/profiles");
+  if (!answer) return;
+  const formats = $("format");
+  formats.replaceChildren(new Option("The model's", ""));
+  for (const format of answer.formats) formats.append(new Option(format, format));
+  // Names users type: the bases of virtual models, then each profile's pattern without its wildcard.
+  const names = new Map();
+  for (const virtual of answer.virtual_models) names.set(virtual.base, `base of ${virtual.name}`);
+  for (const profile of answer.models) {
+    const name = profile.match.replace(/[*?].*$/, "");
+    if (name && !names.has(name)) {
+      names.set(name, `${profile.tokenizer} tokenizer, ${profile.format}, context ${number(profile.context_window)}`);
+    }
+  }
+  const options = $("model-options");
+  options.replaceChildren();
+  for (const [name, label] of names) options.append(new Option(label, name));
+}
+
+let pollTimer = 0;
+
+function start() {
+  clearInterval(pollTimer);
+  state.roles = null;
+  showKeyState();
+  loadProfiles().then(loadRoles);
+  pollTimer = setInterval(() => {
+    if (!document.hidden) loadRoles();
+  }, POLL_MS);
+}
+
+window.addEventListener("hashchange", () => { // a link to #name, or back and forward
+  const name = decodeURIComponent(location.hash.slice(1));
+  if (name && name !== state.role?.name) selectRole(name, false);
+});
+window.addEventListener("error", (event) => {
+  say("page", { code: "page_error", message: `the page hit an error: ${event.message}` });
+});
+window.addEventListener("unhandledrejection", (event) => {
+  say("page", { code: "page_error", message: `the page hit an error: ${event.reason?.message || event.reason}` });
+});
+
+start();
