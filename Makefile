@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/fit_bench.py
 	$(BIN)/python bench/inject_bench.py
 	$(BIN)/python bench/proxy_bench.py
+	$(BIN)/python bench/prefix_bench.py
 
 clean:
 	rm -rf $(VENV)

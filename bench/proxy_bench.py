@@ -31,7 +31,7 @@ virtual_models:
   reviewer:            # a small role (~900 tokens), kept whole
     base: qwen3:8b
     role: code-reviewer
-  keel:                # a 22k-token manifest, fitted to what the context leaves
+  keel:                # a 22k-token manifest, fitted to its budget capped by the context policy
     base: qwen3:8b
     role: manifest
 """

@@ -188,6 +188,60 @@ describe('execute', () => {
 		expect(item.json.system).toContain('answer in English');
 	});
 
+	it('reports the oldest messages the context policy left out', async () => {
+		const long = 'Check the deploy, the rollback and the canary before the window closes. '.repeat(100);
+		const conversation = [
+			{ role: 'user', content: long },
+			{ role: 'assistant', content: long },
+			{ role: 'user', content: 'And now?' },
+		];
+		const options = { contextWindow: 2048, reserveOutput: 256, variablesJson: '{"user_name": "Ada"}' };
+		const [kept] = await run({
+			parameters: parameters({ input: 'messages', messages: conversation, options }),
+		});
+
+		expect(kept.json.trim).toMatchObject({ dropped_messages: 2 });
+		expect(kept.json.messages).toEqual([
+			{ role: 'system', content: kept.json.system },
+			{ role: 'user', content: 'And now?' },
+		]);
+		expect(kept.json.usage).toMatchObject({ context_policy: 'keep_role', history_share: 0.25 });
+
+		// Shrink Role keeps every message: this conversation cannot fit the window at all.
+		const error = await failure({
+			parameters: parameters({
+				input: 'messages',
+				messages: conversation,
+				options: { ...options, contextPolicy: 'shrink_role' },
+			}),
+		});
+		expect(error.description).toContain('context_overflow');
+	});
+
+	it('sends the context policy and the history share', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				options: {
+					contextPolicy: 'shrink_role',
+					historyShare: 0.4,
+					variables: { values: [{ name: 'user_name', value: 'Ada' }] },
+				},
+			}),
+		});
+
+		expect(item.json.usage).toMatchObject({ context_policy: 'shrink_role', history_share: 0.4 });
+		expect(item.json.trim).toMatchObject({ dropped_messages: 0 });
+	});
+
+	it('rejects a history share outside 0 to 1', async () => {
+		const error = await failure({
+			parameters: parameters({ options: { historyShare: 1.5 } }),
+		});
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toMatch(/"History Share" must be a number greater than 0 and less than 1/);
+	});
+
 	it('takes the role typed by name', async () => {
 		const [item] = await run({
 			parameters: parameters({ role: roleLocator('poet', 'name'), options: {} }),

@@ -35,7 +35,8 @@ def test_ollama_node_on_a_virtual_model_sends_the_role(e2e_stack: Stack) -> None
         {"role": "system", "content": expected["system"]},
         {"role": "user", "content": chat_input},
     ]
-    assert body["options"]["num_ctx"] >= expected["usage"]["num_ctx"]
+    assert body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
+    assert body["options"]["num_keep"] == expected["usage"]["num_keep"]  # a context shift keeps the role
     # The role's model options go along too (n8n's node set none of its own).
-    assert {k: v for k, v in body["options"].items() if k != "num_ctx"} == expected["params"]
+    assert {k: v for k, v in body["options"].items() if k not in ("num_ctx", "num_keep")} == expected["params"]
     assert body["stream"] is False

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from role_injector.formats import FORMATS, Message, neutralise, render
+from role_injector.formats import FORMATS, Message, neutralise, render, system_part
 from tests.worker.chat_templates.render_reference import render_reference
 
 GOLDENS = Path(__file__).parent / "goldens"
@@ -53,6 +53,22 @@ def test_any_alternating_conversation_matches_every_template(system: str, conten
             if template == "qwen3" and any(m.content.lstrip().startswith("<tool_response>") for m in turns):
                 continue  # Qwen3 treats such user turns as tool output
             assert render(format_name, system, turns) == reference(template, system, turns)
+
+
+@settings(max_examples=60, deadline=None)
+@given(system=text, contents=st.lists(text, min_size=1, max_size=5).filter(lambda c: len(c) % 2 == 1))
+def test_the_system_part_starts_every_templates_rendering(system: str, contents: list[str]) -> None:
+    """What num_keep covers: the models' own templates put exactly this before the first turn."""
+    turns = tuple(Message("user" if i % 2 == 0 else "assistant", c) for i, c in enumerate(contents))
+    for format_name, templates in TEMPLATES.items():
+        head = system_part(format_name, neutralise(system))
+        for template in templates:
+            if head is None:  # mistral: the system text goes into the last user turn
+                assert format_name == "mistral"
+                continue
+            rendered = reference(template, system, turns)
+            assert rendered.startswith(head)
+            assert neutralise(system).strip() in rendered[: len(head)]
 
 
 @pytest.mark.parametrize("format_name", FORMATS)

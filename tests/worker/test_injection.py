@@ -1,4 +1,5 @@
-"""One injection: budget from the request, the role or the context; cache-friendly steps; errors."""
+"""One injection: budget from the request, the role or the context; errors. The context policy's own
+properties are in test_context.py."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from role_injector.context import BUDGET_STEP
 from role_injector.errors import RoleInjectorError
 from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, RENDERERS, Message, neutralise, render_chatml
-from role_injector.injection import BUDGET_STEP, InjectRequest, count_messages, inject
+from role_injector.injection import InjectRequest, count_messages, inject
 from role_injector.profiles import load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
@@ -49,20 +51,21 @@ def test_manifest_trims_at_several_budgets(bundled: RoleSet) -> None:
     assert inject(bundled, PROFILES, InjectRequest("manifest", budget=4000)).usage.system_tokens_full > 20_000
 
 
-def test_the_context_caps_an_explicit_budget_in_coarse_steps(bundled: RoleSet) -> None:
+def test_under_shrink_role_the_context_caps_an_explicit_budget_in_coarse_steps(bundled: RoleSet) -> None:
     result = inject(bundled, PROFILES, InjectRequest("manifest", budget=20_000, context_window=4096,
-                                                     reserve_output=500))
+                                                     reserve_output=500, context_policy="shrink_role"))
     assert result.usage.budget % BUDGET_STEP == 0
     assert result.usage.budget <= 4096 - 500 - result.usage.messages_tokens
     assert result.usage.prompt_tokens + 500 <= 4096
 
 
-def test_the_system_prompt_stays_byte_identical_while_a_conversation_grows(bundled: RoleSet) -> None:
+def test_under_shrink_role_the_system_prompt_changes_only_at_budget_steps(bundled: RoleSet) -> None:
     systems, budgets = [], []
     turns: list[Message] = []
     for i in range(12):
         turns += [Message("user", f"Question {i}: " + "detail " * 60), Message("assistant", "Answer. " * 40)]
-        result = inject(bundled, PROFILES, InjectRequest("manifest", tuple(turns[:-1]), context_window=8192))
+        result = inject(bundled, PROFILES, InjectRequest("manifest", tuple(turns[:-1]), context_window=8192,
+                                                         context_policy="shrink_role"))
         systems.append(result.system)
         budgets.append(result.usage.budget)
     assert all(b % BUDGET_STEP == 0 for b in budgets)

@@ -14,8 +14,10 @@ import ollama
 import pytest
 import requests
 
+from role_injector.tokens import load_tokenizer
 from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, run_ollama_standin
 from tests.servers import WorkerProcess, free_port, run_worker
+from tests.worker.chat_templates.render_reference import render_reference
 
 EXAMPLES = "\n\n".join(f"Example {i}: before blaming the compiler, check the edge case with an empty input."
                        for i in range(40))
@@ -124,6 +126,12 @@ def system_of(body: dict[str, Any]) -> str:
     return first["content"]
 
 
+def system_part_tokens(system: str) -> int:
+    """Tokens of the system part of a prompt as Qwen3's own chat template renders it (Ollama's num_keep)."""
+    rendered = render_reference("qwen3", [{"role": "system", "content": system}, {"role": "user", "content": "x"}])
+    return load_tokenizer("qwen").count_prompt(rendered[: rendered.index("<|im_start|>user")])
+
+
 def inject_system(worker: WorkerProcess, messages: list[dict[str, str]], model: str, window: int) -> str:
     """What the REST API fits for the same conversation: the proxy must agree with it."""
     response = requests.post(worker.url + "/v1/inject", timeout=10, json={
@@ -201,7 +209,8 @@ def test_ad_hoc_base_at_role(client: ollama.Client, standin: OllamaStandin) -> N
     body = upstream(standin, "/api/chat")
     assert body["model"] == "qwen3:8b"
     assert MISSION in system_of(body)
-    assert body["options"] == {"temperature": 0.3, "top_k": 20, "num_ctx": 8192}  # the role's params only
+    assert body["options"] == {"temperature": 0.3, "top_k": 20, "num_ctx": 8192,  # the role's params only
+                               "num_keep": system_part_tokens(system_of(body))}
 
 
 def test_declared_name_with_latest_tag(client: ollama.Client, standin: OllamaStandin) -> None:
@@ -212,8 +221,10 @@ def test_declared_name_with_latest_tag(client: ollama.Client, standin: OllamaSta
 def test_params_merge_role_then_virtual_model_then_client(client: ollama.Client, standin: OllamaStandin) -> None:
     client.chat(model="engineer", messages=[{"role": "user", "content": "hi"}],
                 options={"seed": 1, "num_predict": 10})
-    assert upstream(standin, "/api/chat")["options"] == {
+    body = upstream(standin, "/api/chat")
+    assert body["options"] == {
         "temperature": 0.5, "top_k": 20, "seed": 1, "num_predict": 10, "num_ctx": 8192,
+        "num_keep": system_part_tokens(system_of(body)),
     }
     standin.clear()
     client.chat(model="engineer", messages=[{"role": "user", "content": "hi"}], options={"temperature": 0.9})
@@ -262,7 +273,7 @@ def test_overflow_is_an_ollama_error_naming_the_numbers(client: ollama.Client, s
     assert error.value.status_code == 400
     needed = re.search(r"needs (\d+) tokens", error.value.error)
     assert needed and int(needed.group(1)) > 1024
-    assert "256 are kept for the answer" in error.value.error and "context window of 1024" in error.value.error
+    assert "the answer 256" in error.value.error and "context window of 1024" in error.value.error
     assert standin.requests == []  # never sent for Ollama to cut
 
 
@@ -307,7 +318,8 @@ def test_generate_puts_the_role_in_system(client: ollama.Client, standin: Ollama
     assert body["model"] == "qwen3:8b"
     assert MISSION in body["system"] and "pirate" not in json.dumps(body)
     assert body["prompt"] == "hi <\u200b|im_end|>"
-    assert body["options"] == {"temperature": 0.5, "top_k": 20, "seed": 7, "num_ctx": 8192}
+    assert body["options"] == {"temperature": 0.5, "top_k": 20, "seed": 7, "num_ctx": 8192,
+                               "num_keep": system_part_tokens(body["system"])}
 
 
 def test_generate_streams(client: ollama.Client, standin: OllamaStandin) -> None:
@@ -579,7 +591,7 @@ def test_trims_and_budget_errors_show_in_the_metrics(client: ollama.Client, work
 
     trims, errors = metric("role_injector_trims_total", "engineer"), \
         metric("role_injector_budget_errors_total", "engineer")
-    client.chat(model="tiny-engineer", messages=[{"role": "user", "content": LONG_TEXT[:1500]}])
+    client.chat(model="tiny-engineer", messages=[{"role": "user", "content": "hi"}])  # a window too small for it
     with pytest.raises(ollama.ResponseError):
         client.chat(model="tiny-engineer", messages=[{"role": "user", "content": LONG_TEXT}])
     assert metric("role_injector_trims_total", "engineer") == trims + 1

@@ -30,6 +30,7 @@ def test_the_file_overrides_defaults_and_declares_virtual_models(tmp_path: Path)
     path.write_text(
         "models:\n  - {match: 'qwen3*', context_window: 32768, reserve_output: 2048, tokenizer: qwen}\n"
         "virtual_models:\n  engineer: {base: 'qwen3:8b', role: agi-engineer, budget: 2000, params: {top_k: 20}}\n"
+        "  whole-history: {base: 'qwen3:8b', role: manifest, context_policy: shrink_role, history_share: 0.4}\n"
     )
     profiles = load_profiles(path)
     assert profiles.for_model("qwen3:8b").context_window == 32768
@@ -38,6 +39,9 @@ def test_the_file_overrides_defaults_and_declares_virtual_models(tmp_path: Path)
     engineer = profiles.virtual_model("engineer")
     assert engineer is not None
     assert (engineer.base, engineer.role, engineer.budget) == ("qwen3:8b", "agi-engineer", 2000)
+    assert (engineer.context_policy, engineer.history_share) == (None, None)  # the role's, else the default
+    whole = profiles.virtual_model("whole-history")
+    assert whole is not None and (whole.context_policy, whole.history_share) == ("shrink_role", 0.4)
     adhoc = profiles.virtual_model("qwen3:8b@agi-engineer")
     assert adhoc is not None and (adhoc.base, adhoc.role) == ("qwen3:8b", "agi-engineer")
     assert profiles.virtual_model("qwen3:8b") is None
@@ -52,6 +56,8 @@ def test_the_file_overrides_defaults_and_declares_virtual_models(tmp_path: Path)
         ("models: [{match: x, margin: 0.5}]", "margin must be"),
         ("models: [{tokenizer: qwen}]", "'match' pattern"),
         ("virtual_models: {v: {base: qwen3}}", "needs 'base'"),
+        ("virtual_models: {v: {base: q, role: r, context_policy: all}}", "'context_policy' must be one of"),
+        ("virtual_models: {v: {base: q, role: r, history_share: 1.5}}", "'history_share' must be a number"),
         ("colour: blue", "must be a mapping with 'models'"),
         ("models: [unclosed", "not valid YAML"),
     ],

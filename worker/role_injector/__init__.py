@@ -2,9 +2,11 @@
 
 The public API of the library, in one place (the web layer, `role_injector.web`, and the CLI are
 built on it). A request's path: `RoleStore` → `Role` → `fit_budget` → `render` → `Injection`, with
-`inject` doing it all; docs/architecture.md has the whole map.
+`inject` doing it all, role and conversation sharing the context window by a `ContextPolicy`
+(`role_injector.context`); docs/architecture.md has the whole map.
 """
 
+from role_injector.context import CONTEXT_POLICIES, ContextPolicy
 from role_injector.errors import (
     KINDS,
     BudgetTooSmall,
@@ -28,10 +30,12 @@ from role_injector.tokens import Tokenizer, load_tokenizer
 __version__ = "0.1.0"
 
 __all__ = [
+    "CONTEXT_POLICIES",
     "FORMATS",
     "KINDS",
     "BudgetTooSmall",
     "ContextOverflow",
+    "ContextPolicy",
     "ErrorKind",
     "Fit",
     "FitCache",

@@ -87,6 +87,19 @@ RENDERERS: dict[str, Callable[[str, Sequence[Message]], str]] = {
 FORMATS = tuple(RENDERERS)
 
 
+def system_part(format_name: str, system: str) -> str | None:
+    """The start of every prompt of this format up to the end of the system text (what Ollama's
+    num_keep should cover), or None where the system text is not at the start (mistral: it goes
+    into the last user turn)."""
+    if format_name == "chatml":
+        return f"<|im_start|>system\n{system}<|im_end|>\n"
+    if format_name == "llama3":
+        return f"<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{system.strip()}<|eot_id|>"
+    if format_name == "gemma":
+        return f"<bos><start_of_turn>user\n{system}\n\n"
+    return None
+
+
 def render(format_name: str, system: str, turns: Sequence[Message]) -> str:
     """The whole prompt, ending where the model starts its answer. Content is neutralised here."""
     safe = [Message(m.role, neutralise(m.content)) for m in turns]

@@ -1,4 +1,4 @@
-"""One injection: resolve a role, choose its budget from the context, fit it and render the prompt."""
+"""One injection: resolve a role, share the context between role and conversation, fit and render."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from role_injector.errors import ContextOverflow, RoleNotFound
+from role_injector.context import (
+    ContextPolicy,
+    PolicyFieldError,
+    first_kept,
+    policy_fields,
+    role_budget,
+    step_down,
+)
+from role_injector.errors import ContextOverflow, InvalidRequest, RoleNotFound
 from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, SectionFit, fit_budget, section_fits
-from role_injector.formats import RENDERERS, Message, neutralise, render_chatml
+from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.profiles import Profiles
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
 from role_injector.tokens import Tokenizer, load_tokenizer
-
-# When the context, not the caller, sets the budget, it shrinks in steps of this many tokens, so
-# the system prompt stays byte-identical across the turns of a growing conversation and the model
-# server's prompt cache keeps reusing it.
-BUDGET_STEP = 512
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,12 @@ class InjectRequest:
     # Tokens the request carries besides its messages (tool definitions, /api/generate's context):
     # they take room in the context like the messages do.
     attached_tokens: int = 0
+    context_policy: str | None = None  # else the role's, else keep_role (role_injector.context)
+    history_share: float | None = None  # else the role's, else 0.25
+    # Indexes of the turns where an exchange starts, the only places where older turns may be cut
+    # off; None: every user turn. (The Ollama proxy counts tool results as user turns, but they
+    # belong to the exchange before them.)
+    exchange_starts: frozenset[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +58,14 @@ class Usage:
     prompt_tokens: int
     context_window: int
     reserve_output: int
+    # Ollama's options.num_ctx: the context window itself, so it is the same on every turn of a
+    # conversation (a changed num_ctx makes Ollama load the model again).
     num_ctx: int
+    # Ollama's options.num_keep: the tokens of the prompt up to the end of the system text, so that a
+    # context shift in Ollama keeps the role; None where the format puts the role elsewhere (mistral).
+    num_keep: int | None
+    context_policy: str
+    history_share: float
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,7 @@ class Injection:
     prompt: str
     fit: Fit
     usage: Usage
+    dropped_messages: int  # the request's first N turns are not in the prompt (keep_role)
 
     @property
     def system(self) -> str:
@@ -81,10 +98,6 @@ def find_role(roles: RoleSet, name: str) -> Role:
     return role
 
 
-def step_down(tokens: int) -> int:
-    return tokens - tokens % BUDGET_STEP if tokens >= BUDGET_STEP else tokens
-
-
 def adds_up(format_name: str, tokenizer: Tokenizer) -> bool:
     """In ChatML with a vocabulary whose <|im_start|> and <|im_end|> are special tokens, each content
     sits between a newline and a special token, so nothing merges across its edges unless it starts
@@ -93,19 +106,39 @@ def adds_up(format_name: str, tokenizer: Tokenizer) -> bool:
     return format_name == "chatml" and tokenizer.is_special("<|im_end|>")
 
 
+@dataclass(frozen=True)
+class TurnCosts:
+    """What each turn adds to the prompt without the system text."""
+
+    frame: int  # the prompt with neither system text nor turns
+    each: tuple[int, ...]
+    exact: bool  # frame + sum(each[i:]) is the exact count of turns[i:]; else each turn counted alone
+
+
+def turn_costs(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer, cache: FitCache) -> TurnCosts:
+    """Every turn's cost, each distinct message counted once (cached by its sha256)."""
+    renderer = RENDERERS[format_name]
+    exact = adds_up(format_name, tokenizer) and not any(m.content[:1].isspace() for m in turns)
+    frame = cache.count((format_name, "frame"), renderer("", []), tokenizer, prompt=True)
+
+    def cost(message: Message) -> int:
+        digest = hashlib.sha256(message.content.encode()).digest()
+        if exact:
+            framed = render_chatml("", [Message(message.role, "")])
+            return (cache.count(("chatml-frame", message.role), framed, tokenizer, prompt=True) - frame
+                    + cache.count(("content", digest), message.content, tokenizer))
+        alone = renderer("", [message])
+        return cache.count((format_name, "turn", message.role, digest), alone, tokenizer, prompt=True) - frame
+
+    return TurnCosts(frame, tuple(map(cost, turns)), exact)
+
+
 def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer, cache: FitCache) -> int:
     """Tokens of the prompt without the system text: the turns and the format's frame."""
-    if not adds_up(format_name, tokenizer) or any(m.content[:1].isspace() for m in turns):
-        return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
-
-    def frame(role: str | None) -> int:
-        empty = render_chatml("", [Message(role, "")] if role else [])
-        return cache.count(("chatml-frame", role), empty, tokenizer, prompt=True)
-
-    def content(text: str) -> int:
-        return cache.count(("content", hashlib.sha256(text.encode()).digest()), text, tokenizer)
-
-    return frame(None) + sum(frame(m.role) - frame(None) + content(m.content) for m in turns)
+    if adds_up(format_name, tokenizer) and not any(m.content[:1].isspace() for m in turns):
+        costs = turn_costs(format_name, turns, tokenizer, cache)
+        return costs.frame + sum(costs.each)
+    return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
 
 
 def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
@@ -114,18 +147,115 @@ def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_toke
     return tokenizer.count_prompt(prompt)
 
 
+def count_system_part(format_name: str, fit: Fit, tokenizer: Tokenizer, cache: FitCache) -> int | None:
+    """Tokens of the prompt up to the end of the system text (Ollama's num_keep), or None."""
+    head = system_part(format_name, "")
+    if head is None:
+        return None
+    if adds_up(format_name, tokenizer) and not fit.system[:1].isspace():
+        return cache.count((format_name, "system-part"), head, tokenizer, prompt=True) + fit.tokens
+    text = system_part(format_name, fit.system) or ""
+    return cache.count((format_name, "system-part", hashlib.sha256(text.encode()).digest()), text, tokenizer,
+                       prompt=True)
+
+
+def choose_policy(request: InjectRequest, role: Role) -> ContextPolicy:
+    """The request's policy, else the role's, else the defaults; a wrong value is `InvalidRequest`."""
+    try:
+        asked = policy_fields({"context_policy": request.context_policy, "history_share": request.history_share})
+    except PolicyFieldError as exc:
+        raise InvalidRequest(str(exc), details={"field": exc.field}) from None
+    return ContextPolicy.first_set((asked["context_policy"], role.context_policy),
+                                   (asked["history_share"], role.history_share))
+
+
+@dataclass(frozen=True)
+class Room:
+    """The context window as the prompt may use it, in the tokenizer's counts."""
+
+    context_window: int
+    usable: int  # the window divided by the profile's margin
+    reserve_output: int
+    attached: int
+    exact: bool
+    margin: float
+
+    @property
+    def for_prompt(self) -> int:
+        return self.usable - self.reserve_output - self.attached
+
+    def overflow(self, what: str, details: dict[str, Any]) -> ContextOverflow:
+        return ContextOverflow(
+            what
+            + (f", what is attached to them {self.attached}" if self.attached else "")
+            + f" and the answer {self.reserve_output}: more than the context window of {self.context_window} tokens"
+            + ("" if self.exact else f" (estimated counts, with a margin of {self.margin})"),
+            details={**details, "attached_tokens": self.attached, "reserve_output": self.reserve_output,
+                     "context_window": self.context_window},
+        )
+
+
+def shrink_role(role: Role, values: Mapping[str, str], explicit: int | None, turns: Sequence[Message],
+                format_name: str, tokenizer: Tokenizer, cache: FitCache, room: Room) -> tuple[Fit, int]:
+    """shrink_role: every turn is kept; the role gets what they leave, in steps. (fit, messages_tokens)"""
+    messages_tokens = count_messages(format_name, turns, tokenizer, cache)
+    available = room.for_prompt - messages_tokens
+    if available < 0:
+        raise room.overflow(f"the messages need {messages_tokens} tokens",
+                            {"messages_tokens": messages_tokens, "context_policy": "shrink_role"})
+    budget = explicit if explicit is not None and explicit <= available else step_down(available)
+    return fit_budget(role, values, budget, tokenizer, cache), messages_tokens
+
+
+def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequence[Message],
+              starts: Sequence[int], format_name: str, tokenizer: Tokenizer, cache: FitCache,
+              room: Room) -> tuple[Fit, int, int]:
+    """keep_role: the role at its fixed budget; the oldest exchanges dropped in chunks when the turns
+    outgrow what it leaves. (fit, messages_tokens, dropped turns)"""
+    renderer = RENDERERS[format_name]
+    costs = turn_costs(format_name, turns, tokenizer, cache)
+
+    def overflow(first: int, messages_tokens: int, fit: Fit | None) -> ContextOverflow:
+        kept = len(turns) - first
+        what = {0: "the prompt's frame needs", 1: "the last message needs"}.get(kept, f"the last {kept} messages need")
+        role = f", the role {fit.tokens} (context_policy keep_role never cuts it)" if fit else ""
+        details = {"messages_tokens": messages_tokens, "context_policy": "keep_role"}
+        return room.overflow(f"{what} {messages_tokens} tokens{role}",
+                             details if fit is None else {**details, "system_tokens": fit.tokens})
+
+    # What can never be dropped must fit beside the answer's reserve, whatever the role.
+    last = starts[-1] if starts else 0
+    least = costs.frame + sum(costs.each[last:]) if costs.exact else \
+        tokenizer.count_prompt(renderer("", turns[last:]))
+    if least > room.for_prompt:
+        raise overflow(last, least, None)
+    fit = fit_budget(role, values, budget, tokenizer, cache)
+    left = room.for_prompt - fit.tokens
+    chosen = first_kept(costs.each, starts, left - costs.frame)
+    # Estimated costs chose the cut; the exact count decides, moving it on by whole exchanges.
+    exact = costs.exact and not fit.system[:1].isspace()
+    for first in (chosen, *(s for s in starts if s > chosen)):
+        if exact:
+            if (messages_tokens := costs.frame + sum(costs.each[first:])) <= left:
+                return fit, messages_tokens, first
+        elif tokenizer.count_prompt(renderer(fit.system, turns[first:])) <= room.for_prompt:
+            return fit, tokenizer.count_prompt(renderer("", turns[first:])), first
+    raise overflow(first, tokenizer.count_prompt(renderer("", turns[first:])), fit)
+
+
 def inject(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
     cache: FitCache = DEFAULT_CACHE,
 ) -> Injection:
-    """Resolve `request.role` in `roles`, fit it into its budget and render the whole prompt.
+    """Resolve `request.role` in `roles`, share the context window between role and conversation by
+    the context policy, fit the role and render the whole prompt.
 
     The model (request, else the role's) picks the profile: tokenizer, format, context window. The
-    budget is the request's, else the role's, else what the context leaves after the messages and
-    the answer's reserve (see docs/architecture.md, "The budget rule"). Raises `RoleNotFound`,
-    `VariableError`, `InvalidRequest` (undeclared variables), `ContextOverflow` or `BudgetTooSmall`.
+    policy (request, else role, else `keep_role`; see `role_injector.context`) decides the budget
+    and which of the oldest turns are dropped. Raises `RoleNotFound`, `VariableError`,
+    `InvalidRequest`, `ContextOverflow` or `BudgetTooSmall`.
     """
     role = find_role(roles, request.role)
     model = request.model or role.model
@@ -133,47 +263,50 @@ def inject(
     format_name = request.format or profile.format
     tokenizer = load_tokenizer(profile.tokenizer)
     values = resolve_variables(role, request.variables)
+    policy = choose_policy(request, role)
     turns = tuple(Message(m.role, neutralise(m.content)) for m in request.turns)
-    # Content is neutralised once here (the fitted system text already is), so render directly.
-    renderer = RENDERERS[format_name]
-
     context_window = request.context_window or profile.context_window
-    reserve_output = profile.reserve_output if request.reserve_output is None else request.reserve_output
-    messages_tokens = count_messages(format_name, turns, tokenizer, cache)
-    attached = request.attached_tokens
-    available = profile.usable_window(context_window) - reserve_output - messages_tokens - attached
-    if available < 0:
-        raise ContextOverflow(
-            f"the messages need {messages_tokens} tokens"
-            + (f", what is attached to them {attached}" if attached else "")
-            + f" and the answer {reserve_output}, more than the context window of {context_window} tokens"
-            + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})"),
-            details={
-                "messages_tokens": messages_tokens,
-                "attached_tokens": attached,
-                "reserve_output": reserve_output,
-                "context_window": context_window,
-            },
-        )
+    room = Room(
+        context_window=context_window,
+        usable=profile.usable_window(context_window),
+        reserve_output=profile.reserve_output if request.reserve_output is None else request.reserve_output,
+        attached=request.attached_tokens,
+        exact=profile.exact,
+        margin=profile.margin,
+    )
     explicit = request.budget if request.budget is not None else role.budget
-    budget = explicit if explicit is not None and explicit <= available else step_down(available)
+    if policy.name == "shrink_role":
+        fit, messages_tokens = shrink_role(role, values, explicit, turns, format_name, tokenizer, cache, room)
+        dropped = 0
+    else:
+        budget = role_budget(explicit, room.usable, room.reserve_output, policy.history_share)
+        if request.exchange_starts is None:
+            starts = [i for i, m in enumerate(turns) if m.role == "user"]
+        else:
+            starts = sorted(i for i in request.exchange_starts if 0 <= i < len(turns))
+        fit, messages_tokens, dropped = keep_role(role, values, budget, turns, starts, format_name, tokenizer,
+                                                  cache, room)
+        turns = turns[dropped:]
 
-    fit = fit_budget(role, values, budget, tokenizer, cache)
-    prompt = renderer(fit.system, turns)
+    # Content is neutralised once above (the fitted system text already is), so render directly.
+    prompt = RENDERERS[format_name](fit.system, turns)
     usage = Usage(
         tokenizer=tokenizer.name,
         exact=profile.exact,
         system_tokens=fit.tokens,
         system_tokens_full=fit.full_tokens,
-        budget=budget,
+        budget=fit.budget,
         messages_tokens=messages_tokens,
-        attached_tokens=attached,
+        attached_tokens=room.attached,
         prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt),
         context_window=context_window,
-        reserve_output=reserve_output,
+        reserve_output=room.reserve_output,
         num_ctx=context_window,
+        num_keep=count_system_part(format_name, fit, tokenizer, cache),
+        context_policy=policy.name,
+        history_share=policy.history_share,
     )
-    return Injection(role, model, format_name, turns, prompt, fit, usage)
+    return Injection(role, model, format_name, turns, prompt, fit, usage, dropped)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,11 @@ virtual, and forwards either the client's own bytes (plain model) or the body re
   every field (images, tool_calls, ...) with their content neutralised;
 - `/api/generate`: the role becomes `system`, or, with `raw: true`, the whole prompt is rendered in
   the model's chat format with the role in front and the client's prompt as the user turn;
-- both: the role is fitted to the context the conversation leaves, `options` = role params, then the
-  virtual model's params, then the client's own options (the client wins), and `options.num_ctx`
-  covers the prompt and the answer, never lower than the client asked, so Ollama never cuts it;
+- both: the role and the conversation share the context by the context policy (`inject`; the oldest
+  messages may be left out), `options` = role params, then the virtual model's params, then the
+  client's own options (the client wins); `options.num_ctx` is the context window (never lower than
+  the client asked, the same on every turn) and `options.num_keep` covers the system part, so
+  Ollama never cuts the prompt and a context shift keeps the role;
 - `/api/tags` and `/api/show` answers are completed with the virtual models.
 
 Errors are `role_injector.errors` classes; the web layer shows them in Ollama's shape.
@@ -83,8 +85,12 @@ def _inject_virtual(
     client_options: Mapping[str, Any],
     attached_tokens: int = 0,
     attached_what: str = "",
+    context_policy: str | None = None,
+    exchange_starts: frozenset[int] | None = None,
 ) -> tuple[Injection, dict[str, Any]]:
-    """Fit the role to what the conversation leaves; return it with the options to send."""
+    """Fit the role by the context policy (`context_policy`, e.g. from a header, else the virtual
+    model's, else the role's); return the injection, whose `turns` may have lost the oldest of
+    `turns` (`dropped_messages`), with the options to send."""
     role = find_role(roles, virtual.role)
     options = {**role.params, **virtual.params, **client_options}
     if "num_ctx" in client_options:
@@ -104,18 +110,19 @@ def _inject_virtual(
         budget=virtual.budget,
         context_window=window,
         attached_tokens=attached_tokens,
+        context_policy=context_policy or virtual.context_policy,
+        history_share=virtual.history_share,
+        exchange_starts=exchange_starts,
     )
     try:
         injection = inject(roles, profiles, request)
     except ContextOverflow as exc:
-        needed = exc.details.get("messages_tokens", 0)
-        extra = f" plus {attached_tokens} for {attached_what}" if attached_tokens else ""
+        attached = f" ({attached_what})" if attached_tokens else ""
         raise ContextOverflow(
-            f"the conversation needs {needed} tokens{extra} and {profile.reserve_output} are kept for the answer: "
-            f"more than the context window of {window} tokens for {virtual.base}"
-            + ("" if profile.exact else f" (estimated counts, with a margin of {profile.margin})")
-            + "; shorten the conversation or raise options.num_ctx",
-            details={**exc.details, "context_window": window},
+            f"{exc.message}{attached}, for {virtual.base}; shorten the conversation or raise options.num_ctx"
+            + ("" if exc.details.get("context_policy") == "shrink_role" else
+               ", or let the role give way (context policy shrink_role)"),
+            details=exc.details,
         ) from None
     except VariableError as exc:
         raise VariableError(
@@ -123,7 +130,9 @@ def _inject_virtual(
             "'variables:' in the profile file (ROLE_INJECTOR_MODELS) or give them a default in the role file",
             details=exc.details,
         ) from None
-    options["num_ctx"] = max(asked or 0, injection.usage.num_ctx)
+    options["num_ctx"] = injection.usage.num_ctx  # the window: the same on every turn
+    if injection.usage.num_keep is not None:  # a context shift in Ollama then keeps the role
+        options.setdefault("num_keep", injection.usage.num_keep)
     return injection, options
 
 
@@ -164,9 +173,11 @@ def _counted(message: Mapping[str, Any]) -> Message:
 
 
 def rewrite_chat(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel,
+    context_policy: str | None = None,
 ) -> tuple[dict[str, Any], Injection]:
-    """The body to send upstream for an /api/chat request on a virtual model, and the injection."""
+    """The body to send upstream for an /api/chat request on a virtual model, and the injection.
+    Messages the context policy dropped (the oldest, `injection.dropped_messages`) are not sent."""
     messages = _chat_messages(body)
     client_options = _options(body)
     turns = [m for m in messages if m["role"] != "system"]
@@ -174,14 +185,17 @@ def rewrite_chat(
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", field="tools")
     tool_tokens = _count_json(profiles, virtual.base, tools) if tools else 0
+    # An exchange starts at a user message; tool results belong to the exchange before them.
+    starts = frozenset(i for i, m in enumerate(turns) if m["role"] == "user")
     injection, options = _inject_virtual(roles, profiles, virtual, [_counted(m) for m in turns], client_options,
-                                         tool_tokens, "the tool definitions")
+                                         tool_tokens, "the tool definitions", context_policy, starts)
     out = dict(body)
     out["model"] = virtual.base
     out["options"] = options
     if messages:  # an empty list asks Ollama to load the model: keep it empty
         out["messages"] = [{"role": "system", "content": injection.system}] + [
-            {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m for m in turns
+            {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m
+            for m in turns[injection.dropped_messages:]
         ]
     return out, injection
 
@@ -190,7 +204,8 @@ def rewrite_chat(
 
 
 def rewrite_generate(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel,
+    context_policy: str | None = None,
 ) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream for an /api/generate request on a virtual model, and the injection."""
     prompt = body.get("prompt")
@@ -209,7 +224,7 @@ def rewrite_generate(
     # In raw mode Ollama applies no template, so a suffix plays no part.
     turns = [Message("user", prompt if raw else prompt + (suffix or ""))] if prompt else []
     injection, options = _inject_virtual(roles, profiles, virtual, turns, client_options,
-                                         len(context or ()), "the context of earlier turns")
+                                         len(context or ()), "the context of earlier turns", context_policy)
     out = dict(body)
     out["model"] = virtual.base
     out["options"] = options

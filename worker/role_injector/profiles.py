@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
 from role_injector.roles import NAME_PATTERN
@@ -41,6 +42,8 @@ class VirtualModel:
     budget: int | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     variables: Mapping[str, str] = field(default_factory=dict)
+    context_policy: str | None = None  # role_injector.context; None: the role's
+    history_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         raise ProfileError(f"{where}: the name must be a non-empty string without '@'")
     if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not isinstance(raw.get("role"), str):
         raise ProfileError(f"{where} needs 'base' (a model) and 'role' (a role name)")
-    unknown = set(raw) - {"base", "role", "budget", "params", "variables"}
+    unknown = set(raw) - {"base", "role", "budget", "params", "variables", "context_policy", "history_share"}
     if unknown:
         raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     params = raw.get("params") or {}
@@ -124,6 +127,10 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
     ):
         raise ProfileError(f"{where}: variables must be a mapping of names to strings")
     budget = raw.get("budget")
+    try:
+        policy = policy_fields(raw)
+    except PolicyFieldError as exc:
+        raise ProfileError(f"{where}: {exc}") from None
     return VirtualModel(
         name=name,
         base=raw["base"],
@@ -131,6 +138,7 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         budget=None if budget is None else _positive_int(f"{where}: budget", budget),
         params=params,
         variables={str(k): str(v) for k, v in variables.items()},
+        **policy,
     )
 
 

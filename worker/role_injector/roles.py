@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import InvalidRequest, RoleError, VariableError
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
@@ -30,7 +31,8 @@ FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
 DEFAULT_PRIORITY = 50
 PREAMBLE_PRIORITY = 100
 MAX_PARTIAL_DEPTH = 5
-FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble"}
+FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble",
+                     "context_policy", "history_share"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class Role:
     params: Mapping[str, Any]
     tags: tuple[str, ...]
     extends: str | None
+    context_policy: str | None = None  # role_injector.context; None: the default
+    history_share: float | None = None
 
     @cached_property
     def walk_order(self) -> tuple[int, ...]:
@@ -137,6 +141,10 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
         isinstance(meta["budget"], bool) or not isinstance(meta["budget"], int) or meta["budget"] <= 0
     ):
         raise RoleError("front matter 'budget' must be a positive whole number of tokens")
+    try:
+        policy_fields(meta)
+    except PolicyFieldError as exc:
+        raise RoleError(f"front matter {exc}") from None
     if "preamble" in meta and meta["preamble"] != "required":
         raise RoleError("front matter 'preamble' can only be 'required'")
     if not all(isinstance(tag, str) for tag in meta.get("tags", [])):
@@ -288,6 +296,11 @@ def build_role(
         "variables": {n: [v.required, v.default, v.description] for n, v in sorted(variables.items())},
         "sections": [[s.title, s.priority, s.required, s.text] for s in sections],
     }
+    # Only when set, so that the versions of roles without them stay what they were.
+    for key in ("context_policy", "history_share"):
+        value = meta.get(key, getattr(parent, key) if parent else None)
+        if value is not None:
+            resolved[key] = value
     canonical = json.dumps(resolved, ensure_ascii=False, sort_keys=True, default=str)
     return Role(
         name=source.name,
@@ -300,6 +313,8 @@ def build_role(
         params=params,
         tags=tuple(resolved["tags"]),
         extends=meta.get("extends"),
+        context_policy=resolved.get("context_policy"),
+        history_share=None if resolved.get("history_share") is None else float(resolved["history_share"]),
     )
 
 

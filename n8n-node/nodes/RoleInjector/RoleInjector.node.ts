@@ -16,6 +16,8 @@ type Options = {
 	contextWindow?: unknown;
 	reserveOutput?: unknown;
 	format?: string;
+	contextPolicy?: string;
+	historyShare?: unknown;
 	variables?: { values?: Array<{ name?: unknown; value?: unknown }> };
 	variablesJson?: unknown;
 	outputFields?: string[];
@@ -130,6 +132,16 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 		body[key] = number;
 	}
 	if (options.format) body.format = options.format;
+	if (options.contextPolicy) body.context_policy = options.contextPolicy;
+	if (options.historyShare !== undefined && options.historyShare !== '') {
+		const share = Number(options.historyShare);
+		if (!(share > 0 && share < 1)) {
+			throw fail(
+				`"History Share" must be a number greater than 0 and less than 1, not ${JSON.stringify(options.historyShare)}`,
+			);
+		}
+		body.history_share = share;
+	}
 	return body;
 }
 

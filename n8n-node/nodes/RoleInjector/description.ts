@@ -130,12 +130,43 @@ const optionsProperty: INodeProperties = {
 			description: "How the prompt is framed. Without it: the model's own format.",
 		},
 		{
+			displayName: 'Context Policy',
+			name: 'contextPolicy',
+			type: 'options',
+			options: [
+				{
+					name: 'Keep Role',
+					value: 'keep_role',
+					description:
+						'The role stays the same on every turn; when the conversation outgrows its share, its oldest messages are left out (output: trim.dropped_messages)',
+				},
+				{
+					name: 'Shrink Role',
+					value: 'shrink_role',
+					description:
+						'Every message is kept; the role gives way as the conversation grows (slower: the model server evaluates the whole prompt again)',
+				},
+			],
+			default: 'keep_role',
+			description:
+				"How the role and a running conversation share the context window. Without it: the role's own, else Keep Role.",
+		},
+		{
 			displayName: 'Context Window',
 			name: 'contextWindow',
 			type: 'number',
 			typeOptions: { minValue: 1 },
 			default: 8192,
 			description: "Context size in tokens. Without it: the model's.",
+		},
+		{
+			displayName: 'History Share',
+			name: 'historyShare',
+			type: 'number',
+			typeOptions: { minValue: 0.01, maxValue: 0.99, numberPrecision: 2 },
+			default: 0.25,
+			description:
+				"With Keep Role: the share of the context window always left for the conversation. Without it: the role's own, else 0.25.",
 		},
 		{
 			displayName: 'Output Fields',

@@ -171,7 +171,7 @@ def check_trim(result: dict[str, Any], library: RoleSet, budget: int) -> None:
     assert result["system"] == fit.system
     trim = result["trim"]
     assert trim == {"trimmed": fit.trimmed, "kept": list(fit.kept), "truncated": list(fit.truncated),
-                    "dropped": list(fit.dropped)}
+                    "dropped": list(fit.dropped), "dropped_messages": 0}
     # and, whatever the fitter's details: a partition of the sections, required kept, within budget
     assert sorted(trim["kept"] + trim["truncated"] + trim["dropped"]) == sorted(LABELS)
     assert "Mission" in trim["kept"] and "Help Ada in a calm tone." in result["system"]
@@ -209,6 +209,9 @@ def test_inject_fits_renders_and_reports(api: Api, library: RoleSet, qwen: Token
         "context_window": 8192,
         "reserve_output": 1024,
         "num_ctx": 8192,
+        "num_keep": qwen.count_prompt(f"<|im_start|>system\n{system}<|im_end|>\n"),
+        "context_policy": "keep_role",
+        "history_share": 0.25,
     }
     assert usage["system_tokens"] <= 72 < usage["system_tokens_full"]
 
@@ -223,7 +226,8 @@ def test_inject_trims_by_priority(api: Api, library: RoleSet, budget: int) -> No
     if budget == 1000:
         filled = library.roles["helper"].content.replace("{{user_name}}", "Ada").replace("{{tone}}", "calm")
         assert result["system"] == filled
-        assert result["trim"] == {"trimmed": False, "kept": LABELS, "truncated": [], "dropped": []}
+        assert result["trim"] == {"trimmed": False, "kept": LABELS, "truncated": [], "dropped": [],
+                                  "dropped_messages": 0}
 
 
 def test_inject_messages_and_every_format(api: Api) -> None:
@@ -257,10 +261,15 @@ def test_inject_budget_comes_from_request_role_or_context(api: Api) -> None:
 
     assert budget(context_window=16384) == 8000  # the role's budget
     assert budget(budget=2000) == 2000  # the request's
-    # The context leaves 4096 - 1024 - (a few tokens of messages): shrunk to a multiple of 512.
-    assert budget(context_window=4096) == 2560
-    assert budget(context_window=4096, budget=5000) == 2560  # an explicit budget is capped too
-    assert budget(context_window=4096, reserve_output=0) == 3584
+    # keep_role (the default): capped so that a quarter of the window stays for the conversation.
+    assert budget(context_window=4096) == 4096 - 1024 - 1024
+    assert budget(context_window=4096, budget=5000) == 2048  # an explicit budget is capped too
+    assert budget(context_window=4096, reserve_output=0) == 3072
+    assert budget(context_window=4096, history_share=0.5) == 4096 - 1024 - 2048
+    # shrink_role: the context leaves 4096 - 1024 - (a few tokens of messages), shrunk to a multiple of 512.
+    assert budget(context_window=4096, context_policy="shrink_role") == 2560
+    assert budget(context_window=4096, budget=5000, context_policy="shrink_role") == 2560
+    assert budget(context_window=4096, reserve_output=0, context_policy="shrink_role") == 3584
     # A growing conversation keeps the system prompt byte-identical while it fits the step.
     short = inject(api, role="manifest", prompt="hi", context_window=4096)
     longer = inject(api, role="manifest", context_window=4096, messages=[
@@ -517,11 +526,14 @@ def test_context_overflow_reports_the_needed_tokens(api: Api, qwen: Tokenizer) -
     reply = api.request("POST", "/v1/inject", json={**VALID, "prompt": prompt, "context_window": 1200})
     error = assert_error(reply, 422, "context_overflow")
     assert error["details"] == {"messages_tokens": qwen.count_prompt(chatml("", ("user", prompt))),
-                                "attached_tokens": 0, "reserve_output": 1024, "context_window": 1200}
-    # Without the answer's reserve the same messages fit, and the role is fitted into what is left.
+                                "attached_tokens": 0, "reserve_output": 1024, "context_window": 1200,
+                                "context_policy": "keep_role"}
+    # Without the answer's reserve the same messages fit beside the role.
     result = inject(api, **VALID, prompt=prompt, context_window=1200, reserve_output=0)
-    assert result["usage"]["budget"] == 512  # 1200 - messages (~310), in a step of 512
+    assert result["usage"]["budget"] == 900  # 1200 - a quarter for the conversation
     assert result["usage"]["prompt_tokens"] <= 1200
+    result = inject(api, **VALID, prompt=prompt, context_window=1200, reserve_output=0, context_policy="shrink_role")
+    assert result["usage"]["budget"] == 512  # 1200 - messages (~310), in a step of 512
 
 
 def test_budget_too_small_reports_the_needed_tokens(api: Api, library: RoleSet, qwen: Tokenizer) -> None:

@@ -65,6 +65,8 @@ inject_bodies = st.fixed_dictionaries(
         "context_window": tokens,
         "reserve_output": tokens,
         "format": st.sampled_from(["chatml", "llama3", "mistral", "gemma"]) | json_values,
+        "context_policy": st.sampled_from(["keep_role", "shrink_role"]) | json_values,
+        "history_share": st.floats(min_value=-1, max_value=2) | json_values,
         "extra": json_values,
     },
 )

@@ -10,6 +10,7 @@ from typing import Any
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import InvalidRequest, UnsupportedMediaType
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
@@ -21,7 +22,7 @@ MAX_MESSAGES = 10_000
 # become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
-                 "reserve_output", "format"}
+                 "reserve_output", "format", "context_policy", "history_share"}
 
 
 def invalid(message: str, **details: Any) -> InvalidRequest:
@@ -172,6 +173,10 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
     format_name = _string(body, "format")
     if format_name is not None and format_name not in FORMATS:
         raise invalid(f"'format' must be one of {', '.join(FORMATS)}", field="format")
+    try:
+        policy = policy_fields(body)
+    except PolicyFieldError as exc:
+        raise invalid(str(exc), field=exc.field) from None
     return InjectRequest(
         role=role,
         turns=turns,
@@ -181,6 +186,7 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
         context_window=_integer(body, "context_window", 1),
         reserve_output=_integer(body, "reserve_output", 0),
         format=format_name,
+        **policy,
     )
 
 

@@ -21,6 +21,8 @@ INJECT_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
 TRIMS = Counter("role_injector_trims", "Injections whose role was trimmed to fit", ["role"])
+DROPPED = Counter("role_injector_dropped_messages",
+                  "Oldest messages of conversations left out by the context policy", ["role"])
 BUDGET_ERRORS = Counter("role_injector_budget_errors", "Budget and context errors by role", ["role", "code"])
 
 
@@ -34,6 +36,8 @@ def injection(role: str) -> Iterator[Callable[[Injection], None]]:
         INJECT_SECONDS.observe(time.perf_counter() - started)
         if result.fit.trimmed:
             TRIMS.labels(result.role.name).inc()
+        if result.dropped_messages:
+            DROPPED.labels(result.role.name).inc(result.dropped_messages)
 
     try:
         yield record

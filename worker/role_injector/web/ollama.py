@@ -23,7 +23,8 @@ from urllib3.exceptions import NewConnectionError
 from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
-from role_injector.errors import RoleInjectorError
+from role_injector.context import policy_name
+from role_injector.errors import InvalidRequest, RoleInjectorError
 from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body
@@ -40,6 +41,11 @@ NOT_SENT_DOWN = HOP_BY_HOP | {"date", "server"}  # gunicorn sets its own
 OUR_AUTH = frozenset({"authorization", "x-api-key"})
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
+# Ollama clients cannot send fields of their own, but most can send headers: this one chooses the
+# context policy of a request (role_injector.context) over the virtual model's and the role's.
+POLICY_HEADER = "X-Role-Injector-Context-Policy"
+# On every answer for a virtual model: how many of the oldest messages the policy left out.
+DROPPED_HEADER = "X-Role-Injector-Dropped-Messages"
 
 
 def ollama_error(message: str, status: int) -> Response:
@@ -188,6 +194,16 @@ def _virtual(body: dict[str, Any]) -> VirtualModel | None:
     return virtual
 
 
+def _context_policy() -> str | None:
+    value = request.headers.get(POLICY_HEADER)
+    if value is None:
+        return None
+    try:
+        return policy_name(value.strip())
+    except ValueError as exc:
+        raise InvalidRequest(f"header {POLICY_HEADER} {exc}", details={"header": POLICY_HEADER}) from None
+
+
 def _completion(path: str, rewrite: Any) -> Response:
     raw = proxy_body()
     body = parse_ollama_body(raw)
@@ -195,10 +211,13 @@ def _completion(path: str, rewrite: Any) -> Response:
     if virtual is None:
         return relay(send("POST", path, raw))  # a plain model: the client's bytes, untouched
     with metrics.injection(virtual.role) as record:
-        upstream_body, injection = rewrite(body, roles(), profiles(), virtual)
+        upstream_body, injection = rewrite(body, roles(), profiles(), virtual, _context_policy())
         record(injection)
-    g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed)
-    return relay(send("POST", path, encode_json(upstream_body), "application/json"))
+    g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
+                 context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
+    response = relay(send("POST", path, encode_json(upstream_body), "application/json"))
+    response.headers[DROPPED_HEADER] = str(injection.dropped_messages)
+    return response
 
 
 @ollama.post("/api/chat")

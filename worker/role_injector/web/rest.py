@@ -73,6 +73,7 @@ def injection_json(result: Injection) -> dict[str, Any]:
             "kept": list(result.fit.kept),
             "truncated": list(result.fit.truncated),
             "dropped": list(result.fit.dropped),
+            "dropped_messages": result.dropped_messages,
         },
     }
 
@@ -115,7 +116,8 @@ def inject_role() -> dict[str, Any]:
         result = inject(roles(), profiles(), request_, cache())
         record(result)
     g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
-                 trimmed=result.fit.trimmed)
+                 trimmed=result.fit.trimmed, context_policy=result.usage.context_policy,
+                 dropped_messages=result.dropped_messages)
     if settings().log_prompts:
         g.log["prompt"] = result.prompt
     return injection_json(result)

@@ -235,7 +235,7 @@ function drawRole(role, keepInputs) {
   const fact = (term, value) => facts.append(el("div", {}, el("dt", { textContent: term }), el("dd", { textContent: value })));
   fact("Version", role.version);
   fact("Model", role.model || "none set");
-  fact("Default budget", role.budget ? `${number(role.budget)} tokens` : "what the context leaves");
+  fact("Default budget", role.budget ? `${number(role.budget)} tokens` : "the window less the answer and the conversation's share");
   if (role.extends) fact("Extends", role.extends);
   if (role.tags.length) fact("Tags", role.tags.join(", "));
   $("model").placeholder = role.model ? `${role.model} (the role's)` : "the default profile";
