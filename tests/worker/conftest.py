@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from role_injector.ollama_client import OllamaClient
+from tests.ollama_standin import OllamaStandin, run_ollama_standin
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_ROLES = REPO / "roles"
@@ -30,3 +33,17 @@ def write_role(roles_dir: Path) -> RoleWriter:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[OllamaStandin]:
+    """An Ollama stand-in that knows only its default models and keeps uploaded blobs."""
+    with run_ollama_standin(strict_models=True, blob_store=True) as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(standin: OllamaStandin) -> OllamaClient:
+    """A client of the stand-in, which has forgotten earlier tests; retries come quickly."""
+    standin.clear()
+    return OllamaClient(standin.url, timeout=5, retries=3, retry_delay=0.01)

@@ -4,30 +4,21 @@ that, timeouts, streamed answers, blobs checked by digest."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from role_injector.errors import ModelNotFound, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
 from role_injector.ollama_client import OllamaClient, file_digest
-from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.ollama_standin import OllamaStandin
 from tests.servers import free_port
 
 ANSWER = "one two three"
 
 
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin(strict_models=True, blob_store=True) as server:
-        yield server
-
-
-@pytest.fixture
-def ollama(standin: OllamaStandin) -> OllamaClient:
-    standin.clear()
+@pytest.fixture(autouse=True)
+def answer(standin: OllamaStandin, ollama: OllamaClient) -> None:
     standin.answer = ANSWER
-    return OllamaClient(standin.url, timeout=5, retries=3, retry_delay=0.01)
 
 
 def test_busy_answers_are_retried_until_they_pass(ollama: OllamaClient, standin: OllamaStandin) -> None:
