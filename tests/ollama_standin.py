@@ -115,6 +115,8 @@ class OllamaStandin:
         self._requests: list[RecordedRequest] = []
         self._faults: dict[str | None, Fault] = {}
         self._interrupted = 0
+        self._in_flight = 0
+        self.most_in_flight = 0  # the most requests it was answering at one time
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -150,6 +152,7 @@ class OllamaStandin:
             self._requests.clear()
             self._faults.clear()
             self._interrupted = 0
+            self.most_in_flight = 0
             self.answer = DEFAULT_ANSWER
             for name in self.created:
                 self.models.pop(name, None)
@@ -159,6 +162,11 @@ class OllamaStandin:
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
+
+    def answering(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
 
     def fault_for(self, path: str) -> Fault:
         with self._lock:
@@ -221,6 +229,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def _handle(self) -> None:
+        self.server.state.answering(+1)
+        try:
+            self._answer()
+        finally:
+            self.server.state.answering(-1)
+
+    def _answer(self) -> None:
         state = self.server.state
         raw = self._read_body()
         try:

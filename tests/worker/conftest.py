@@ -1,9 +1,14 @@
-"""Fixtures shared by the worker tests: role directories written in tmp_path."""
+"""Fixtures shared by the worker tests: role directories written in tmp_path, an Ollama stand-in, the
+command line run as a user runs it."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +19,31 @@ REPO = Path(__file__).resolve().parents[2]
 BUNDLED_ROLES = REPO / "roles"
 
 RoleWriter = Callable[..., Path]
+
+CLI = str(Path(sys.executable).parent / "role-injector")
+# A role for the Ollama and bake commands: a required variable, params, sections of each kind.
+ENGINEER = """---
+description: Finds bugs
+model: qwen3:8b
+params: {temperature: 0.3}
+variables:
+  team: {required: true}
+---
+You are the careful test engineer of {{team}}.
+
+## Mission {required}
+Find the bug before it finds the users.
+
+## Стиль {priority=60}
+Короткие предложения. Одна мысль в строке.
+"""
+
+
+def run_cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """`role-injector ARGS` of this venv, with no profile file from the developer's shell."""
+    env = {**os.environ, "ROLE_INJECTOR_MODELS": ""}
+    return subprocess.run([CLI, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
+                          check=False, env=env)
 
 
 @pytest.fixture
