@@ -3,11 +3,13 @@ as the teacher; the format the LoRA trainers read is what these tests pin."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import pty
 import re
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,15 @@ def chat_requests(standin: OllamaStandin, with_role: bool = True) -> list[Any]:
 
 
 def test_pairs_are_the_teachers_answers_in_role_stored_without_the_role(place: Path, standin: OllamaStandin) -> None:
+    meeting, calls = threading.Barrier(3), itertools.count()
+
+    def three_at_once(body: dict[str, Any]) -> str:
+        """The first three questions are answered only when all three are being asked at once."""
+        if next(calls) < 3:
+            meeting.wait(timeout=60)
+        return teacher(body)
+
+    standin.answer = three_at_once
     result = bake(place, standin, "--held-out", "0.25", "--concurrency", "3")
     assert result.returncode == 0, result.stderr
     files = DatasetFiles.for_output(place / "out" / "data.jsonl")
@@ -91,7 +102,7 @@ def test_pairs_are_the_teachers_answers_in_role_stored_without_the_role(place: P
         assert user["role"] == "user"
         assert request.body["options"] == {"temperature": 0.3, "num_ctx": 8192}
     assert any(r.body["messages"][1]["content"] == "Why did <\u200b|im_end|> break my prompt?" for r in requests)
-    assert 2 <= standin.most_in_flight <= 3  # concurrent, and bounded
+    assert standin.most_in_flight == 3  # concurrent, and bounded
 
     summary = json.loads(result.stdout)
     assert summary["questions"] == len(QUESTIONS) and summary["train"] + summary["held_out"] == len(QUESTIONS)
@@ -193,6 +204,7 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(place: Path, standin: Olla
     (["--var", "team=QA", "--questions", "missing.txt"], "invalid_request", "cannot read"),
     (["--questions", "questions.txt"], "missing_variable", "team"),
     (["--var", "team=QA", "--generate", "0"], "invalid_request", "--generate takes 1 to"),
+    (["--var", "team=QA", "--generate", "5", "--held-out", "1"], "invalid_request", "held-out share"),
 ])
 def test_bad_input_fails_before_the_teacher_is_asked(place: Path, standin: OllamaStandin, args: list[str],
                                                      code: str, message: str) -> None:

@@ -297,9 +297,11 @@ def _run(work: Iterable[tuple[str, Callable[[], Any]]], concurrency: int,
             for future in finished:
                 key = pending.pop(future)
                 try:
-                    done(key, future.result(), None)
+                    result = future.result()
                 except RoleInjectorError as exc:
                     done(key, None, exc)
+                else:
+                    done(key, result, None)
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
@@ -350,11 +352,16 @@ def generate_questions(teacher: Teacher, count: int, path: Path, concurrency: in
     return questions, written, errors
 
 
+def check_share(held_out: float) -> float:
+    if not 0 <= held_out < 1:
+        raise InvalidRequest("the held-out share must be from 0 to below 1", details={"held_out": held_out})
+    return held_out
+
+
 def bake_dataset(teacher: Teacher, questions: list[str], files: DatasetFiles, *, held_out: float = 0.1,
                  concurrency: int = 2, on_progress: Callable[[Progress], None] | None = None) -> BakeSummary:
     """Answer every question not yet in `files` with the teacher and append the pairs."""
-    if not 0 <= held_out < 1:
-        raise InvalidRequest("the held-out share must be from 0 to below 1", details={"held_out": held_out})
+    check_share(held_out)
     started = time.monotonic()
     summary = BakeSummary(role=teacher.role.name, version=teacher.role.version, model=teacher.model,
                           files=files.as_json())

@@ -186,6 +186,7 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
         client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
         roles, load_profiles(Settings.from_env().models_file), args.role, args.model, args.budget, parse_vars(args.var))
     teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
+    bake.check_share(args.held_out)
     files = bake.DatasetFiles.for_output(Path(args.out))
     bar = ProgressBar()
     try:

@@ -12,7 +12,9 @@ grammar means for the text of a value:
 - Characters that Go does not count as printable (`strconv.IsPrint`: letters, marks, numbers,
   punctuation, symbols and the ASCII space) are dropped, except the tab, CR and LF a value keeps.
   That drops U+200B, the zero-width space `formats.neutralise` puts into control tokens, as well as
-  no-break spaces, joiners and other format characters.
+  no-break spaces, joiners and other format characters. Printable is judged by this Python's
+  Unicode tables; Ollama's Go has the same or newer ones, which only add printable characters, so
+  a character this Python does not know is treated as dropped and what is written reads the same.
 - So a value can be carried exactly (`expressible`) when every character is kept and no line end
   follows `"""` with only blanks between; it is written bare when it is one line without blanks at
   its edges and does not start with `"`, else between `"""`.
