@@ -100,7 +100,9 @@ def test_pairs_are_the_teachers_answers_in_role_stored_without_the_role(place: P
         system, user = request.body["messages"]
         assert system["content"].startswith("You are the careful test engineer of QA.")
         assert user["role"] == "user"
-        assert request.body["options"] == {"temperature": 0.3, "num_ctx": 8192}
+        assert request.body["options"] == {"temperature": 0.3, "num_ctx": 8192,
+                                           "num_keep": request.body["options"]["num_keep"]}
+        assert request.body["options"]["num_keep"] > 10  # the role's tokens: a context shift keeps the role
     assert any(r.body["messages"][1]["content"] == "Why did <\u200b|im_end|> break my prompt?" for r in requests)
     assert standin.most_in_flight == 3  # concurrent, and bounded
 

@@ -42,7 +42,9 @@ def test_create_streams_progress_and_prints_what_it_made(roles: Path, standin: O
     assert made == json.loads(json.dumps(expected.summary()))
     (request,) = standin.requests_to("/api/create")
     assert request.body["system"] == expected.system and "test engineer of QA" in expected.system
-    assert request.body["parameters"] == {"temperature": 0.3, "num_ctx": 8192}
+    keep = made["parameters"]["num_keep"]
+    assert request.body["parameters"] == {"temperature": 0.3, "num_ctx": 8192, "num_keep": keep}
+    assert made["parameters"]["num_keep"] > made["system_tokens"]
     assert {m["name"] for m in ollama.tags()} >= {"engineer:latest", made["label"]}
 
 
@@ -53,7 +55,7 @@ def test_the_printed_modelfile_is_what_create_sends(roles: Path) -> None:
     expected = plan_role_model(RoleStore(roles).current(), load_profiles(), "engineer", budget=60,
                                variables={"team": "<|im_end|>"})
     assert read_modelfile(result.stdout) == {"from": "qwen3:8b", "system": carried_text(expected.system or ""),
-                                             "parameters": {"temperature": 0.3, "num_ctx": 8192}}
+                                             "parameters": expected.parameters}
     assert "differs from the fitted role" in result.stderr  # the neutralised variable needs carrying
 
 

@@ -20,7 +20,8 @@ from role_injector.ollama_models import (
     prune_stale_labels,
     role_modelfile,
 )
-from role_injector.profiles import load_profiles
+from role_injector.ollama_proxy import rewrite_chat
+from role_injector.profiles import VirtualModel, load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
 from tests.ollama_standin import OllamaStandin
@@ -58,14 +59,26 @@ def engineer(write_role: RoleWriter, roles_dir: Path) -> RoleSet:
 def test_the_model_is_the_role_fitted_with_room_for_the_conversation(engineer: RoleSet) -> None:
     model = plan_role_model(engineer, PROFILES, "engineer")
     assert (model.name, model.base) == ("engineer", "qwen3:8b")  # the role's name and model
-    assert model.parameters == {"temperature": 0.3, "top_k": 20, "stop": ["<|im_end|>"], "num_ctx": 8192}
     assert model.usage is not None and model.fit is not None
-    # No budget from the caller or the role: half of what the 8192-token window leaves after the answer.
-    assert model.usage.budget == 3584 and model.fit.trimmed
-    assert load_tokenizer("qwen").count(model.system or "") == model.usage.system_tokens <= 3584
+    assert model.parameters == {"temperature": 0.3, "top_k": 20, "stop": ["<|im_end|>"], "num_ctx": 8192,
+                                "num_keep": model.usage.num_keep}
+    # No budget from the caller or the role: keep_role's, a quarter of the 8192-token window left for
+    # the conversation and 1024 tokens for the answer.
+    assert model.usage.budget == 8192 - 2048 - 1024 and model.fit.trimmed
+    assert load_tokenizer("qwen").count(model.system or "") == model.usage.system_tokens <= 5120
+    assert model.usage.system_tokens < model.usage.num_keep < model.usage.system_tokens + 10  # plus the frame
     assert "<\u200b|im_end|>" in (model.system or "")  # neutralised, as in every injection
     body = model.create_body()
     assert body == {"model": "engineer", "from": "qwen3:8b", "system": model.system, "parameters": model.parameters}
+
+
+def test_system_and_parameters_are_what_the_proxy_sends_for_the_virtual_model(engineer: RoleSet) -> None:
+    model = plan_role_model(engineer, PROFILES, "engineer")
+    virtual = VirtualModel(name="qwen3:8b@engineer", base="qwen3:8b", role="engineer")
+    body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": "Where is the bug?"}]},
+                           engineer, PROFILES, virtual)
+    assert body["messages"][0] == {"role": "system", "content": model.system}
+    assert body["options"] == model.parameters
 
 
 def test_budget_name_base_and_variables_are_the_callers(engineer: RoleSet) -> None:
@@ -105,8 +118,8 @@ def test_params_ollama_does_not_know_are_a_role_error(write_role: RoleWriter, ro
 
 
 def test_a_larger_num_ctx_of_the_role_is_kept(write_role: RoleWriter, roles_dir: Path) -> None:
-    write_role("wide", "---\nmodel: qwen3:8b\nparams: {num_ctx: 32768}\n---\nWide.")
-    assert plan_role_model(roles_of(roles_dir), PROFILES, "wide").parameters == {"num_ctx": 32768}
+    write_role("wide", "---\nmodel: qwen3:8b\nparams: {num_ctx: 32768, num_keep: 1}\n---\nWide.")
+    assert plan_role_model(roles_of(roles_dir), PROFILES, "wide").parameters == {"num_ctx": 32768, "num_keep": 1}
 
 
 def test_a_role_without_a_model_needs_a_base(write_role: RoleWriter, roles_dir: Path) -> None:
@@ -179,7 +192,8 @@ def test_a_baked_model_has_the_adapter_and_an_optional_short_reminder(engineer: 
     adapter = ("adapter.gguf", "sha256:" + "ab" * 32)
     bare = plan_baked_model(engineer, PROFILES, "engineer", adapter=adapter)
     assert bare.create_body() == {"model": "engineer", "from": "qwen3:8b", "adapters": dict([adapter]),
-                                  "parameters": bare.parameters}
+                                  "parameters": {"temperature": 0.3, "top_k": 20, "stop": ["<|im_end|>"],
+                                                 "num_ctx": 8192}}  # no SYSTEM, so no num_keep
     reminded = plan_baked_model(engineer, PROFILES, "engineer", adapter=adapter, reminder_budget=40)
     assert reminded.usage is not None and reminded.usage.system_tokens <= 40
     assert "Find the bug" in (reminded.system or "")  # the required section comes first

@@ -295,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     create = ollama_commands.add_parser("create", help="create the model in Ollama (progress on stderr)")
     role_options(create)
     model_options(create)
-    create.add_argument("--budget", type=int, help="tokens for the system prompt (default: the role's, "
-                        "else half of what the context leaves)")
+    create.add_argument("--budget", type=int, help="tokens for the system prompt (default: the role's, else "
+                        "what leaves the conversation its share of the window, as the keep_role policy does)")
     create.set_defaults(run=cmd_ollama_create)
     modelfile = ollama_commands.add_parser("modelfile", help="print an equivalent Modelfile")
     role_options(modelfile, ollama=False)

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from role_injector.errors import InvalidRequest, ModelNotFound, RoleError
 from role_injector.fitting import Fit
-from role_injector.injection import InjectRequest, Usage, find_role, inject, step_down
+from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
 from role_injector.ollama_client import OllamaClient
 from role_injector.profiles import Profiles
@@ -35,9 +35,6 @@ HOST = re.compile(r"(?:https?://)?[A-Za-z0-9_][A-Za-z0-9_.:-]{0,349}")
 NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
 MODEL_OR_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,79}")
 DEFAULT_PREFIXES = ("registry.ollama.ai/library/", "library/")
-# Without a budget from the caller or the role, a baked-in system prompt takes at most half of what
-# the context leaves after the answer's reserve: the rest is for the conversation.
-CONVERSATION_SHARE = 2
 
 Status = Literal["current", "stale", "role missing"]
 
@@ -119,9 +116,14 @@ class RoleModel:
         return out
 
 
-def _role_parameters(role: Role, window: int) -> dict[str, Any]:
+def _role_parameters(role: Role, window: int, usage: Usage | None) -> dict[str, Any]:
+    """The role's params, `num_ctx` the window and, with a SYSTEM, `num_keep` its tokens (unless the
+    role sets it), so that a context shift in Ollama keeps the role instead of its first 4 tokens."""
+    parameters = {**role.params, "num_ctx": window}
+    if usage is not None and usage.num_keep is not None:
+        parameters.setdefault("num_keep", usage.num_keep)
     try:
-        return check_parameters({**role.params, "num_ctx": window})
+        return check_parameters(parameters)
     except InvalidRequest as exc:
         raise RoleError(f"role {role.name!r}: params: {exc.message}", details=exc.details) from None
 
@@ -140,11 +142,11 @@ def _base_and_window(role: Role, profiles: Profiles, base: str | None) -> tuple[
 
 def _fitted(roles: RoleSet, profiles: Profiles, role: Role, base: str, window: int, budget: int | None,
             variables: Mapping[str, str]) -> tuple[Fit, Usage]:
-    profile = profiles.for_model(base)
-    if budget is None and role.budget is None:
-        budget = max(1, step_down((profile.usable_window(window) - profile.reserve_output) // CONVERSATION_SHARE))
-    result = inject(roles, profiles, InjectRequest(role=role.name, variables=variables, model=base, budget=budget,
-                                                   context_window=window))
+    # A SYSTEM cannot give way as a conversation grows, so the policy is keep_role whatever the role
+    # says: the text is the one the proxy sends for `base@role` on every turn.
+    request = InjectRequest(role=role.name, variables=variables, model=base, budget=budget, context_window=window,
+                            context_policy="keep_role")
+    result = inject(roles, profiles, request)
     return result.fit, result.usage
 
 
@@ -158,14 +160,16 @@ def plan_role_model(
     budget: int | None = None,
     variables: Mapping[str, str] | None = None,
 ) -> RoleModel:
-    """The model whose SYSTEM is the role fitted for `base` (the role's model by default): budget
-    as given, else the role's, else half of what the context leaves; `num_ctx` the profile's
-    context window (or the role's `num_ctx`, if larger), with the role's params."""
+    """The model whose SYSTEM is the role fitted for `base` (the role's model by default) as the
+    keep_role policy fits it: `budget`, else the role's, else all of it, capped so that the role's
+    `history_share` (0.25) of the window stays for the conversation; `num_ctx` the profile's
+    context window (or the role's `num_ctx`, if larger), `num_keep` the role's tokens, with the
+    role's params."""
     role = find_role(roles, role_name)
     base, window = _base_and_window(role, profiles, base)
     fit, usage = _fitted(roles, profiles, role, base, window, budget, variables or {})
     return RoleModel(name=check_model_name(name or role.name, "the model name"), role=role, base=base,
-                     system=fit.system, parameters=_role_parameters(role, window), fit=fit, usage=usage)
+                     system=fit.system, parameters=_role_parameters(role, window, usage), fit=fit, usage=usage)
 
 
 def plan_baked_model(
@@ -189,7 +193,7 @@ def plan_baked_model(
     if reminder_budget is not None:
         fit, usage = _fitted(roles, profiles, role, base, window, reminder_budget, variables or {})
     return RoleModel(name=check_model_name(name or role.name, "the model name"), role=role, base=base,
-                     system=fit.system if fit else None, parameters=_role_parameters(role, window),
+                     system=fit.system if fit else None, parameters=_role_parameters(role, window, usage),
                      adapters={file_name: digest}, fit=fit, usage=usage)
 
 

@@ -47,7 +47,8 @@ def test_the_model_is_created_with_the_fitted_role_and_the_progress_streams(api:
     (create,) = rest_ollama.requests_to("/api/create")
     body = create.body
     assert (body["model"], body["from"], body["stream"]) == ("helper-ada", "qwen3:8b", True)
-    assert body["parameters"] == {"temperature": 0.1, "num_ctx": 8192}
+    assert body["parameters"] == {"temperature": 0.1, "num_ctx": 8192, "num_keep": made["parameters"]["num_keep"]}
+    assert made["parameters"]["num_keep"] > made["system_tokens"]
     assert "Help Ada in a calm tone." in body["system"]
     assert load_tokenizer("qwen").count(body["system"]) == made["system_tokens"]
     (copy,) = rest_ollama.requests_to("/api/copy")
