@@ -6,11 +6,18 @@ exactly what a model server would have received.
         ...  # point a client at ollama.url
         ollama.set_fault("/api/chat", status=500, body={"error": "boom"})
         assert ollama.requests_to("/api/chat")[0].body["options"]["num_ctx"] == 8192
+
+Models can be created as Ollama creates them (`POST /api/create`, streamed status lines), copied,
+shown (system, parameters, modelfile) and deleted; with `blob_store=True`, `/api/blobs/sha256:…`
+keeps uploads and checks their digests, as Ollama does.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +54,16 @@ class Fault:
     body: Any = None  # JSON value, or a str sent as text/plain
     model_not_found: bool = False  # 404 with Ollama's own message for the requested model
     chunks: int = 3  # how many pieces a streamed answer comes in (before the final `done` line)
+    times: int | None = None  # how many requests it spoils before it goes away (None: all)
+
+
+@dataclass(frozen=True)
+class CreatedModel:
+    """A model made by /api/create (or /api/copy of one): the create request as received."""
+
+    name: str
+    request: dict[str, Any]
+    digest: str  # of its manifest: equal requests give equal digests, a copy shares it
 
 
 def _now() -> str:
@@ -64,20 +81,42 @@ def _count(text: str) -> int:
     return max(1, len(text.split()))
 
 
+def full_name(name: str) -> str:
+    """A model name with Ollama's default tag."""
+    return name if name.rfind(":") > name.rfind("/") else name + ":latest"
+
+
+def _sha256(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def _go_quote(value: str) -> str:
+    """How `ollama show --modelfile` quotes a value (parser.quote in Ollama)."""
+    if "\n" in value or value.startswith(" ") or value.endswith(" "):
+        return f'"""{value}"""' if '"' in value else f'"{value}"'
+    return value
+
+
 class OllamaStandin:
     """The server's state; the HTTP handler below reads it. Thread-safe."""
 
     def __init__(self, answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
-                 strict_models: bool = False) -> None:
+                 strict_models: bool = False, blob_store: bool = False) -> None:
         self.url = ""
         self.answer: Answer = answer
         self.models = dict(DEFAULT_MODELS if models is None else models)
         # When strict, a model not in `models` gets Ollama's 404; otherwise any name is served.
         self.strict_models = strict_models
+        # Without a blob store, /api/blobs/* is only recorded (and answered 404).
+        self.blob_store = blob_store
+        self.blobs: dict[str, bytes] = {}
+        self.created: dict[str, CreatedModel] = {}
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
         self._faults: dict[str | None, Fault] = {}
         self._interrupted = 0
+        self._in_flight = 0
+        self.most_in_flight = 0  # the most requests it was answering at one time
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -90,10 +129,11 @@ class OllamaStandin:
 
     def set_fault(self, path: str | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
                   status: int | None = None, body: Any = None, model_not_found: bool = False,
-                  chunks: int = 3) -> None:
-        """Misbehave on `path` (e.g. "/api/chat"), or on every path when `path` is None."""
+                  chunks: int = 3, times: int | None = None) -> None:
+        """Misbehave on `path` (e.g. "/api/chat"), or on every path when `path` is None; with `times`,
+        only on that many requests."""
         with self._lock:
-            self._faults[path] = Fault(delay, chunk_delay, status, body, model_not_found, chunks)
+            self._faults[path] = Fault(delay, chunk_delay, status, body, model_not_found, chunks, times)
 
     @property
     def interrupted(self) -> int:
@@ -106,26 +146,63 @@ class OllamaStandin:
             self._interrupted += 1
 
     def clear(self) -> None:
-        """Forget recorded requests, faults and interruptions, and restore the default answer."""
+        """Forget recorded requests, faults and interruptions, created models and blobs, and restore
+        the default answer."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
             self._interrupted = 0
+            self.most_in_flight = 0
             self.answer = DEFAULT_ANSWER
+            for name in self.created:
+                self.models.pop(name, None)
+            self.created.clear()
+            self.blobs.clear()
 
     def record(self, request: RecordedRequest) -> None:
         with self._lock:
             self._requests.append(request)
 
+    def answering(self, change: int) -> None:
+        with self._lock:
+            self._in_flight += change
+            self.most_in_flight = max(self.most_in_flight, self._in_flight)
+
     def fault_for(self, path: str) -> Fault:
         with self._lock:
-            return self._faults.get(path) or self._faults.get(None) or Fault()
+            key = path if path in self._faults else None
+            fault = self._faults.get(key)
+            if fault is None:
+                return Fault()
+            if fault.times is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    del self._faults[key]
+            return fault
 
     def answer_for(self, body: dict[str, Any]) -> str:
         return self.answer(body) if callable(self.answer) else self.answer
 
     def knows(self, model: str) -> bool:
-        return not self.strict_models or model in self.models
+        return not self.strict_models or model in self.models or full_name(model) in self.models
+
+    def add_created(self, model: CreatedModel, context: int) -> None:
+        with self._lock:
+            self.created[model.name] = model
+            self.models[model.name] = context
+
+    def remove(self, name: str) -> bool:
+        """Delete a model by name (with or without its tag); whether there was one."""
+        with self._lock:
+            found = [n for n in (name, full_name(name)) if n in self.models]
+            for n in found:
+                self.models.pop(n, None)
+                self.created.pop(n, None)
+            return bool(found)
+
+    def created_model(self, name: str) -> CreatedModel | None:
+        with self._lock:
+            return self.created.get(name) or self.created.get(full_name(name))
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -152,6 +229,13 @@ class _Handler(BaseHTTPRequestHandler):
         self._handle()
 
     def _handle(self) -> None:
+        self.server.state.answering(+1)
+        try:
+            self._answer()
+        finally:
+            self.server.state.answering(-1)
+
+    def _answer(self) -> None:
         state = self.server.state
         raw = self._read_body()
         try:
@@ -174,6 +258,9 @@ class _Handler(BaseHTTPRequestHandler):
         ):
             self._send(404, {"error": f'model "{model}" not found, try pulling it first'})
             return
+        if path.startswith("/api/blobs/") and state.blob_store and self.command in ("HEAD", "POST"):
+            self._blob(path[len("/api/blobs/"):], raw)
+            return
 
         route = {
             ("GET", "/"): lambda: self._send(200, "Ollama is running"),
@@ -184,6 +271,9 @@ class _Handler(BaseHTTPRequestHandler):
             ("POST", "/api/show"): lambda: self._send(200, self._show(model)),
             ("POST", "/api/chat"): lambda: self._complete(request, model, fault, chat=True),
             ("POST", "/api/generate"): lambda: self._complete(request, model, fault, chat=False),
+            ("POST", "/api/create"): lambda: self._create(request, model),
+            ("POST", "/api/copy"): lambda: self._copy(request),
+            ("DELETE", "/api/delete"): lambda: self._delete(model),
         }.get((self.command, path))
         if route is None:
             self._send(404, "404 page not found")  # what Ollama's router answers
@@ -264,10 +354,15 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(data)
 
     def _model(self, name: str) -> dict[str, Any]:
-        return {
+        entry = {
             "name": name, "model": name, "modified_at": _now(), "size": 5_225_376_047,
             "digest": "0" * 64, "details": self._details(),
         }
+        created = self.server.state.created_model(name)
+        if created is not None:
+            entry["digest"] = created.digest.removeprefix("sha256:")
+            entry["details"]["parent_model"] = created.request.get("from", "")
+        return entry
 
     def _running(self) -> list[dict[str, Any]]:
         return [
@@ -283,6 +378,9 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
     def _show(self, model: str) -> dict[str, Any]:
+        created = self.server.state.created_model(model)
+        if created is not None:
+            return self._show_created(created)
         context = self.server.state.models.get(model, 40960)
         return {
             "license": "", "modelfile": f"FROM {model}\n", "parameters": "", "template": "{{ .Prompt }}",
@@ -295,6 +393,108 @@ class _Handler(BaseHTTPRequestHandler):
         }
 
 
+    # --- models made by /api/create ---------------------------------------------------------------
+
+    def _show_created(self, created: CreatedModel) -> dict[str, Any]:
+        request = created.request
+        base = str(request.get("from", ""))
+        info = self._show(base)
+        parameters = [(key, item) for key, value in (request.get("parameters") or {}).items()
+                      for item in (value if isinstance(value, list) else [value])]
+        lines = ["# Modelfile generated by \"ollama show\"", f"# FROM {created.name}", "", f"FROM {base}"]
+        lines += [f"ADAPTER {digest}" for digest in (request.get("adapters") or {}).values()]
+        if request.get("system"):
+            lines.append(f"SYSTEM {_go_quote(request['system'])}")
+        lines += [f"PARAMETER {key} {_go_quote(str(item))}" for key, item in parameters]
+        shown = [f"{key:<30} {json.dumps(item) if isinstance(item, str) else item}" for key, item in parameters]
+        info.update(system=request.get("system", ""), parameters="\n".join(shown), modelfile="\n".join(lines) + "\n")
+        info["details"]["parent_model"] = base
+        return info
+
+    def _create(self, request: dict[str, Any], name: str) -> None:
+        """Ollama's CreateHandler, for `from` a model (with adapters from stored blobs)."""
+        state = self.server.state
+        if not name or not re.fullmatch(r"[\w][\w.:/-]*", name):
+            self._send(400, {"error": "invalid model name"})
+            return
+        base = request.get("from")
+        if not base:
+            self._send(400, {"error": "neither 'from' or 'files' was specified"})
+            return
+        lines: list[dict[str, Any]] = []
+        error = None
+        if not state.knows(str(base)):
+            lines.append({"status": "pulling manifest"})
+            error = "pull model manifest: file does not exist"
+        else:
+            lines.append({"status": f"using existing layer {_sha256(str(base).encode())}"})
+            for digest in (request.get("adapters") or {}).values():
+                lines.append({"status": "parsing GGUF"})
+                if state.blob_store and not state.blobs.get(digest, b"").startswith(b"GGUF"):
+                    error = f"open {digest}: no such GGUF blob"
+                    break
+                lines.append({"status": f"using existing layer {digest}"})
+        if error is None:
+            for part in ("system", "parameters"):
+                if request.get(part):
+                    layer = _sha256(json.dumps(request[part], sort_keys=True).encode())
+                    lines.append({"status": f"creating new layer {layer}"})
+            lines += [{"status": "writing manifest"}, {"status": "success"}]
+            content = {k: request.get(k) for k in ("from", "system", "parameters", "adapters", "template", "messages")}
+            digest = _sha256(json.dumps(content, sort_keys=True).encode())
+            context = state.models.get(str(base), state.models.get(full_name(str(base)), 40960))
+            state.add_created(CreatedModel(full_name(name), request, digest), context)
+        if request.get("stream") is False:
+            self._send(500 if error else 200, {"error": error} if error else {"status": "success"})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        for line in lines + ([{"error": error}] if error else []):
+            self._write_chunk(line)
+        self.wfile.write(b"0\r\n\r\n")
+
+    def _copy(self, request: dict[str, Any]) -> None:
+        state = self.server.state
+        source, destination = str(request.get("source") or ""), str(request.get("destination") or "")
+        if not state.knows(source) or not destination:
+            self._send(404, {"error": f"model '{source}' not found"})
+            return
+        created = state.created_model(source)
+        context = state.models.get(source, state.models.get(full_name(source), 40960))
+        request_copy = created.request if created else {"from": source}
+        digest = created.digest if created else _sha256(source.encode())
+        state.add_created(CreatedModel(full_name(destination), request_copy, digest), context)
+        self._send(200, "")
+
+    def _delete(self, name: str) -> None:
+        if not self.server.state.remove(name):
+            self._send(404, {"error": f"model '{name}' not found"})
+            return
+        self._send(200, "")
+
+    def _blob(self, digest: str, raw: bytes) -> None:
+        """HEAD: 200 if stored, else 404. POST: store the body if its sha256 is `digest` (201)."""
+        state = self.server.state
+        if not re.fullmatch(r"sha256[:-][0-9a-f]{64}", digest):
+            self._send(400, {"error": "invalid digest format"})
+            return
+        digest = digest.replace("-", ":", 1)
+        if self.command == "HEAD":
+            self._send(200 if digest in state.blobs else 404, "")
+            return
+        if digest in state.blobs:
+            self._send(200, "")
+            return
+        actual = _sha256(raw)
+        if actual != digest:
+            self._send(400, {"error": f'digest mismatch, expected "{digest}", got "{actual}"'})
+            return
+        state.blobs[digest] = raw
+        self._send(201, "")
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
@@ -302,12 +502,17 @@ class _Server(ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.state = state
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
+            return  # a client that gave up (a timeout under test): nothing to report
+        super().handle_error(request, client_address)
+
 
 @contextmanager
 def run_ollama_standin(answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
-                       strict_models: bool = False) -> Iterator[OllamaStandin]:
+                       strict_models: bool = False, blob_store: bool = False) -> Iterator[OllamaStandin]:
     """Serve an Ollama stand-in on a free loopback port for the duration of the block."""
-    state = OllamaStandin(answer, models, strict_models)
+    state = OllamaStandin(answer, models, strict_models, blob_store)
     server = _Server(state)
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
     thread = threading.Thread(target=server.serve_forever, name="ollama-standin", daemon=True)

@@ -1,16 +1,49 @@
-"""Fixtures shared by the worker tests: role directories written in tmp_path."""
+"""Fixtures shared by the worker tests: role directories written in tmp_path, an Ollama stand-in, the
+command line run as a user runs it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from role_injector.ollama_client import OllamaClient
+from tests.ollama_standin import OllamaStandin, run_ollama_standin
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_ROLES = REPO / "roles"
 
 RoleWriter = Callable[..., Path]
+
+CLI = str(Path(sys.executable).parent / "role-injector")
+# A role for the Ollama and bake commands: a required variable, params, sections of each kind.
+ENGINEER = """---
+description: Finds bugs
+model: qwen3:8b
+params: {temperature: 0.3}
+variables:
+  team: {required: true}
+---
+You are the careful test engineer of {{team}}.
+
+## Mission {required}
+Find the bug before it finds the users.
+
+## Стиль {priority=60}
+Короткие предложения. Одна мысль в строке.
+"""
+
+
+def run_cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+    """`role-injector ARGS` of this venv, with no profile file from the developer's shell."""
+    env = {**os.environ, "ROLE_INJECTOR_MODELS": ""}
+    return subprocess.run([CLI, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
+                          check=False, env=env)
 
 
 @pytest.fixture
@@ -30,3 +63,17 @@ def write_role(roles_dir: Path) -> RoleWriter:
         return path
 
     return write
+
+
+@pytest.fixture(scope="module")
+def standin() -> Iterator[OllamaStandin]:
+    """An Ollama stand-in that knows only its default models and keeps uploaded blobs."""
+    with run_ollama_standin(strict_models=True, blob_store=True) as server:
+        yield server
+
+
+@pytest.fixture
+def ollama(standin: OllamaStandin) -> OllamaClient:
+    """A client of the stand-in, which has forgotten earlier tests; retries come quickly."""
+    standin.clear()
+    return OllamaClient(standin.url, timeout=5, retries=3, retry_delay=0.01)

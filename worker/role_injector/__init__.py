@@ -3,9 +3,12 @@
 The public API of the library, in one place (the web layer, `role_injector.web`, and the CLI are
 built on it). A request's path: `RoleStore` → `Role` → `fit_budget` → `render` → `Injection`, with
 `inject` doing it all, role and conversation sharing the context window by a `ContextPolicy`
-(`role_injector.context`); docs/architecture.md has the whole map.
+(`role_injector.context`); docs/architecture.md has the whole map. A role as an Ollama model:
+`plan_role_model` → `create_role_model` (with an `OllamaClient`), `list_role_models`; as a
+Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset: `Teacher` → `bake_dataset`.
 """
 
+from role_injector.bake import DatasetFiles, Teacher, bake_dataset, generate_questions
 from role_injector.context import CONTEXT_POLICIES, ContextPolicy
 from role_injector.errors import (
     KINDS,
@@ -13,14 +16,25 @@ from role_injector.errors import (
     ContextOverflow,
     ErrorKind,
     InvalidRequest,
+    ModelNotFound,
     RoleError,
     RoleInjectorError,
     RoleNotFound,
+    UpstreamRefused,
     VariableError,
 )
 from role_injector.fitting import Fit, FitCache, fit_budget
 from role_injector.formats import FORMATS, Message, neutralise, render
 from role_injector.injection import Injection, InjectRequest, Usage, find_role, inject
+from role_injector.modelfile import carried_text, read_modelfile, render_modelfile
+from role_injector.ollama_client import OllamaClient
+from role_injector.ollama_models import (
+    RoleModel,
+    create_role_model,
+    list_role_models,
+    plan_baked_model,
+    plan_role_model,
+)
 from role_injector.profiles import ModelProfile, Profiles, VirtualModel, load_profiles
 from role_injector.roles import Role, Section, Variable
 from role_injector.settings import Settings
@@ -36,6 +50,7 @@ __all__ = [
     "BudgetTooSmall",
     "ContextOverflow",
     "ContextPolicy",
+    "DatasetFiles",
     "ErrorKind",
     "Fit",
     "FitCache",
@@ -44,27 +59,41 @@ __all__ = [
     "InvalidRequest",
     "LoadError",
     "Message",
+    "ModelNotFound",
     "ModelProfile",
+    "OllamaClient",
     "Profiles",
     "Role",
     "RoleError",
     "RoleInjectorError",
+    "RoleModel",
     "RoleNotFound",
     "RoleSet",
     "RoleStore",
     "Section",
     "Settings",
+    "Teacher",
     "Tokenizer",
+    "UpstreamRefused",
     "Usage",
     "Variable",
     "VariableError",
     "VirtualModel",
     "__version__",
+    "bake_dataset",
+    "carried_text",
+    "create_role_model",
     "find_role",
     "fit_budget",
+    "generate_questions",
     "inject",
+    "list_role_models",
     "load_profiles",
     "load_tokenizer",
     "neutralise",
+    "plan_baked_model",
+    "plan_role_model",
+    "read_modelfile",
     "render",
+    "render_modelfile",
 ]

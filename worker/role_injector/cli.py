@@ -1,4 +1,5 @@
-"""Command line: `lint`, `render` and `serve`.
+"""Command line: `lint`, `render`, `serve`; `ollama create|modelfile|list` (a role as an Ollama
+model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md).
 
 Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
 `role_injector.errors.KINDS` (2 for a wrong command line).
@@ -9,16 +10,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict
+from pathlib import Path
+from typing import Any, TextIO
 
-from role_injector.errors import RoleInjectorError
+from role_injector import bake, ollama_models
+from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.ollama_client import OllamaClient, file_digest
 from role_injector.profiles import load_profiles
 from role_injector.settings import Settings
-from role_injector.store import RoleStore
+from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
+
+GGUF_MAGIC = b"GGUF"
 
 
 def open_store(directory: str) -> RoleStore:
@@ -78,6 +86,164 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def current_roles(args: argparse.Namespace) -> RoleSet:
+    return open_store(args.roles).current()
+
+
+def client(args: argparse.Namespace, **options: Any) -> OllamaClient:
+    return OllamaClient(args.ollama_url, timeout=Settings.from_env().upstream_timeout, **options)
+
+
+def print_json(value: Any) -> None:
+    print(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def follow(lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Print Ollama's progress lines on stderr; return the last one (our summary)."""
+    last: dict[str, Any] = {}
+    for line in lines:
+        last = line
+        if line.get("status") != "success":
+            done = f" ({line['completed']}/{line['total']})" if line.get("total") else ""
+            print(f"{line.get('status', '')}{done}", file=sys.stderr)
+    return last
+
+
+def cmd_ollama_create(args: argparse.Namespace) -> int:
+    model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
+                                          args.role, base=args.base, name=args.name, budget=args.budget,
+                                          variables=parse_vars(args.var))
+    print_json(follow(ollama_models.create_role_model(client(args), model)))
+    return 0
+
+
+def cmd_ollama_modelfile(args: argparse.Namespace) -> int:
+    model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
+                                          args.role, base=args.base, name=args.name, budget=args.budget,
+                                          variables=parse_vars(args.var))
+    text, changed = ollama_models.role_modelfile(model)
+    sys.stdout.write(text)
+    if changed:
+        print("note: SYSTEM in this Modelfile differs from the fitted role in characters a Modelfile cannot carry "
+              "(see its comment); `role-injector ollama create` sends the exact text", file=sys.stderr)
+    return 0
+
+
+def cmd_ollama_list(args: argparse.Namespace) -> int:
+    ollama = client(args)
+    models = ollama_models.list_role_models(ollama, current_roles(args))
+    deleted = ollama_models.prune_stale_labels(ollama, models) if args.prune else []
+    if args.json:
+        print_json({"models": [m.as_json() for m in models], "deleted": deleted})
+        return 0
+    rows = [["model", "role", "made from", "role now", "status"]]
+    rows += [[m.name, m.role, m.version, m.current or "-", m.status] for m in models]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    for name in deleted:
+        print(f"deleted stale label {name}", file=sys.stderr)
+    return 0
+
+
+class ProgressBar:
+    """One line on stderr redrawn in place, only when stderr is a terminal."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self.stream = stream
+        self.active = stream.isatty()
+        self.phase = ""
+        self.started = self.drawn = 0.0
+
+    def __call__(self, progress: bake.Progress) -> None:
+        if not self.active:
+            return
+        now = time.monotonic()
+        if progress.phase != self.phase:
+            self.close()
+            self.phase, self.started = progress.phase, now
+        if now - self.drawn < 0.1 and progress.done < progress.total:
+            return
+        self.drawn = now
+        filled = 30 * progress.done // max(1, progress.total)
+        rate = progress.done / (now - self.started) if now > self.started else 0.0
+        left = f", {(progress.total - progress.done) / rate:.0f} s left" if rate else ""
+        failed = f", {progress.failed} failed" if progress.failed else ""
+        self.stream.write(f"\r{progress.phase:<9} [{'#' * filled}{'.' * (30 - filled)}] "
+                          f"{progress.done}/{progress.total}{failed}, {rate:.1f}/s{left}\x1b[K")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.active and self.phase:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.phase = ""
+
+
+def cmd_bake_dataset(args: argparse.Namespace) -> int:
+    roles = current_roles(args)
+    teacher = bake.Teacher.for_role(
+        client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
+        roles, load_profiles(Settings.from_env().models_file), args.role, args.model, args.budget, parse_vars(args.var))
+    teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
+    bake.check_share(args.held_out)
+    files = bake.DatasetFiles.for_output(Path(args.out))
+    bar = ProgressBar()
+    try:
+        generated, failures = 0, []
+        if args.questions:
+            questions = bake.read_questions(Path(args.questions))
+        else:
+            files.questions.parent.mkdir(parents=True, exist_ok=True)
+            questions, generated, failures = bake.generate_questions(teacher, args.generate, files.questions,
+                                                                     args.concurrency, bar)
+        summary = bake.bake_dataset(teacher, questions, files, held_out=args.held_out,
+                                    concurrency=args.concurrency, on_progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: what was answered is saved; run the same command to go on", file=sys.stderr)
+        return 130
+    bar.close()
+    summary.generated, summary.generation_failures = generated, failures
+    print_json(summary.as_json())
+    if summary.failed or failures:
+        print(f"{summary.failed} question(s) and {len(failures)} section(s) failed; run the same command again "
+              "to retry them", file=sys.stderr)
+        codes = [f["code"] for f in summary.failures] or ["bad_upstream"]
+        return KINDS[codes[0]].exit_code
+    return 0
+
+
+def read_adapter(path: Path) -> tuple[str, str]:
+    """(file name for Ollama, sha256 digest) of a GGUF adapter file."""
+    try:
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise InvalidRequest(f"cannot read the adapter {path}: {exc}", details={"file": str(path)}) from None
+    if magic != GGUF_MAGIC:
+        raise InvalidRequest(f"{path} is not a GGUF file; convert a PEFT adapter with llama.cpp's "
+                             "convert_lora_to_gguf.py (docs/bake.md)", details={"file": str(path)})
+    name = path.name if path.name.endswith(".gguf") else "adapter.gguf"  # Ollama tells GGUF by the name
+    return name, file_digest(path)
+
+
+def cmd_bake_create(args: argparse.Namespace) -> int:
+    adapter = Path(args.adapter)
+    name, digest = read_adapter(adapter)
+    model = ollama_models.plan_baked_model(current_roles(args), load_profiles(Settings.from_env().models_file),
+                                           args.role, adapter=(name, digest), base=args.base, name=args.name,
+                                           reminder_budget=args.reminder_budget, variables=parse_vars(args.var))
+    ollama = client(args)
+    if ollama.has_blob(digest):
+        print(f"the adapter is in Ollama already ({digest})", file=sys.stderr)
+    else:
+        print(f"uploading {adapter} ({adapter.stat().st_size} bytes) as {digest}", file=sys.stderr)
+        ollama.push_blob(adapter, digest)
+    print_json(follow(ollama_models.create_role_model(ollama, model)))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from role_injector.server import serve  # gunicorn is only needed here
 
@@ -110,6 +276,62 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--roles", default=default_roles_dir)
     serve.add_argument("--workers", type=int, default=2)
     serve.set_defaults(run=cmd_serve)
+
+    ollama_url = Settings.from_env().ollama_url
+
+    def role_options(command: argparse.ArgumentParser, ollama: bool = True) -> None:
+        command.add_argument("role")
+        command.add_argument("--roles", default=default_roles_dir)
+        command.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+        if ollama:
+            command.add_argument("--ollama-url", default=ollama_url, help="default: ROLE_INJECTOR_OLLAMA_URL")
+
+    def model_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--base", help="the base model (default: the role's model)")
+        command.add_argument("--name", help="the model to create (default: the role's name)")
+
+    ollama = commands.add_parser("ollama", help="the role as an Ollama model: its SYSTEM, num_ctx and params")
+    ollama_commands = ollama.add_subparsers(dest="ollama_command", required=True)
+    create = ollama_commands.add_parser("create", help="create the model in Ollama (progress on stderr)")
+    role_options(create)
+    model_options(create)
+    create.add_argument("--budget", type=int, help="tokens for the system prompt (default: the role's, else "
+                        "what leaves the conversation its share of the window, as the keep_role policy does)")
+    create.set_defaults(run=cmd_ollama_create)
+    modelfile = ollama_commands.add_parser("modelfile", help="print an equivalent Modelfile")
+    role_options(modelfile, ollama=False)
+    model_options(modelfile)
+    modelfile.add_argument("--budget", type=int)
+    modelfile.set_defaults(run=cmd_ollama_modelfile)
+    listing = ollama_commands.add_parser("list", help="the models created from roles, and which are stale")
+    listing.add_argument("--roles", default=default_roles_dir)
+    listing.add_argument("--ollama-url", default=ollama_url)
+    listing.add_argument("--prune", action="store_true", help="delete stale labels no model name shares")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(run=cmd_ollama_list)
+
+    baking = commands.add_parser("bake", help="train the role into the model: dataset, then adapter → model")
+    bake_commands = baking.add_subparsers(dest="bake_command", required=True)
+    dataset = bake_commands.add_parser("dataset", help="question/answer pairs from the model with the role")
+    role_options(dataset)
+    dataset.add_argument("--model", required=True, help="the teacher: the base model, given the fitted role")
+    source = dataset.add_mutually_exclusive_group(required=True)
+    source.add_argument("--questions", metavar="FILE", help="one question per line, or .jsonl {\"question\"}")
+    source.add_argument("--generate", type=int, metavar="N", help="let the model write N questions from the role")
+    dataset.add_argument("--out", required=True, metavar="FILE.jsonl")
+    dataset.add_argument("--budget", type=int)
+    dataset.add_argument("--held-out", type=float, default=0.1, help="share of pairs held out (default 0.1)")
+    dataset.add_argument("--concurrency", type=int, default=2, choices=range(1, 33), metavar="1-32")
+    dataset.add_argument("--retries", type=int, default=3, choices=range(0, 11), metavar="0-10")
+    dataset.add_argument("--retry-delay", type=float, default=1.0, help="seconds before the first retry")
+    dataset.set_defaults(run=cmd_bake_dataset)
+    baked = bake_commands.add_parser("create", help="create the model from the base and a trained GGUF adapter")
+    role_options(baked)
+    model_options(baked)
+    baked.add_argument("--adapter", required=True, metavar="FILE.gguf")
+    baked.add_argument("--reminder-budget", type=int, metavar="TOKENS",
+                       help="also set SYSTEM to the role fitted to this many tokens")
+    baked.set_defaults(run=cmd_bake_create)
     return parser
 
 

@@ -53,6 +53,10 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("bad_upstream", "Ollama answered with something that is not its API", 502, 502, "server_error", 11),
     ErrorKind("upstream_unreachable", "Ollama cannot be reached", 502, 502, "server_error", 11),
     ErrorKind("upstream_timeout", "Ollama did not answer in time", 504, 504, "server_error", 12),
+    ErrorKind("model_not_found", "Ollama has no model of that name (pull it first)", 422, 404,
+              "invalid_request_error", 13),
+    ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
+              "server_error", 14),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
               "server_error", 70),
 )
@@ -131,3 +135,13 @@ class UpstreamUnreachable(RoleInjectorError):
 
 class UpstreamTimeout(RoleInjectorError):
     code = "upstream_timeout"
+
+
+class ModelNotFound(RoleInjectorError):
+    code = "model_not_found"
+
+
+class UpstreamRefused(RoleInjectorError):
+    """Ollama said no: an error status or an error line in its stream (`details.status`)."""
+
+    code = "upstream_refused"

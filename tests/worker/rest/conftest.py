@@ -3,7 +3,8 @@
 - `plain_server`: default settings (no API key, 1 MiB body limit, prompts not logged), 2 workers;
 - `configured_server`: API key, ROLE_INJECTOR_LOG_PROMPTS=1 and a 4 KiB body limit, 1 worker.
 
-Both serve a read-only copy of the fixture roles and the bundled roles. Tests that edit roles
+Both serve a read-only copy of the fixture roles and the bundled roles, and, like the Flask apps,
+reach Ollama at `rest_ollama`, a stand-in that knows only its default models. Tests that edit roles
 start their own server (test_rest_reload.py).
 """
 
@@ -17,6 +18,7 @@ from flask import Flask
 
 from role_injector.settings import Settings
 from role_injector.web import create_app
+from tests.ollama_standin import OllamaStandin, run_ollama_standin
 from tests.servers import WorkerProcess, run_worker
 from tests.worker.rest.support import (
     API_KEY,
@@ -36,34 +38,44 @@ def rest_roles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def flask_app(rest_roles: Path) -> Flask:
-    return create_app(Settings.from_env({}, roles_dir=str(rest_roles)))
+def rest_ollama() -> Iterator[OllamaStandin]:
+    with run_ollama_standin(strict_models=True) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
-def secured_flask_app(rest_roles: Path) -> Flask:
-    env = {"ROLE_INJECTOR_API_KEY": API_KEY, "ROLE_INJECTOR_MAX_BODY_BYTES": str(SMALL_BODY_LIMIT)}
+def flask_app(rest_roles: Path, rest_ollama: OllamaStandin) -> Flask:
+    return create_app(Settings.from_env({"ROLE_INJECTOR_OLLAMA_URL": rest_ollama.url}, roles_dir=str(rest_roles)))
+
+
+@pytest.fixture(scope="session")
+def secured_flask_app(rest_roles: Path, rest_ollama: OllamaStandin) -> Flask:
+    env = {"ROLE_INJECTOR_API_KEY": API_KEY, "ROLE_INJECTOR_MAX_BODY_BYTES": str(SMALL_BODY_LIMIT),
+           "ROLE_INJECTOR_OLLAMA_URL": rest_ollama.url}
     return create_app(Settings.from_env(env, roles_dir=str(rest_roles)))
 
 
-def start_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory, workers: int,
-                 **env: str) -> Iterator[WorkerProcess]:
+def start_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory, rest_ollama: OllamaStandin,
+                 workers: int, **env: str) -> Iterator[WorkerProcess]:
     logs = tmp_path_factory.mktemp("server-logs")
     metrics_dir = tmp_path_factory.mktemp("server-metrics")
-    full_env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir), **env}
+    full_env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+                "ROLE_INJECTOR_OLLAMA_URL": rest_ollama.url, **env}
     with run_worker(rest_roles, logs, env=full_env, workers=workers) as server:
         yield server
 
 
 @pytest.fixture(scope="session")
-def plain_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    yield from start_server(rest_roles, tmp_path_factory, workers=2)
+def plain_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory,
+                 rest_ollama: OllamaStandin) -> Iterator[WorkerProcess]:
+    yield from start_server(rest_roles, tmp_path_factory, rest_ollama, workers=2)
 
 
 @pytest.fixture(scope="session")
-def configured_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def configured_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory,
+                      rest_ollama: OllamaStandin) -> Iterator[WorkerProcess]:
     yield from start_server(
-        rest_roles, tmp_path_factory, workers=1,
+        rest_roles, tmp_path_factory, rest_ollama, workers=1,
         ROLE_INJECTOR_API_KEY=API_KEY,
         ROLE_INJECTOR_LOG_PROMPTS="1",
         ROLE_INJECTOR_MAX_BODY_BYTES=str(SMALL_BODY_LIMIT),

@@ -13,6 +13,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from role_injector.errors import KINDS
+from tests.ollama_standin import OllamaStandin
 from tests.worker.rest.support import API_KEY, Api
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
@@ -57,11 +58,17 @@ def test_the_documented_error_codes_are_the_table_of_errors(api: Api) -> None:
 
 
 def req(method: str, path: str, body: Any = None, *, key: bool = True, data: bytes | None = None,
-        headers: dict[str, str] | None = None) -> dict[str, Any]:
+        headers: dict[str, str] | None = None, ollama_fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A request of a case; `ollama_fault` is set on the Ollama stand-in (`set_fault`) for it."""
     sent = {**(KEY if key else {}), **(headers or {})}
+    fault = {"ollama_fault": ollama_fault} if ollama_fault else {}
     if body is not None:
-        return {"method": method, "path": path, "json": body, "headers": sent}
-    return {"method": method, "path": path, "data": data, "headers": sent}
+        return {"method": method, "path": path, "json": body, "headers": sent, **fault}
+    return {"method": method, "path": path, "data": data, "headers": sent, **fault}
+
+
+MODEL = "/v1/roles/helper/ollama-model"
+ROLE_MODEL = "/v1/roles/{name}/ollama-model"
 
 
 # Requests that produce each documented (path, operation, status), against the app with an API key
@@ -75,6 +82,20 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
     ("/v1/roles/{name}", "get", "400"): [req("GET", "/v1/roles/%2e%2e"), req("GET", "/v1/roles/Helper")],
     ("/v1/roles/{name}", "get", "401"): [req("GET", "/v1/roles/helper", key=False)],
     ("/v1/roles/{name}", "get", "404"): [req("GET", "/v1/roles/helpr"), req("GET", "/v1/roles/broken")],
+    (ROLE_MODEL, "post", "200"): [req("POST", MODEL, {"variables": ADA, "budget": 80, "name": "fixture-helper"}),
+                             req("POST", "/v1/roles/plain/ollama-model", {"base": "qwen3:0.6b"})],
+    (ROLE_MODEL, "post", "400"): [req("POST", MODEL, {"variables": ADA, "budget": "80"}),
+                             req("POST", "/v1/roles/Helper/ollama-model", {}),
+                             req("POST", "/v1/roles/plain/ollama-model", {}),  # no base model, none in the role
+                             req("POST", MODEL, {"variables": ADA, "name": "bad name"})],
+    (ROLE_MODEL, "post", "401"): [req("POST", MODEL, {"variables": ADA}, key=False)],
+    (ROLE_MODEL, "post", "404"): [req("POST", "/v1/roles/helpr/ollama-model", {})],
+    (ROLE_MODEL, "post", "413"): [req("POST", MODEL, {"variables": {"user_name": "x" * 5000}})],
+    (ROLE_MODEL, "post", "415"): [req("POST", MODEL, data=b"{}", headers={"Content-Type": "text/plain"})],
+    (ROLE_MODEL, "post", "422"): [req("POST", MODEL, {}), req("POST", MODEL, {"variables": ADA, "budget": 5}),
+                             req("POST", MODEL, {"variables": ADA, "base": "qwen3:32b"})],
+    (ROLE_MODEL, "post", "502"): [req("POST", MODEL, {"variables": ADA},
+                                 ollama_fault={"path": "/api/create", "status": 500, "body": {"error": "disk full"}})],
     ("/v1/inject", "post", "200"): [
         req("POST", "/v1/inject", {"role": "helper", "variables": ADA, "budget": 80, "prompt": "hi"}),
         req("POST", "/v1/inject", {"role": "plain", "messages": [{"role": "user", "content": "a"},
@@ -140,7 +161,7 @@ def test_the_cases_cover_every_documented_status(api: Api) -> None:
 
 
 @pytest.mark.parametrize("key", list(CASES), ids=["{} {} {}".format(*k) for k in CASES])
-def test_responses_match_the_document(secured_api: Api, key: tuple[str, str, str]) -> None:
+def test_responses_match_the_document(secured_api: Api, rest_ollama: OllamaStandin, key: tuple[str, str, str]) -> None:
     doc = document(secured_api)
     registry = Registry().with_resource("urn:openapi", Resource.from_contents(doc, default_specification=DRAFT202012))
     path, operation, status = key
@@ -151,7 +172,11 @@ def test_responses_match_the_document(secured_api: Api, key: tuple[str, str, str
         response = doc
         for part in pointer.strip("/").split("/"):
             response = response[part]
-    for spec in CASES[key]:
+    for case in CASES[key]:
+        spec = dict(case)
+        rest_ollama.clear()
+        if "ollama_fault" in spec:
+            rest_ollama.set_fault(**spec.pop("ollama_fault"))
         reply = secured_api.request(**spec)
         assert reply.status == int(status), (spec, reply)
         media_types = list(response["content"])

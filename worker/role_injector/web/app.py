@@ -71,9 +71,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     from role_injector.web.ollama import ollama, ollama_error
     from role_injector.web.rest import rest
+    from role_injector.web.role_models import role_models
     from role_injector.web.studio import studio
 
     app.register_blueprint(rest)
+    app.register_blueprint(role_models)
     app.register_blueprint(ollama)
     app.register_blueprint(studio)
 

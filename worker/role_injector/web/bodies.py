@@ -23,6 +23,7 @@ MAX_MESSAGES = 10_000
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
                  "reserve_output", "format", "context_policy", "history_share"}
+ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables"}
 
 
 def invalid(message: str, **details: Any) -> InvalidRequest:
@@ -124,6 +125,22 @@ def _string(body: Mapping[str, Any], field: str) -> str | None:
     return value
 
 
+def _variables(body: Mapping[str, Any]) -> dict[str, str]:
+    variables = body.get("variables")
+    if variables is None:
+        return {}
+    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
+        raise invalid("'variables' must be an object whose values are strings", field="variables")
+    return variables
+
+
+def _unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise invalid(f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(allowed))}",
+                      unknown=unknown)
+
+
 def parse_messages(value: Any) -> tuple[Message, ...]:
     if not isinstance(value, list):
         raise invalid("'messages' must be a list of {role, content} objects", field="messages")
@@ -150,12 +167,7 @@ def parse_messages(value: Any) -> tuple[Message, ...]:
 
 
 def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
-    unknown = sorted(set(body) - INJECT_FIELDS)
-    if unknown:
-        raise invalid(
-            f"unknown field(s): {', '.join(unknown)}; allowed: {', '.join(sorted(INJECT_FIELDS))}",
-            unknown=unknown,
-        )
+    _unknown(body, INJECT_FIELDS)
     role = check_role_name(body.get("role"))
     if body.get("messages") is not None and body.get("prompt") is not None:
         raise invalid("send either 'messages' or 'prompt', not both")
@@ -165,11 +177,7 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
     prompt = _string(body, "prompt")
     if prompt is not None:
         turns = (Message("user", prompt),)
-    variables = body.get("variables")
-    if variables is None:
-        variables = {}
-    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
-        raise invalid("'variables' must be an object whose values are strings", field="variables")
+    variables = _variables(body)
     format_name = _string(body, "format")
     if format_name is not None and format_name not in FORMATS:
         raise invalid(f"'format' must be one of {', '.join(FORMATS)}", field="format")
@@ -191,10 +199,15 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
 
 
 def parse_count(body: Mapping[str, Any]) -> tuple[str, str | None]:
-    unknown = sorted(set(body) - {"text", "model"})
-    if unknown:
-        raise invalid(f"unknown field(s): {', '.join(unknown)}; allowed: model, text", unknown=unknown)
+    _unknown(body, {"text", "model"})
     text = body.get("text")
     if not isinstance(text, str):
         raise invalid("'text' must be a string", field="text")
     return text, _string(body, "model")
+
+
+def parse_role_model(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body."""
+    _unknown(body, ROLE_MODEL_FIELDS)
+    return {"base": _string(body, "base"), "name": _string(body, "name"), "budget": _integer(body, "budget", 1),
+            "variables": _variables(body)}
