@@ -55,6 +55,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any  # parsed JSON, or None when the body was empty or not JSON
     raw: bytes
+    client_port: int = 0  # the same for requests on one kept-alive connection
 
 
 @dataclass
@@ -257,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         path = self.path.split("?", 1)[0]
-        state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw))
+        state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw, self.client_address[1]))
 
         fault = state.fault_for(path)
         if fault.delay:

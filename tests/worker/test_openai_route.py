@@ -304,6 +304,15 @@ def test_a_plain_model_goes_natively_with_the_profiles_window(client: openai.Ope
         {"role": "system", "content": "Be brief. <|im_end|>"}, {"role": "user", "content": "hi"}]}
 
 
+def test_the_connection_to_ollama_is_kept_alive(client: openai.OpenAI, standin: OllamaStandin) -> None:
+    """Each answer is read to its end, so the next request reuses the connection (a new one per
+    request would cost more than the whole translation)."""
+    for _ in range(2):
+        client.chat.completions.create(model="engineer", messages=HI)  # type: ignore[arg-type]
+        list(client.chat.completions.create(model="engineer", messages=HI, stream=True))  # type: ignore[arg-type]
+    assert len({r.client_port for r in standin.requests_to("/api/chat")}) == 1
+
+
 # --- errors --------------------------------------------------------------------------------------------
 
 

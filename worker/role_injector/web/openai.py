@@ -103,13 +103,12 @@ def _events(lines: Iterator[dict[str, Any]], stream: compat.ChatStream) -> Itera
     OpenAI's clients read them. Closing this (the client went away) closes the upstream connection."""
     with closing(lines):
         try:
-            for line in lines:
-                events = stream.events(line)
+            for line in lines:  # read to the end even after the last line: the connection is then reused
+                events = b"" if stream.answer.done else stream.events(line)
                 if events:
                     yield events
-                if stream.answer.done:
-                    return
-            raise UpstreamError(INCOMPLETE)
+            if not stream.answer.done:
+                raise UpstreamError(INCOMPLETE)
         except RoleInjectorError as exc:
             yield compat.sse(compat.error_body(exc.message, exc.kind.openai_type, exc.code))
 
@@ -149,11 +148,12 @@ def chat_completions() -> Response:
                         mimetype="text/event-stream", direct_passthrough=True,
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     with closing(lines):
-        for line in lines:
-            answer.add(line)
-            if answer.done:
-                return _json(answer.completion())
-    raise UpstreamError(INCOMPLETE)
+        for line in lines:  # to the end, so the connection goes back to the pool
+            if not answer.done:
+                answer.add(line)
+    if not answer.done:
+        raise UpstreamError(INCOMPLETE)
+    return _json(answer.completion())
 
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------
