@@ -31,7 +31,7 @@ from role_injector.errors import (
 )
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body
-from role_injector.web.ollama import _chunks, _upstream_json, proxy_body, send
+from role_injector.web.ollama import DROPPED_HEADER, _chunks, _context_policy, _upstream_json, proxy_body, send
 from role_injector.web.state import profiles, roles, settings
 
 openai = Blueprint("openai", __name__)
@@ -113,6 +113,18 @@ def _events(lines: Iterator[dict[str, Any]], stream: compat.ChatStream) -> Itera
             yield compat.sse(compat.error_body(exc.message, exc.kind.openai_type, exc.code))
 
 
+def _completion(upstream: HTTPResponse, answer: compat.ChatAnswer) -> dict[str, Any]:
+    """The whole answer as one chat.completion."""
+    config = settings()
+    with closing(_lines(upstream, config.ollama_url, config.upstream_timeout)) as lines:
+        for line in lines:  # to the end, so the connection goes back to the pool
+            if not answer.done:
+                answer.add(line)
+    if not answer.done:
+        raise UpstreamError(INCOMPLETE)
+    return answer.completion()
+
+
 # --- routes ----------------------------------------------------------------------------------------
 
 
@@ -128,32 +140,31 @@ def models() -> Response:
 def chat_completions() -> Response:
     asked = compat.parse_chat_request(parse_ollama_body(proxy_body()))
     virtual = proxy.resolve_virtual(profiles(), asked.model)
+    headers: dict[str, str] = {}
     if virtual is None:
         g.log.update(model=asked.model)
         chat = compat.plain_chat(asked.chat, profiles())
     else:
         g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
-        with metrics.injection(virtual.role) as record:
-            chat, injection = proxy.rewrite_chat(asked.chat, roles(), profiles(), virtual)
+        with metrics.injection(virtual.role) as record:  # the context policy as on the Ollama proxy
+            chat, injection = proxy.rewrite_chat(asked.chat, roles(), profiles(), virtual, _context_policy())
             record(injection)
-        g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed)
+        g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
+                     context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
+        headers[DROPPED_HEADER] = str(injection.dropped_messages)
     upstream = _send("POST", "/api/chat", encode_json(chat))
     if upstream.status != 200:
-        return _relayed_error(upstream)
-    config = settings()
-    lines = _lines(upstream, config.ollama_url, config.upstream_timeout)
-    answer = compat.ChatAnswer(asked.model)
-    if asked.stream:
-        return Response(_events(lines, compat.ChatStream(answer, asked.include_usage)),
-                        mimetype="text/event-stream", direct_passthrough=True,
-                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    with closing(lines):
-        for line in lines:  # to the end, so the connection goes back to the pool
-            if not answer.done:
-                answer.add(line)
-    if not answer.done:
-        raise UpstreamError(INCOMPLETE)
-    return _json(answer.completion())
+        response = _relayed_error(upstream)
+    elif asked.stream:
+        config = settings()
+        lines = _lines(upstream, config.ollama_url, config.upstream_timeout)
+        stream = compat.ChatStream(compat.ChatAnswer(asked.model), asked.include_usage)
+        response = Response(_events(lines, stream), mimetype="text/event-stream", direct_passthrough=True,
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    else:
+        response = _json(_completion(upstream, compat.ChatAnswer(asked.model)))
+    response.headers.update(headers)
+    return response
 
 
 # --- errors in OpenAI's shape ----------------------------------------------------------------------
