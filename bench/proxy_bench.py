@@ -1,5 +1,5 @@
-"""Latency the Ollama-compatible proxy adds: the same requests straight to an Ollama stand-in and
-through a real worker (gunicorn) in front of it, on loopback.
+"""Latency the Ollama-compatible proxy and the OpenAI-compatible route add: the same requests straight
+to an Ollama stand-in and through a real worker (gunicorn) in front of it, on loopback.
 
     .venv/bin/python bench/proxy_bench.py [--requests N] [--stream-requests N]
 
@@ -7,6 +7,10 @@ Starts the stand-in (in its own process, so it does not share the client's inter
 gunicorn worker with the bundled roles, runs a bounded number of requests, prints a table and stops.
 Both sides use the same client code with a keep-alive session; the scenarios are interleaved so
 that load from elsewhere on the machine hits them alike. Target: the added p50 ≤ 2 ms.
+
+/v1/chat/completions always streams from Ollama (see role_injector.openai_compat), so its
+non-streaming rows are measured against the same /api/chat request streamed and read whole; its
+streaming rows, like the proxy's, against the direct stream's first chunk.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MS = 2.0
+DIRECT_STREAMED = "direct, streamed and read whole"
 PROFILE = """\
 virtual_models:
   reviewer:            # a small role (~900 tokens), kept whole
@@ -110,16 +115,24 @@ def main() -> int:
         with run_worker(REPO / "roles", Path(tmp), env=env, workers=1) as worker:
             direct, proxied = requests.Session(), requests.Session()
 
-            def chat(session: requests.Session, base: str, model: str, stream: bool) -> Callable[[], float]:
+            def chat(session: requests.Session, base: str, model: str, stream: bool,
+                     path: str = "/api/chat", read_whole: bool = False) -> Callable[[], float]:
                 body = {"model": model, "messages": QUESTION, "stream": stream}
-                measure = timed_first_chunk if stream else timed_post
-                return lambda: measure(session, base + "/api/chat", body)
+                measure = timed_first_chunk if stream and not read_whole else timed_post
+                return lambda: measure(session, base + path, body)
+
+            def openai(model: str, stream: bool) -> Callable[[], float]:
+                return chat(proxied, worker.url, model, stream, "/v1/chat/completions")
 
             plain = run({
                 "direct": chat(direct, ollama_url, "qwen3:8b", False),
                 "proxy, plain model": chat(proxied, worker.url, "qwen3:8b", False),
                 "proxy, virtual (900-token role)": chat(proxied, worker.url, "reviewer", False),
                 "proxy, virtual (22k-token role, fitted)": chat(proxied, worker.url, "keel", False),
+                DIRECT_STREAMED: chat(direct, ollama_url, "qwen3:8b", True, read_whole=True),
+                "openai, plain model": openai("qwen3:8b", False),
+                "openai, virtual (900-token role)": openai("reviewer", False),
+                "openai, virtual (22k-token role, fitted)": openai("keel", False),
             }, args.requests, warmup=30)
             # The floor: one request through gunicorn and Flask that goes nowhere further.
             floor = run({"worker /healthz": lambda: timed_get(proxied, worker.url + "/healthz")},
@@ -128,23 +141,27 @@ def main() -> int:
                 "direct": chat(direct, ollama_url, "qwen3:8b", True),
                 "proxy, plain model": chat(proxied, worker.url, "qwen3:8b", True),
                 "proxy, virtual (900-token role)": chat(proxied, worker.url, "reviewer", True),
+                "openai, plain model": openai("qwen3:8b", True),
+                "openai, virtual (900-token role)": openai("reviewer", True),
             }, args.stream_requests, warmup=30)
     parent.send("stop")
     standin.join(timeout=10)
 
-    print(f"Ollama proxy latency on loopback ({args.requests} non-streaming / {args.stream_requests} streaming"
-          " requests per scenario, /api/chat, one gunicorn worker)\n")
+    print(f"Latency added on loopback ({args.requests} non-streaming / {args.stream_requests} streaming"
+          " requests per scenario; proxy = /api/chat, openai = /v1/chat/completions; one gunicorn worker)\n")
     header = f"{'scenario':<44} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'added p99':>10}"
     verdicts = []
     for title, samples in (("non-streaming, whole answer", plain), ("streaming, time to first chunk", streamed)):
         print(title)
         print(header)
-        base50, base99 = percentile(samples["direct"], 50), percentile(samples["direct"], 99)
         for name, values in samples.items():
+            baseline = samples[DIRECT_STREAMED if name.startswith("openai") and DIRECT_STREAMED in samples
+                               else "direct"]
             p50, p99 = percentile(values, 50), percentile(values, 99)
-            added = "" if name == "direct" else f"{p50 - base50:>+10.2f} {p99 - base99:>+10.2f}"
+            base50, base99 = percentile(baseline, 50), percentile(baseline, 99)
+            added = "" if name.startswith("direct") else f"{p50 - base50:>+10.2f} {p99 - base99:>+10.2f}"
             print(f"{name:<44} {p50:>8.2f} {p99:>8.2f} {added}")
-            if name != "direct":
+            if not name.startswith("direct"):
                 verdicts.append((f"{title}: {name}", p50 - base50))
         print()
     print(f"for scale: a request to the worker that goes no further (/healthz) takes p50 {percentile(floor, 50):.2f} ms"

@@ -4,7 +4,8 @@
 #
 # The sample files point at http://localhost:8000 (worker) and http://localhost:11434 (Ollama) and
 # use the model qwen3:8b; on the way in they are rewritten to ROLE_INJECTOR_URL, OLLAMA_URL and
-# OLLAMA_MODEL, and the worker credential gets ROLE_INJECTOR_API_KEY. The import runs once per n8n
+# OLLAMA_MODEL, and the worker credentials get ROLE_INJECTOR_API_KEY (the OpenAI one keeps its
+# placeholder "no-key" when there is none: OpenAI clients refuse an empty key). The import runs once per n8n
 # data folder (a marker file), so restarting a stack never overwrites the user's edits;
 # FORCE_IMPORT=true imports again (and overwrites the samples).
 set -eu
@@ -37,6 +38,7 @@ mkdir "$work/workflows"
 
 sed -e "s#http://localhost:8000#$worker_url#g" -e "s#http://localhost:11434#$ollama_url#g" \
   -e "s#\"apiKey\": \"\"#\"apiKey\": \"$api_key\"#g" \
+  -e "s#\"apiKey\": \"no-key\"#\"apiKey\": \"${api_key:-no-key}\"#g" \
   "$SAMPLES_DIR/credentials.json" > "$work/credentials.json"
 for file in "$SAMPLES_DIR"/*.json; do
   case "$(basename "$file")" in credentials*.json) continue ;; esac

@@ -1,6 +1,7 @@
 """A stand-in for an Ollama server: speaks enough of Ollama's HTTP API for n8n's Ollama node, the
-`ollama` Python client and the worker's proxy, and records every request so tests can assert on
-exactly what a model server would have received.
+`ollama` Python client and the worker's proxy, and records every request (images and all) so tests
+can assert on exactly what a model server would have received. Answers are text, or a `Reply` with
+tool calls and a `done_reason`, streamed as NDJSON or whole, as Ollama sends them.
 
     with run_ollama_standin() as ollama:
         ...  # point a client at ollama.url
@@ -32,7 +33,19 @@ VERSION = "0.12.6"
 # name -> trained context length, as `/api/show` reports it in model_info["qwen3.context_length"].
 DEFAULT_MODELS: dict[str, int] = {"qwen3:8b": 40960, "qwen3:0.6b": 40960, "qwen3:4b": 40960}
 
-Answer = str | Callable[[dict[str, Any]], str]
+
+
+@dataclass(frozen=True)
+class Reply:
+    """An answer with more than text: tool calls (in Ollama's native shape, arguments as an object,
+    e.g. {"function": {"name": "add", "arguments": {"a": 1}}}) and why the model stopped."""
+
+    content: str = ""
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    done_reason: str = "stop"  # "length" when num_predict cut the answer
+
+
+Answer = str | Reply | Callable[[dict[str, Any]], str | Reply]
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any  # parsed JSON, or None when the body was empty or not JSON
     raw: bytes
+    client_port: int = 0  # the same for requests on one kept-alive connection
 
 
 @dataclass
@@ -180,8 +194,9 @@ class OllamaStandin:
                     del self._faults[key]
             return fault
 
-    def answer_for(self, body: dict[str, Any]) -> str:
-        return self.answer(body) if callable(self.answer) else self.answer
+    def answer_for(self, body: dict[str, Any]) -> Reply:
+        answer = self.answer(body) if callable(self.answer) else self.answer
+        return answer if isinstance(answer, Reply) else Reply(answer)
 
     def knows(self, model: str) -> bool:
         return not self.strict_models or model in self.models or full_name(model) in self.models
@@ -243,7 +258,7 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             body = None
         path = self.path.split("?", 1)[0]
-        state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw))
+        state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw, self.client_address[1]))
 
         fault = state.fault_for(path)
         if fault.delay:
@@ -294,23 +309,26 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _complete(self, request: dict[str, Any], model: str, fault: Fault, *, chat: bool) -> None:
         state = self.server.state
-        text = state.answer_for(request)
+        reply = state.answer_for(request)
+        text = reply.content
         if chat:
             messages = request.get("messages") or []
             prompt_text = " ".join(str(m.get("content", "")) for m in messages if isinstance(m, dict))
         else:
             prompt_text = str(request.get("prompt") or "")
 
-        def chunk(piece: str, done: bool) -> dict[str, Any]:
+        def chunk(piece: str, done: bool, tool_calls: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
             out: dict[str, Any] = {"model": model, "created_at": _now()}
             if chat:
                 out["message"] = {"role": "assistant", "content": piece}
+                if tool_calls:
+                    out["message"]["tool_calls"] = list(tool_calls)
             else:
                 out["response"] = piece
             out["done"] = done
             if done:
                 out |= {
-                    "done_reason": "stop", "total_duration": 1_000_000, "load_duration": 100_000,
+                    "done_reason": reply.done_reason, "total_duration": 1_000_000, "load_duration": 100_000,
                     "prompt_eval_count": _count(prompt_text), "prompt_eval_duration": 300_000,
                     "eval_count": _count(text), "eval_duration": 600_000,
                 }
@@ -318,18 +336,21 @@ class _Handler(BaseHTTPRequestHandler):
                     out["context"] = [1, 2, 3]
             return out
 
+        calls = reply.tool_calls if chat else ()
         if request.get("stream") is False:
-            self._send(200, chunk(text, done=True))
+            self._send(200, chunk(text, done=True, tool_calls=calls))
             return
         self.send_response(200)
         self.send_header("Content-Type", "application/x-ndjson")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for piece in _split(text, fault.chunks):
+            for piece in _split(text, fault.chunks) if text or not calls else ():
                 self._write_chunk(chunk(piece, done=False))
                 if fault.chunk_delay:
                     time.sleep(fault.chunk_delay)
+            if calls:  # Ollama streams the calls whole, in a chunk of their own, before the last line
+                self._write_chunk(chunk("", done=False, tool_calls=calls))
             self._write_chunk(chunk("", done=True))
             self.wfile.write(b"0\r\n\r\n")
         except (BrokenPipeError, ConnectionResetError):

@@ -161,6 +161,7 @@ def test_import_script_points_the_samples_at_the_stack(tmp_path: Path) -> None:
     credentials = {c["type"]: c["data"] for c in json.loads((out / "credentials.json").read_text())}
     assert credentials["roleInjectorApi"] == {"url": "http://worker:8000", "apiKey": "s3cr&t#key"}
     assert credentials["ollamaApi"] == {"baseUrl": "http://ollama:11434"}
+    assert credentials["openAiApi"] == {"url": "http://worker:8000/v1", "apiKey": "s3cr&t#key"}
 
     imported = sorted(p.name for p in (out / "workflows").iterdir())
     assert imported == sorted(p.name for p in (REPO / "workflows").glob("*.json")
@@ -183,6 +184,8 @@ def test_import_script_points_the_samples_at_the_stack(tmp_path: Path) -> None:
 
 def test_import_script_runs_once_unless_forced(tmp_path: Path) -> None:
     run_import(tmp_path)
+    credentials = {c["type"]: c["data"] for c in json.loads((tmp_path / "out" / "credentials.json").read_text())}
+    assert credentials["openAiApi"]["apiKey"] == "no-key"  # without a worker key: OpenAI clients refuse ""
     calls = tmp_path / "out" / "calls"
     assert len(calls.read_text().splitlines()) == 3
     assert "already imported" in run_import(tmp_path).stdout
@@ -204,4 +207,4 @@ def test_shipped_workflows_reference_the_shipped_credentials() -> None:
         for node in workflow["nodes"]:
             for kind, ref in node.get("credentials", {}).items():
                 assert (kind, ref["id"], ref["name"]) in credentials, f"{path.name}: {node['name']}"
-    assert ids == {"roleChatOllama", "rawChatmlGenerate", "roleApiWebhook"}
+    assert ids == {"roleChatOllama", "rawChatmlGenerate", "roleApiWebhook", "roleAgentOpenai"}

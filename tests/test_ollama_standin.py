@@ -9,7 +9,7 @@ import ollama
 import pytest
 import requests
 
-from tests.ollama_standin import DEFAULT_ANSWER, run_ollama_standin
+from tests.ollama_standin import DEFAULT_ANSWER, Reply, run_ollama_standin
 
 
 def test_chat_streams_ndjson_and_records_the_request() -> None:
@@ -125,3 +125,32 @@ def test_chunked_request_bodies_are_recorded_whole() -> None:
                                  data=iter([blob[:1000], blob[1000:]]), timeout=5)
         assert response.status_code == 404
         assert server.requests_to("/api/blobs/sha256:" + "ab" * 32)[0].raw == blob
+
+
+CALL = {"id": "call_1", "function": {"index": 0, "name": "add", "arguments": {"a": 2, "b": 3}}}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_come_as_ollama_sends_them(stream: bool) -> None:
+    with run_ollama_standin(answer=Reply(tool_calls=(CALL,))) as server:
+        client = ollama.Client(host=server.url)
+        tools = [{"type": "function", "function": {"name": "add", "parameters": {"type": "object"}}}]
+        messages = [{"role": "user", "content": "2+3?"}]
+        if stream:
+            chunks = list(client.chat(model="qwen3:8b", messages=messages, tools=tools, stream=True))
+            calls = [c for chunk in chunks for c in chunk.message.tool_calls or ()]
+            assert chunks[-1].done and not chunks[-1].message.tool_calls
+            assert not any(c.message.content for c in chunks)
+        else:
+            calls = client.chat(model="qwen3:8b", messages=messages, tools=tools).message.tool_calls or []
+        assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [("add", {"a": 2, "b": 3})]
+        assert server.requests_to("/api/chat")[0].body["tools"] == tools
+
+
+def test_done_reason_and_images_are_recorded() -> None:
+    with run_ollama_standin(answer=Reply("cut sh", done_reason="length")) as server:
+        client = ollama.Client(host=server.url)
+        image = "iVBORw0KGgo="
+        result = client.chat(model="qwen3:8b", messages=[{"role": "user", "content": "see", "images": [image]}])
+        assert (result.message.content, result.done_reason) == ("cut sh", "length")
+        assert server.requests_to("/api/chat")[0].body["messages"][0]["images"] == [image]

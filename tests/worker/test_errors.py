@@ -35,3 +35,9 @@ def test_every_error_class_has_a_row_and_every_row_is_complete() -> None:
 def test_only_a_defect_is_a_500() -> None:
     assert [code for code, kind in KINDS.items() if kind.rest_status == 500] == ["internal_error"]
     assert [code for code, kind in KINDS.items() if kind.ollama_status == 500] == ["internal_error"]
+
+
+def test_openai_clients_get_no_422() -> None:
+    """OpenAI answers a context overflow with 400, and LangChain retries a 422 as if it could pass."""
+    assert 422 not in {kind.openai_status for kind in KINDS.values()}
+    assert KINDS["context_overflow"].openai_status == 400

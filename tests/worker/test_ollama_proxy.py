@@ -77,14 +77,18 @@ MISSION = "Find the bug before it finds the users. Answer in English."
 LONG_TEXT = " ".join(f"line {i} of a long log excerpt that the user pasted." for i in range(300))
 
 
-@pytest.fixture(scope="module")
-def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("proxy")
+def write_place(root: Path) -> Path:
+    """The roles and the profile file of these tests in `root` (the OpenAI route's tests use them too)."""
     (root / "roles").mkdir()
     (root / "roles" / "engineer.md").write_text(ENGINEER, encoding="utf-8")
     (root / "roles" / "needs-name.md").write_text(NEEDS_NAME, encoding="utf-8")
     (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_place(tmp_path_factory.mktemp("proxy"))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,12 @@ class ErrorKind:
     openai_type: str  # OpenAI's `error.type`
     exit_code: int  # of the `role-injector` command
 
+    @property
+    def openai_status(self) -> int:
+        """The OpenAI-compatible route's status: Ollama's. OpenAI answers 400 where REST says 422 (its
+        own `context_length_exceeded` is a 400), and OpenAI clients retry a 422 (LangChain does)."""
+        return self.ollama_status
+
 
 def _kinds(*kinds: ErrorKind) -> dict[str, ErrorKind]:
     return {kind.code: kind for kind in kinds}

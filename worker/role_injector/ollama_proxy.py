@@ -14,7 +14,9 @@ virtual, and forwards either the client's own bytes (plain model) or the body re
   Ollama never cuts the prompt and a context shift keeps the role;
 - `/api/tags` and `/api/show` answers are completed with the virtual models.
 
-Errors are `role_injector.errors` classes; the web layer shows them in Ollama's shape.
+Errors are `role_injector.errors` classes; the web layer shows them in Ollama's shape. The
+OpenAI-compatible route (`role_injector.openai_compat`) builds /api/chat bodies and gives them to
+`rewrite_chat` too, so a virtual model gets the same role on both routes.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def _chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _counted(message: Mapping[str, Any]) -> Message:
+def counted_turn(message: Mapping[str, Any]) -> Message:
     """The message as the budget counts it: tool results and other turns as user text, tool calls
     as JSON beside the assistant's text."""
     content = message.get("content") or ""
@@ -187,7 +189,7 @@ def rewrite_chat(
     tool_tokens = _count_json(profiles, virtual.base, tools) if tools else 0
     # An exchange starts at a user message; tool results belong to the exchange before them.
     starts = frozenset(i for i, m in enumerate(turns) if m["role"] == "user")
-    injection, options = _inject_virtual(roles, profiles, virtual, [_counted(m) for m in turns], client_options,
+    injection, options = _inject_virtual(roles, profiles, virtual, [counted_turn(m) for m in turns], client_options,
                                          tool_tokens, "the tool definitions", context_policy, starts)
     out = dict(body)
     out["model"] = virtual.base

@@ -18,6 +18,7 @@ from tests.worker.rest.support import API_KEY, Api
 
 KEY = {"Authorization": f"Bearer {API_KEY}"}
 OPERATIONS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+OPENAI_TAG = "OpenAI-compatible"
 ADA = {"user_name": "Ada"}
 
 
@@ -29,10 +30,11 @@ def document(api: Api) -> dict[str, Any]:
 
 def routes(app: Flask) -> dict[str, set[str]]:
     """Flask's routes as OpenAPI paths with their methods: not the static files, not the Ollama proxy
-    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`), not the role studio's page."""
+    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`), not the role studio's page, not
+    the OpenAI-compatible routes (tests/worker/test_openai_route.py checks those against the document)."""
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith(("ollama.", "studio.")) \
+        if rule.endpoint == "static" or rule.endpoint.startswith(("ollama.", "studio.", "openai.")) \
                 or rule.rule.startswith("/api/"):
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
@@ -40,9 +42,15 @@ def routes(app: Flask) -> dict[str, set[str]]:
     return found
 
 
+def rest_paths(doc: dict[str, Any]) -> dict[str, Any]:
+    """The document's paths of the REST API: not the Ollama proxy's, not the OpenAI-compatible ones."""
+    return {path: item for path, item in doc["paths"].items() if not path.startswith("/api/")
+            and not any(OPENAI_TAG in item[op].get("tags", ()) for op in set(item) & OPERATIONS)}
+
+
 def test_every_route_is_documented_with_its_methods(flask_app: Flask, api: Api) -> None:
     doc = document(api)
-    documented = {path: set(item) & OPERATIONS for path, item in doc["paths"].items() if not path.startswith("/api/")}
+    documented = {path: set(item) & OPERATIONS for path, item in rest_paths(doc).items()}
     assert routes(flask_app) == documented
     for path, item in doc["paths"].items():
         for name in re.findall(r"{([^}]+)}", path):
@@ -146,7 +154,7 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
 def documented_statuses(doc: dict[str, Any]) -> set[tuple[str, str, str]]:
     return {
         (path, operation, status)
-        for path, item in doc["paths"].items() if not path.startswith("/api/")
+        for path, item in rest_paths(doc).items()
         for operation in set(item) & OPERATIONS
         for status in item[operation]["responses"]
     }

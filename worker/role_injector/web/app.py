@@ -14,7 +14,7 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
-from role_injector.errors import KINDS, RoleInjectorError
+from role_injector.errors import KINDS, RoleInjectorError, Unauthorized
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
 
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     state.install(app, settings)
 
+    from role_injector.web import openai
     from role_injector.web.ollama import ollama, ollama_error
     from role_injector.web.rest import rest
     from role_injector.web.role_models import role_models
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(role_models)
     app.register_blueprint(ollama)
     app.register_blueprint(studio)
+    app.register_blueprint(openai.openai)
 
     @app.before_request
     def check_key() -> Response | None:
@@ -87,6 +89,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             message = "missing or wrong API key: send 'Authorization: Bearer <key>'"
             if request.path.startswith("/api/"):  # Ollama clients read Ollama's error shape
                 return ollama_error(message, 401)
+            if openai.serves(request.path):  # and OpenAI clients OpenAI's
+                return openai.openai_error(Unauthorized(message))
             return error_response("unauthorized", message)
         return None
 
@@ -96,6 +100,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> Response:
+        if openai.serves(request.path):  # a routing error on one of OpenAI's paths
+            return openai.http_error(exc)
         status = exc.code or 500
         code = HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
         message = {

@@ -1,0 +1,196 @@
+"""The OpenAI-compatible routes, /v1/models and /v1/chat/completions: roles and a safe num_ctx for
+every OpenAI client (n8n's OpenAI Chat Model, LangChain, Open WebUI, the `openai` SDKs).
+
+HTTP only: `role_injector.openai_compat` translates the request into an Ollama /api/chat body, a
+virtual model gets its role from `role_injector.ollama_proxy` exactly as on the Ollama proxy, the
+body goes to Ollama natively through the proxy's forwarding (`web.ollama.send`), and Ollama's
+streamed lines come back as one `chat.completion` or as OpenAI's SSE chunks. Errors are in OpenAI's
+shape, `{"error": {"message", "type", "param", "code"}}`, with the statuses of `errors.KINDS`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import closing
+from typing import Any
+
+import urllib3
+from flask import Blueprint, Response, current_app, g, request
+from urllib3 import HTTPResponse
+from werkzeug.exceptions import HTTPException
+
+from role_injector import ollama_proxy as proxy
+from role_injector import openai_compat as compat
+from role_injector.errors import (
+    KINDS,
+    RoleInjectorError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+)
+from role_injector.web import metrics
+from role_injector.web.bodies import encode_json, parse_ollama_body
+from role_injector.web.ollama import DROPPED_HEADER, _chunks, _context_policy, _upstream_json, proxy_body, send
+from role_injector.web.state import profiles, roles, settings
+
+openai = Blueprint("openai", __name__)
+
+# Paths of OpenAI's API: answered in OpenAI's error shape even where the worker serves nothing.
+PATHS = ("/v1/chat/", "/v1/models", "/v1/completions", "/v1/responses", "/v1/embeddings")
+NOT_SERVED = {
+    "/v1/responses": "the Responses API is not served here, only Chat Completions: in n8n's OpenAI Chat Model "
+                     "turn off 'Use Responses API'",
+}
+INCOMPLETE = "Ollama's answer ended before it was complete"
+MAX_LINE_BYTES = 8 * 1024 * 1024  # one line of Ollama's stream: a piece of the answer
+
+
+def serves(path: str) -> bool:
+    return path.startswith(PATHS)
+
+
+def _json(value: Any, status: int = 200) -> Response:
+    return Response(json.dumps(value, ensure_ascii=False), status, mimetype="application/json")
+
+
+def openai_error(exc: RoleInjectorError) -> Response:
+    response = _json(compat.error_body(exc.message, exc.kind.openai_type, exc.code, exc.details.get("field")),
+                     exc.kind.openai_status)
+    if exc.code == "unauthorized":
+        response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+# --- Ollama, upstream ------------------------------------------------------------------------------
+
+
+def _send(method: str, path: str, body: bytes | None = None) -> HTTPResponse:
+    upstream = send(method, path, body, "application/json" if body is not None else None)
+    if isinstance(upstream, Response):  # Ollama cannot answer; send() worded it for Ollama's clients
+        message = json.loads(upstream.get_data())["error"]
+        raise (UpstreamTimeout if upstream.status_code == 504 else UpstreamUnreachable)(message)
+    return upstream
+
+
+def _relayed_error(upstream: HTTPResponse) -> Response:
+    """Ollama's own refusal (e.g. 404 for a model it does not have) with its status, in OpenAI's shape."""
+    answer = _upstream_json(upstream)
+    message = answer.get("error") if isinstance(answer, dict) else None
+    if not isinstance(message, str):
+        message = f"Ollama answered {upstream.status}"
+    kind = "invalid_request_error" if upstream.status < 500 else "server_error"
+    return _json(compat.error_body(message, kind, "model_not_found" if upstream.status == 404 else None),
+                 upstream.status)
+
+
+def _lines(upstream: HTTPResponse, ollama_url: str, timeout: float) -> Iterator[dict[str, Any]]:
+    """Ollama's streamed answer as JSON lines; a broken or silent connection is an upstream error."""
+    lines = compat.NdjsonLines(MAX_LINE_BYTES)
+    with closing(_chunks(upstream, False, ollama_url, timeout)) as chunks:
+        try:
+            for chunk in chunks:
+                yield from lines.feed(chunk)
+        except urllib3.exceptions.TimeoutError:
+            raise UpstreamTimeout(f"Ollama at {ollama_url} sent nothing for {timeout:g} s") from None
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise UpstreamUnreachable(f"the connection to Ollama at {ollama_url} broke: {exc}") from None
+    yield from lines.end()
+
+
+def _events(lines: Iterator[dict[str, Any]], stream: compat.ChatStream) -> Iterator[bytes]:
+    """SSE events as Ollama's lines arrive; a failure after the first byte is an error event, as
+    OpenAI's clients read them. Closing this (the client went away) closes the upstream connection."""
+    with closing(lines):
+        try:
+            for line in lines:  # read to the end even after the last line: the connection is then reused
+                events = b"" if stream.answer.done else stream.events(line)
+                if events:
+                    yield events
+            if not stream.answer.done:
+                raise UpstreamError(INCOMPLETE)
+        except RoleInjectorError as exc:
+            yield compat.sse(compat.error_body(exc.message, exc.kind.openai_type, exc.code))
+
+
+def _completion(upstream: HTTPResponse, answer: compat.ChatAnswer) -> dict[str, Any]:
+    """The whole answer as one chat.completion."""
+    config = settings()
+    with closing(_lines(upstream, config.ollama_url, config.upstream_timeout)) as lines:
+        for line in lines:  # to the end, so the connection goes back to the pool
+            if not answer.done:
+                answer.add(line)
+    if not answer.done:
+        raise UpstreamError(INCOMPLETE)
+    return answer.completion()
+
+
+# --- routes ----------------------------------------------------------------------------------------
+
+
+@openai.get("/v1/models")
+def models() -> Response:
+    upstream = _send("GET", "/api/tags")
+    if upstream.status != 200:
+        return _relayed_error(upstream)
+    return _json(compat.model_list(proxy.tags_response(_upstream_json(upstream), roles(), profiles())))
+
+
+@openai.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    asked = compat.parse_chat_request(parse_ollama_body(proxy_body()))
+    virtual = proxy.resolve_virtual(profiles(), asked.model)
+    headers: dict[str, str] = {}
+    if virtual is None:
+        g.log.update(model=asked.model)
+        chat = compat.plain_chat(asked.chat, profiles())
+    else:
+        g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
+        with metrics.injection(virtual.role) as record:  # the context policy as on the Ollama proxy
+            chat, injection = proxy.rewrite_chat(asked.chat, roles(), profiles(), virtual, _context_policy())
+            record(injection)
+        g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
+                     context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
+        headers[DROPPED_HEADER] = str(injection.dropped_messages)
+    upstream = _send("POST", "/api/chat", encode_json(chat))
+    if upstream.status != 200:
+        response = _relayed_error(upstream)
+    elif asked.stream:
+        config = settings()
+        lines = _lines(upstream, config.ollama_url, config.upstream_timeout)
+        stream = compat.ChatStream(compat.ChatAnswer(asked.model), asked.include_usage)
+        response = Response(_events(lines, stream), mimetype="text/event-stream", direct_passthrough=True,
+                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    else:
+        response = _json(_completion(upstream, compat.ChatAnswer(asked.model)))
+    response.headers.update(headers)
+    return response
+
+
+# --- errors in OpenAI's shape ----------------------------------------------------------------------
+
+
+@openai.errorhandler(RoleInjectorError)
+def library_error(exc: RoleInjectorError) -> Response:
+    return openai_error(exc)
+
+
+@openai.errorhandler(HTTPException)
+def http_error(exc: HTTPException) -> Response:
+    """Werkzeug's errors (also routing errors on OpenAI's paths, which the app hands here)."""
+    status = exc.code or 500
+    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
+        status, "invalid_request" if status < 500 else "internal_error")
+    message = {
+        404: NOT_SERVED.get(request.path, f"no such endpoint: {request.method} {request.path}"),
+        413: f"the body is larger than {settings().max_proxy_body_bytes} bytes",
+    }.get(status, exc.description or exc.name)
+    return _json(compat.error_body(message, KINDS[code].openai_type, code), status)
+
+
+@openai.errorhandler(Exception)
+def unexpected(exc: Exception) -> Response:
+    current_app.logger.exception("unexpected error in the OpenAI-compatible route")
+    return _json(compat.error_body("internal error of Role Injector; see the worker's log", "server_error",
+                                   "internal_error"), 500)
+
