@@ -10,6 +10,12 @@ encodes only the final string. Estimates choose a candidate, the exact count dec
 string is over budget the fitter steps back one candidate at a time. Candidates are totally ordered,
 so the result is the largest candidate not beyond the estimate's choice whose exact count fits,
 which makes the fit monotone in the budget whatever the tokenizer does at section joins.
+
+Relevance selection (a `Query` given) fits in two steps by the same rule. First the part no question
+changes: required sections, then the core (priority >= `CORE_PRIORITY`), emitted in document order.
+Only if all of it fits whole, the sections ranked for the query follow (`RelevanceIndex.rank`) in
+what is left, emitted after that stable part in document order: the stable part stays a byte-
+identical prefix across the turns of a conversation, so a model server's prompt cache keeps it.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
+from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
 from role_injector.roles import FENCE, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
@@ -64,6 +71,30 @@ class MeasuredSection:
         return tuple(estimates)
 
 
+State = Literal["kept", "truncated", "dropped"]
+Reason = Literal["required", "priority", "relevance"]
+
+
+@dataclass(frozen=True)
+class SectionReport:
+    """What became of one section in a fit, and why it was where it was in the walk."""
+
+    index: int
+    title: str | None  # None for the preamble
+    state: State
+    reason: Reason  # required; priority (priority order, or the core); relevance (ranked for the query)
+    score: float | None  # the section's relevance score; None in priority selection
+
+
+@dataclass(frozen=True)
+class Outline:
+    """Titles and kinds of a role's sections, shared by all its fits (for their reports)."""
+
+    titles: tuple[str | None, ...]
+    required: frozenset[int]
+    core: frozenset[int]
+
+
 @dataclass(frozen=True)
 class Fit:
     system: str
@@ -74,10 +105,41 @@ class Fit:
     truncated: tuple[str, ...]
     dropped: tuple[str, ...]
     kept_chars: Mapping[int, int]  # section index -> characters kept, for kept and truncated sections
+    truncated_index: int | None
+    stable_chars: int  # the leading characters of `system` that no question changes (all in priority selection)
+    scores: tuple[float, ...] | None  # relevance selection: every section's score against the query
+    outline: Outline = field(repr=False, compare=False)
 
     @property
     def trimmed(self) -> bool:
         return bool(self.truncated or self.dropped)
+
+    @cached_property
+    def sections(self) -> tuple[SectionReport, ...]:
+        """Every section in document order: kept, truncated or dropped, and why."""
+        outline, scores = self.outline, self.scores
+        reports = []
+        for i, title in enumerate(outline.titles):
+            state: State = "truncated" if i == self.truncated_index else "kept" if i in self.kept_chars else "dropped"
+            reason: Reason = "required" if i in outline.required else "priority"
+            if scores is not None and reason == "priority" and i not in outline.core and scores[i] > 0:
+                reason = "relevance"
+            score = None if scores is None else round(scores[i], 4)
+            reports.append(SectionReport(i, title, state, reason, score))
+        return tuple(reports)
+
+    def report(self) -> dict[str, Any]:
+        """The trim report as JSON-ready data (REST `trim`, the CLI)."""
+        return {
+            "trimmed": self.trimmed,
+            "kept": list(self.kept),
+            "truncated": list(self.truncated),
+            "dropped": list(self.dropped),
+            "selection": "priority" if self.scores is None else "relevance",
+            "sections": [
+                {"title": s.title, "state": s.state, "reason": s.reason, "score": s.score} for s in self.sections
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -143,8 +205,10 @@ class RolePlan:
     dynamic: tuple[int, ...]  # indexes of sections that use variables
     required: tuple[int, ...]  # document order
     walk: tuple[int, ...]  # the other sections, in walk order
+    core: tuple[int, ...]  # relevance selection: the sections of `walk` kept whatever the question
     labels: tuple[str, ...]
     static_full_tokens: int
+    outline: Outline
 
     @classmethod
     def build(cls, role: Role, tokenizer: Tokenizer) -> RolePlan:
@@ -157,9 +221,19 @@ class RolePlan:
             dynamic=tuple(i for i, m in enumerate(sections) if m is None),
             required=tuple(i for i, s in enumerate(role.sections) if s.required),
             walk=tuple(i for i in role.walk_order if not role.sections[i].required),
+            core=tuple(i for i in role.walk_order if is_core(role.sections[i])),
             labels=tuple(s.label for s in role.sections),
             static_full_tokens=sum(m.tokens + m.separator_tokens for m in sections if m is not None),
+            outline=Outline(
+                titles=tuple(s.title for s in role.sections),
+                required=frozenset(i for i, s in enumerate(role.sections) if s.required),
+                core=frozenset(i for i, s in enumerate(role.sections) if is_core(s)),
+            ),
         )
+
+
+def is_core(section: Section) -> bool:
+    return not section.required and section.priority >= CORE_PRIORITY
 
 
 class FitCache:
@@ -192,6 +266,16 @@ class FitCache:
         plan = RolePlan.build(role, tokenizer)
         self.put(key, plan)
         return plan
+
+    def relevance_index(self, role: Role) -> RelevanceIndex:
+        """The BM25 index of the role's sections, built once per role version."""
+        key = (role.version, "relevance")
+        found = self.get(key)
+        if isinstance(found, RelevanceIndex):
+            return found
+        index = RelevanceIndex(role.sections)
+        self.put(key, index)
+        return index
 
     def measure(
         self, role: Role, index: int, values: Mapping[str, str], tokenizer: Tokenizer
@@ -226,15 +310,18 @@ def fit_budget(
     budget: int,
     tokenizer: Tokenizer,
     cache: FitCache = DEFAULT_CACHE,
+    query: Query | None = None,
 ) -> Fit:
     """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report.
+    With a `query` (even an empty one), sections are selected by relevance to it.
 
     Fits are cached too: budgets come in coarse steps, so the same fit serves many requests."""
-    key = (role.version, tokenizer.name, "fit", budget, tuple(sorted(values.items())))
+    ranking = None if query is None else cache.relevance_index(role).rank(query)
+    key = (role.version, tokenizer.name, "fit", budget, tuple(sorted(values.items())), ranking and ranking.key)
     found = cache.get(key)
     if isinstance(found, Fit):
         return found
-    fit = _compute_fit(role, values, budget, tokenizer, cache)
+    fit = _compute_fit(role, values, budget, tokenizer, cache, ranking)
     cache.put(key, fit)
     return fit
 
@@ -259,62 +346,110 @@ def measure_sections(
     return sections, full_tokens
 
 
-def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache) -> Fit:
-    plan = cache.plan(role, tokenizer)
-    measured, full_tokens = measure_sections(role, values, tokenizer, cache)
-    required = [measured[i] for i in plan.required]
-    required_text = SEPARATOR.join(m.text for m in required)
-    used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
-    if used > budget:
-        raise BudgetTooSmall(
-            f"role {role.name!r} needs {used} tokens for its required sections; the budget is {budget}",
-            details={"needed": used, "budget": budget, "required": [m.section.label for m in required]},
-        )
+@dataclass(frozen=True)
+class _Filled:
+    """The result of walking one order of sections into what is left of the budget."""
 
+    pieces: dict[int, str]  # section index -> text kept
+    system: str  # the composed text, verified
+    tokens: int
+    truncated: int | None
+    whole: bool  # every section of the order kept whole
+
+
+def _fill(
+    order: Sequence[int],
+    measured: Sequence[MeasuredSection],
+    remaining: int,
+    after_text: bool,
+    compose: Callable[[dict[int, str]], str],
+    budget: int,
+    tokenizer: Tokenizer,
+) -> _Filled:
+    """Walk `order` keeping whole sections while they fit in `remaining` (estimated), cut the first
+    that does not, then verify `compose(pieces)` exactly, stepping back one candidate at a time.
+    `compose({})` must already be verified to fit, so the stepping back ends."""
     kept: list[MeasuredSection] = []
     partial: MeasuredSection | None = None
-    cut, remaining = -1, budget - used
-    for i in plan.walk:
+    cut = -1
+    whole = True
+    for i in order:
         m = measured[i]
         # Estimated cost of a piece: its tokens and the separator it brings. A cut piece ends at a
         # sentence end, where the separator usually merges into the punctuation's token.
-        joiner = m.separator_tokens if required or kept else 0
+        joiner = m.separator_tokens if after_text or kept else 0
         if m.tokens + joiner <= remaining:
             remaining -= m.tokens + joiner
             kept.append(m)
             continue
-        partial, cut = m, bisect.bisect_right(m.cut_tokens, remaining) - 1
+        partial, cut, whole = m, bisect.bisect_right(m.cut_tokens, remaining) - 1, False
         break
 
     while True:
-        pieces = {m.index: m.text for m in required}
-        pieces.update((m.index, m.text) for m in kept)
+        pieces = {m.index: m.text for m in kept}
         if partial is not None and cut >= 0:
             pieces[partial.index] = partial.text[: partial.cuts[cut]]
-        system = SEPARATOR.join(pieces[i] for i in sorted(pieces))
+        system = compose(pieces)
         tokens = tokenizer.count(system)
         if tokens <= budget:
             break
-        # Step back one candidate; required-only was verified above, so this ends.
+        whole = False
         if partial is not None and cut >= 0:
             cut -= 1
         else:
             partial = kept.pop()
             cut = len(partial.cuts) - 1
+    return _Filled(pieces, system, tokens, partial.index if partial is not None and cut >= 0 else None, whole)
 
-    truncated = partial.index if partial is not None and cut >= 0 else None
+
+def _compute_fit(
+    role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache, ranking: Ranking | None
+) -> Fit:
+    plan = cache.plan(role, tokenizer)
+    measured, full_tokens = measure_sections(role, values, tokenizer, cache)
+    required = {i: measured[i].text for i in plan.required}
+    required_text = SEPARATOR.join(required.values())
+    used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
+    if used > budget:
+        raise BudgetTooSmall(
+            f"role {role.name!r} needs {used} tokens for its required sections; the budget is {budget}",
+            details={"needed": used, "budget": budget, "required": [plan.labels[i] for i in required]},
+        )
+
+    def in_document_order(pieces: dict[int, str]) -> str:
+        everything = {**required, **pieces}
+        return SEPARATOR.join(everything[i] for i in sorted(everything))
+
+    stable = _fill(plan.walk if ranking is None else plan.core, measured, budget - used, bool(required),
+                   in_document_order, budget, tokenizer)
+    filled, picked = stable, None
+    if ranking is not None and stable.whole:
+        head = stable.system + SEPARATOR if stable.system else ""
+
+        def after_stable(pieces: dict[int, str]) -> str:
+            return head + SEPARATOR.join(pieces[i] for i in sorted(pieces)) if pieces else stable.system
+
+        filled = picked = _fill(ranking.order, measured, budget - stable.tokens, bool(stable.system),
+                                after_stable, budget, tokenizer)
+
+    pieces = {**required, **stable.pieces, **(picked.pieces if picked else {})}
+    truncated = picked.truncated if picked is not None else stable.truncated
     dropped_mask = bytearray(b"\x01") * len(plan.labels)
     for i in pieces:
         dropped_mask[i] = 0
     return Fit(
-        system=system,
-        tokens=tokens,
+        system=filled.system,
+        tokens=filled.tokens,
         full_tokens=full_tokens,
         budget=budget,
         kept=tuple(plan.labels[i] for i in sorted(pieces) if i != truncated),
         truncated=(plan.labels[truncated],) if truncated is not None else (),
         dropped=tuple(itertools.compress(plan.labels, dropped_mask)),
         kept_chars={i: len(text) for i, text in pieces.items()},
+        truncated_index=truncated,
+        stable_chars=len(stable.system),
+        scores=None if ranking is None else ranking.scores,
+        outline=plan.outline,
     )
 
 
