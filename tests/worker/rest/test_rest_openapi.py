@@ -106,6 +106,8 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
                                  ollama_fault={"path": "/api/create", "status": 500, "body": {"error": "disk full"}})],
     ("/v1/inject", "post", "200"): [
         req("POST", "/v1/inject", {"role": "helper", "variables": ADA, "budget": 80, "prompt": "hi"}),
+        req("POST", "/v1/inject", {"role": "helper", "variables": ADA, "budget": 80, "prompt": "hi ls",
+                                   "selection": "relevance"}),
         req("POST", "/v1/inject", {"role": "plain", "messages": [{"role": "user", "content": "a"},
                                                                  {"role": "assistant", "content": "b"}]}),
         req("POST", "/v1/inject", {"role": "manifest", "model": "llama3.1:8b", "context_window": 4096,

@@ -54,6 +54,7 @@ def role_summary(role: Role) -> dict[str, Any]:
         "model": role.model,
         "budget": role.budget,
         "extends": role.extends,
+        "selection": role.selection,
     }
 
 
@@ -68,13 +69,7 @@ def injection_json(result: Injection) -> dict[str, Any]:
         "model": result.model,
         "params": result.params,
         "usage": dict(vars(result.usage)),
-        "trim": {
-            "trimmed": result.fit.trimmed,
-            "kept": list(result.fit.kept),
-            "truncated": list(result.fit.truncated),
-            "dropped": list(result.fit.dropped),
-            "dropped_messages": result.dropped_messages,
-        },
+        "trim": {**result.fit.report(), "dropped_messages": result.dropped_messages},
     }
 
 
