@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from role_injector.errors import ProfileError
@@ -16,7 +16,7 @@ from role_injector.profiles import load_profiles
 from role_injector.relevance import MAX_QUERY_CHARS, Query, RelevanceIndex, terms
 from role_injector.roles import Role
 from role_injector.store import RoleStore
-from role_injector.tokens import Tokenizer
+from role_injector.tokens import VOCABULARIES, Tokenizer, load_tokenizer
 from tests.worker.conftest import RoleWriter
 from tests.worker.test_fitting import PROPERTY_SETTINGS, QWEN, WORDS, make_role, role_texts, tokenizers
 
@@ -173,6 +173,20 @@ def test_a_role_without_a_single_term_ranks_nothing_and_still_fits() -> None:
 
 
 # --- properties of the budget rule in relevance selection ------------------------------------------
+
+ALL_TOKENIZERS = [load_tokenizer(name) for name in VOCABULARIES]
+
+
+@settings(max_examples=300, deadline=None)
+@given(first=st.text(max_size=40), pieces=st.lists(st.text(max_size=40), min_size=1, max_size=4),
+       heading=st.sampled_from(["#", "##", "# ", "## ", "##x"]))
+def test_counts_add_up_at_a_separator_before_a_heading(first: str, pieces: list[str], heading: str) -> None:
+    """What relevance selection relies on instead of encoding its result: count(a + SEP + b) is
+    count(a + SEP) + count(b) when b starts with '#', in every vocabulary, whatever a and b hold."""
+    texts = [first, *(heading + piece for piece in pieces)]
+    for tokenizer in ALL_TOKENIZERS:
+        added = sum(tokenizer.count(t + "\n\n") for t in texts[:-1]) + tokenizer.count(texts[-1])
+        assert added == tokenizer.count("\n\n".join(texts)), tokenizer.name
 
 queries = st.lists(st.sampled_from([*WORDS, "the", "и", "section", "?", "x" * 300]), max_size=12).map(" ".join)
 

@@ -57,6 +57,11 @@ class MeasuredSection:
         return tuple(cut_points(self.text, self.section.title is not None))
 
     @cached_property
+    def joined_tokens(self) -> int:
+        """Exact tokens of the text followed by a separator (relevance selection adds these up)."""
+        return self.tokenizer.count(self.text + SEPARATOR)
+
+    @cached_property
     def cut_tokens(self) -> tuple[int, ...]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
         Only a section that is cut pays for this, once (a request encodes only the cut section)."""
@@ -402,6 +407,62 @@ def _fill(
     return _Filled(pieces, system, tokens, partial.index if partial is not None and cut >= 0 else None, whole)
 
 
+def _pick(
+    order: Sequence[int],
+    measured: Sequence[MeasuredSection],
+    stable: _Filled,
+    budget: int,
+    tokenizer: Tokenizer,
+    cache: FitCache,
+) -> _Filled:
+    """Relevance selection after the stable part: walk the ranked sections by the same rule, counted
+    exactly without encoding the whole result.
+
+    The pieces here are titled sections, so each starts with '#'. Every vocabulary's split pattern ends a
+    pre-token at the separator's last newline when a '#' follows (a punctuation run takes the newlines
+    with it; after a letter or digit they form their own pre-token), and '#' composes with nothing under
+    NFC. So count(a + SEP + b) = count(a + SEP) + count(b) whenever b starts with '#', and the result's
+    count is count(stable + SEP) plus each piece's count with its separator, the last piece in document
+    order without it. Section counts with a separator are cached; only a cut piece is encoded."""
+    head = 0
+    if stable.system:
+        head = cache.count(("stable+separator", stable.system), stable.system + SEPARATOR, tokenizer)
+    kept: list[MeasuredSection] = []
+    joined = head  # tokens of everything kept, each piece counted with the separator after it
+    last: MeasuredSection | None = None  # the kept piece furthest down the document
+    cut_piece: tuple[int, str] | None = None
+    tokens = stable.tokens
+    for i in order:
+        m = measured[i]
+        assert m.text.startswith("#")  # ranked sections are titled (the preamble is always core)
+        ends = m if last is None or m.index > last.index else last
+        total = joined + m.joined_tokens - (ends.joined_tokens - ends.tokens)
+        if total <= budget:
+            kept.append(m)
+            joined += m.joined_tokens
+            last, tokens = ends, total
+            continue
+        # Cut it: the largest cut not beyond the estimate's choice whose exact count fits.
+        is_last = last is None or m.index > last.index
+        trailing = 0 if is_last else last.joined_tokens - last.tokens  # type: ignore[union-attr]
+        cut = bisect.bisect_right(m.cut_tokens, budget - joined + trailing - 1) - 1
+        while cut >= 0:
+            text = m.text[: m.cuts[cut]]
+            piece = tokenizer.count(text) if is_last else tokenizer.count(text + SEPARATOR)
+            if joined + piece - trailing <= budget:
+                cut_piece, tokens = (m.index, text), joined + piece - trailing
+                break
+            cut -= 1
+        break
+    pieces = {m.index: m.text for m in kept}
+    if cut_piece is not None:
+        pieces[cut_piece[0]] = cut_piece[1]
+    if not pieces:
+        return _Filled({}, stable.system, stable.tokens, None, True)
+    system = (stable.system + SEPARATOR if stable.system else "") + SEPARATOR.join(pieces[i] for i in sorted(pieces))
+    return _Filled(pieces, system, tokens, cut_piece[0] if cut_piece else None, cut_piece is None)
+
+
 def _compute_fit(
     role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache, ranking: Ranking | None
 ) -> Fit:
@@ -420,17 +481,21 @@ def _compute_fit(
         everything = {**required, **pieces}
         return SEPARATOR.join(everything[i] for i in sorted(everything))
 
-    stable = _fill(plan.walk if ranking is None else plan.core, measured, budget - used, bool(required),
-                   in_document_order, budget, tokenizer)
-    filled, picked = stable, None
-    if ranking is not None and stable.whole:
-        head = stable.system + SEPARATOR if stable.system else ""
-
-        def after_stable(pieces: dict[int, str]) -> str:
-            return head + SEPARATOR.join(pieces[i] for i in sorted(pieces)) if pieces else stable.system
-
-        filled = picked = _fill(ranking.order, measured, budget - stable.tokens, bool(stable.system),
-                                after_stable, budget, tokenizer)
+    if ranking is None:
+        stable = filled = _fill(plan.walk, measured, budget - used, bool(required), in_document_order, budget,
+                                tokenizer)
+        picked = None
+    else:
+        # The stable part depends on the budget only, so it is fitted (and encoded) once per budget.
+        key = (role.version, tokenizer.name, "stable", budget, tuple(sorted(values.items())))
+        found = cache.get(key)
+        if not isinstance(found, _Filled):
+            found = _fill(plan.core, measured, budget - used, bool(required), in_document_order, budget, tokenizer)
+            cache.put(key, found)
+        stable = filled = found
+        picked = _pick(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
+        if picked is not None and picked.pieces:
+            filled = picked
 
     pieces = {**required, **stable.pieces, **(picked.pieces if picked else {})}
     truncated = picked.truncated if picked is not None else stable.truncated

@@ -124,8 +124,9 @@ class RelevanceIndex:
             self._bm25 = bm25s.BM25()
             self._bm25.index(documents, show_progress=False)
         self._priority = np.array([s.priority for s in sections], dtype=np.int64)
-        # The sections a query may move: neither required nor in the core, in priority order.
-        walk = sorted((i for i, s in enumerate(sections) if not s.required and s.priority < CORE_PRIORITY),
+        # The sections a query may move: titled, neither required nor in the core, in priority order.
+        walk = sorted((i for i, s in enumerate(sections)
+                       if s.title is not None and not s.required and s.priority < CORE_PRIORITY),
                       key=lambda i: (-sections[i].priority, i))
         self._open = np.array(walk, dtype=np.int64)
 
