@@ -212,9 +212,10 @@ def test_relevance_fit_is_within_budget_keeps_required_cuts_at_boundaries_and_is
     assert {s.label for s in role.sections if s.required} <= set(fit.kept)
     assert len(fit.kept) + len(fit.truncated) + len(fit.dropped) == len(role.sections)
     assert fit == relevance_fit(role, budget, tokenizer, question)  # a fresh cache gives the same fit
-    for report in fit.sections:  # every piece kept is in the text, whole or cut at its beginning
-        if report.state != "dropped":
-            assert role.sections[report.index].text[: fit.kept_chars[report.index]] in fit.system
+    # the pieces, whole or cut at their beginning, make the text in the layout's order
+    assert "\n\n".join(role.sections[i].text[: fit.kept_chars[i]] for i in fit.layout) == fit.system
+    assert sorted(fit.layout) == sorted(fit.kept_chars)
+    assert sorted(fit.walk_order) == list(range(len(role.sections)))
     if fit.truncated_index is not None:
         full, kept = role.sections[fit.truncated_index].text, fit.kept_chars[fit.truncated_index]
         assert 0 < kept < len(full) and full[kept].isspace()

@@ -113,6 +113,8 @@ class Fit:
     truncated_index: int | None
     stable_chars: int  # the leading characters of `system` that no question changes (all in priority selection)
     scores: tuple[float, ...] | None  # relevance selection: every section's score against the query
+    walk_order: tuple[int, ...]  # section indexes in the order the fitter walked them
+    layout: tuple[int, ...]  # indexes of the kept (and truncated) sections in the order `system` has them
     outline: Outline = field(repr=False, compare=False)
 
     @property
@@ -161,6 +163,9 @@ class SectionFit:
     text: str  # as fitted: variables filled, control tokens neutralised
     kept_chars: int  # characters kept from the start of `text`: all when kept, none when dropped
     kept_tokens: int  # exact count of those characters
+    reason: Reason  # why it stood where it did in the walk (see SectionReport)
+    score: float | None  # relevance score against the query; None in priority selection
+    position: int | None  # 0-based place of the kept text among the pieces of `system`; None when dropped
 
     @property
     def state(self) -> Literal["kept", "truncated", "dropped"]:  # the words of the trim report
@@ -499,6 +504,7 @@ def _compute_fit(
 
     pieces = {**required, **stable.pieces, **(picked.pieces if picked else {})}
     truncated = picked.truncated if picked is not None else stable.truncated
+    in_place = tuple(sorted(pieces))  # document order
     dropped_mask = bytearray(b"\x01") * len(plan.labels)
     for i in pieces:
         dropped_mask[i] = 0
@@ -507,13 +513,15 @@ def _compute_fit(
         tokens=filled.tokens,
         full_tokens=full_tokens,
         budget=budget,
-        kept=tuple(plan.labels[i] for i in sorted(pieces) if i != truncated),
+        kept=tuple(plan.labels[i] for i in in_place if i != truncated),
         truncated=(plan.labels[truncated],) if truncated is not None else (),
         dropped=tuple(itertools.compress(plan.labels, dropped_mask)),
         kept_chars={i: len(text) for i, text in pieces.items()},
         truncated_index=truncated,
         stable_chars=len(stable.system),
         scores=None if ranking is None else ranking.scores,
+        walk_order=role.walk_order if ranking is None else plan.required + plan.core + ranking.order,
+        layout=in_place if not picked else tuple(sorted({**required, **stable.pieces})) + tuple(sorted(picked.pieces)),
         outline=plan.outline,
     )
 
@@ -523,15 +531,17 @@ def section_fits(
 ) -> tuple[SectionFit, ...]:
     """Each section of `role` with what `fit` (made from the same values and tokenizer) kept of it."""
     measured, _ = measure_sections(role, values, tokenizer, cache)
-    order = {index: position for position, index in enumerate(role.walk_order, 1)}
+    order = {index: position for position, index in enumerate(fit.walk_order, 1)}
+    position = {index: place for place, index in enumerate(fit.layout)}
     report = []
-    for m in measured:
+    for m, why in zip(measured, fit.sections, strict=True):
         kept = fit.kept_chars.get(m.index, 0)
         # Only the cut section is encoded again.
         kept_tokens = m.tokens if kept == len(m.text) else tokenizer.count(m.text[:kept]) if kept else 0
         report.append(SectionFit(
             index=m.index, label=m.section.label, title=m.section.title, required=m.section.required,
             priority=m.section.priority, order=order[m.index], tokens=m.tokens, text=m.text,
-            kept_chars=kept, kept_tokens=kept_tokens,
+            kept_chars=kept, kept_tokens=kept_tokens, reason=why.reason, score=why.score,
+            position=position.get(m.index),
         ))
     return tuple(report)
