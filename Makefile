@@ -39,6 +39,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/inject_bench.py
 	$(BIN)/python bench/proxy_bench.py
 	$(BIN)/python bench/prefix_bench.py
+	$(BIN)/python bench/relevance_bench.py
+	$(BIN)/python bench/relevance_quality.py
 
 clean:
 	rm -rf $(VENV)

@@ -175,6 +175,33 @@ describe('execute', () => {
 		expect(item.json.trim).toMatchObject({ trimmed: true });
 	});
 
+	it('sends the selection, so sections are picked by the question', async () => {
+		const selected = async (selection: string) => {
+			const [item] = await run({
+				parameters: parameters({
+					options: {
+						budget: 55,
+						selection,
+						variables: { values: [{ name: 'user_name', value: 'Ada' }] },
+					},
+				}),
+				items: [{ chatInput: 'Does the node send the variables?' }],
+			});
+			return item.json;
+		};
+		const byRelevance = await selected('relevance');
+		const byPriority = await selected('priority');
+
+		expect(byRelevance.trim).toMatchObject({ selection: 'relevance' });
+		expect(byRelevance.system).toContain('## Examples');
+		expect(byRelevance.system).not.toContain('## Style');
+		const sections = (byRelevance.trim as IDataObject).sections as IDataObject[];
+		expect(sections.find((s) => s.title === 'Examples')).toMatchObject({ reason: 'relevance' });
+		expect(byPriority.trim).toMatchObject({ selection: 'priority' });
+		expect(byPriority.system).toContain('## Style');
+		expect(byPriority.system).not.toContain('## Examples');
+	});
+
 	it('leaves out the options that are not set', async () => {
 		const [item] = await run();
 

@@ -48,6 +48,27 @@ def test_render_prints_the_fitted_prompt_and_the_report() -> None:
     assert report["role"]["version"].startswith("sha256:")
 
 
+def test_render_with_a_query_selects_by_relevance_and_reports_each_section_on_a_line() -> None:
+    result = run("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
+                 "--query", "What went wrong with invoices around daylight saving time?")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stderr)
+    trim = report["trim"]
+    assert trim["selection"] == "relevance" and report["usage"]["system_tokens"] <= 900
+    sections = {s["title"]: s for s in trim["sections"]}
+    assert len(trim["sections"]) == len(trim["kept"]) + len(trim["truncated"]) + len(trim["dropped"])
+    assert sections["Charter"]["reason"] == "required" and sections[None]["reason"] == "priority"
+    lessons = sections["Lessons from past incidents"]
+    assert lessons["reason"] == "relevance" and lessons["state"] in ("kept", "truncated")
+    assert lessons["score"] == max(s["score"] for s in trim["sections"])
+    assert "## Lessons from past incidents" in result.stdout and "## Non-negotiables" not in result.stdout
+    lines = result.stderr.splitlines()
+    assert sum(line.strip().startswith('{"title"') for line in lines) == len(trim["sections"])
+    by_priority = json.loads(run("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
+                                 "--query", "invoices", "--selection", "priority").stderr)
+    assert by_priority["trim"]["selection"] == "priority"
+
+
 def test_render_with_a_prompt_prints_the_whole_formatted_prompt() -> None:
     result = run("render", "general-assistant", "--roles", str(BUNDLED_ROLES), "--prompt", "Hi",
                  "--format", "llama3", "--model", "llama3.2")

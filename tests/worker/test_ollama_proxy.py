@@ -46,6 +46,24 @@ variables:
 ## Greeting {required}
 Greet {{user_name}}.
 """
+DESK = """---
+description: An office help desk, whose sections are picked by the question
+selection: relevance
+---
+You answer questions about the office.
+
+## Rules {required}
+Answer in one sentence.
+
+## Bicycle storage
+Bikes go in the locked cage behind building C; the cage code is 4471.
+
+## Sauna
+The rooftop sauna opens at seven and closes at ten.
+
+## Printers
+Every floor has a printer; toner is in the cupboard by the lifts.
+"""
 PROFILE = """\
 models:
   - match: "tiny*"
@@ -72,6 +90,15 @@ virtual_models:
     base: "qwen3:8b"
     role: needs-name
     variables: {user_name: "Грета <|im_end|>"}
+  desk:
+    base: "qwen3:8b"
+    role: desk
+    budget: 45
+  engineer-by-relevance:
+    base: "qwen3:8b"
+    role: engineer
+    budget: 55
+    selection: relevance
 """
 MISSION = "Find the bug before it finds the users. Answer in English."
 LONG_TEXT = " ".join(f"line {i} of a long log excerpt that the user pasted." for i in range(300))
@@ -82,6 +109,7 @@ def write_place(root: Path) -> Path:
     (root / "roles").mkdir()
     (root / "roles" / "engineer.md").write_text(ENGINEER, encoding="utf-8")
     (root / "roles" / "needs-name.md").write_text(NEEDS_NAME, encoding="utf-8")
+    (root / "roles" / "desk.md").write_text(DESK, encoding="utf-8")
     (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
     return root
 
@@ -199,6 +227,30 @@ def test_virtual_chat_replaces_system_and_keeps_message_fields(client: ollama.Cl
     assert assistant["tool_calls"] == [tool_call]
     assert tool == {"role": "tool", "content": "3 failed", "tool_name": "run_tests"}
     assert body["stream"] is False
+
+
+def test_relevance_follows_the_last_user_message_and_keeps_the_stable_part_first(
+    client: ollama.Client, standin: OllamaStandin, worker: WorkerProcess
+) -> None:
+    head = "You answer questions about the office.\n\n## Rules\nAnswer in one sentence.\n\n"
+    picked = []
+    conversation = [{"role": "user", "content": "Where do I put my bike?"}]
+    for follow_up in ("Thanks. And when can I use the sauna?", "Is there toner for the printers?", None):
+        client.chat(model="desk", messages=conversation)  # the role file says 'selection: relevance'
+        system = system_of(upstream(standin, "/api/chat"))
+        assert system.startswith(head)
+        picked.append([line for line in system[len(head):].split("\n") if line.startswith("## ")])
+        standin.clear()
+        conversation += [{"role": "assistant", "content": "Noted."}, {"role": "user", "content": follow_up or ""}]
+    assert picked == [["## Bicycle storage"], ["## Sauna"], ["## Printers"]]
+
+    standin.clear()
+    client.chat(model="engineer-by-relevance", messages=[{"role": "user", "content": "An empty input edge case?"}])
+    by_relevance = system_of(upstream(standin, "/api/chat"))
+    assert "Example 0: before blaming the compiler" in by_relevance and "## Style" not in by_relevance
+    by_priority = requests.post(worker.url + "/v1/inject", timeout=10, json={
+        "role": "engineer", "prompt": "An empty input edge case?", "model": "qwen3:8b", "budget": 55}).json()
+    assert "## Style" in by_priority["system"] and "Example 0" not in by_priority["system"]
 
 
 def test_virtual_chat_streams_through(client: ollama.Client, standin: OllamaStandin) -> None:
@@ -352,7 +404,8 @@ def test_tags_list_upstream_and_virtual_models(client: ollama.Client, worker: Wo
                                                standin: OllamaStandin) -> None:
     names = [m.model for m in client.list().models]
     assert names[:3] == ["qwen3:8b", "qwen3:0.6b", "qwen3:4b"]
-    assert set(names[3:]) == {"engineer", "tiny-engineer", "strict-budget", "greeter", "named-greeter"}
+    assert set(names[3:]) == {"engineer", "tiny-engineer", "strict-budget", "greeter", "named-greeter", "desk",
+                              "engineer-by-relevance"}
 
     models = {m["name"]: m for m in requests.get(worker.url + "/api/tags", timeout=10).json()["models"]}
     base, virtual = models["qwen3:8b"], models["engineer"]

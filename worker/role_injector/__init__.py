@@ -23,7 +23,7 @@ from role_injector.errors import (
     UpstreamRefused,
     VariableError,
 )
-from role_injector.fitting import Fit, FitCache, fit_budget
+from role_injector.fitting import Fit, FitCache, SectionReport, fit_budget
 from role_injector.formats import FORMATS, Message, neutralise, render
 from role_injector.injection import Injection, InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, read_modelfile, render_modelfile
@@ -36,6 +36,7 @@ from role_injector.ollama_models import (
     plan_role_model,
 )
 from role_injector.profiles import ModelProfile, Profiles, VirtualModel, load_profiles
+from role_injector.relevance import Query
 from role_injector.roles import Role, Section, Variable
 from role_injector.settings import Settings
 from role_injector.store import LoadError, RoleSet, RoleStore
@@ -63,6 +64,7 @@ __all__ = [
     "ModelProfile",
     "OllamaClient",
     "Profiles",
+    "Query",
     "Role",
     "RoleError",
     "RoleInjectorError",
@@ -71,6 +73,7 @@ __all__ = [
     "RoleSet",
     "RoleStore",
     "Section",
+    "SectionReport",
     "Settings",
     "Teacher",
     "Tokenizer",

@@ -22,6 +22,7 @@ from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.ollama_client import OllamaClient, file_digest
 from role_injector.profiles import load_profiles
+from role_injector.roles import SELECTIONS
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
@@ -72,17 +73,24 @@ def cmd_render(args: argparse.Namespace) -> int:
         model=args.model,
         budget=args.budget,
         format=args.format,
+        selection=args.selection,
+        query=args.query,
     )
     result = inject(store.current(), profiles, request)
     print(result.prompt if args.prompt is not None or args.full_prompt else result.system)
+    trim = result.fit.report()
+    sections = trim.pop("sections")
     report = {
         "role": {"name": result.role.name, "version": result.role.version},
         "format": result.format,
         "usage": asdict(result.usage),
-        "trim": {"trimmed": result.fit.trimmed, "kept": result.fit.kept,
-                 "truncated": result.fit.truncated, "dropped": result.fit.dropped},
+        "trim": {**trim, "sections": None},
     }
-    print(json.dumps(report, ensure_ascii=False, indent=2), file=sys.stderr)
+    # Indented JSON, one section a line, so the per-section report reads as a table.
+    lines = ",\n".join("      " + json.dumps(section, ensure_ascii=False) for section in sections)
+    text = json.dumps(report, ensure_ascii=False, indent=2)
+    print(text.replace('"sections": null', f'"sections": [\n{lines}\n    ]' if sections else '"sections": []'),
+          file=sys.stderr)
     return 0
 
 
@@ -266,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--model")
     render.add_argument("--format", choices=FORMATS)
     render.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    render.add_argument("--selection", choices=SELECTIONS,
+                        help="how sections beyond the required ones are chosen (default: the role's)")
+    render.add_argument("--query", help="rank sections by relevance to this text (implies --selection relevance)")
     render.add_argument("--prompt", help="a user message: print the whole rendered prompt")
     render.add_argument("--full-prompt", action="store_true", help="print the rendered prompt, not the system text")
     render.set_defaults(run=cmd_render)

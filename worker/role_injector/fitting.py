@@ -10,6 +10,12 @@ encodes only the final string. Estimates choose a candidate, the exact count dec
 string is over budget the fitter steps back one candidate at a time. Candidates are totally ordered,
 so the result is the largest candidate not beyond the estimate's choice whose exact count fits,
 which makes the fit monotone in the budget whatever the tokenizer does at section joins.
+
+Relevance selection (a `Query` given) fits in two steps by the same rule. First the part no question
+changes: required sections, then the core (priority >= `CORE_PRIORITY`), emitted in document order.
+Only if all of it fits whole, the sections ranked for the query follow (`RelevanceIndex.rank`) in
+what is left, emitted after that stable part in document order: the stable part stays a byte-
+identical prefix across the turns of a conversation, so a model server's prompt cache keeps it.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import itertools
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
+from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
 from role_injector.roles import FENCE, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
@@ -50,6 +57,11 @@ class MeasuredSection:
         return tuple(cut_points(self.text, self.section.title is not None))
 
     @cached_property
+    def joined_tokens(self) -> int:
+        """Exact tokens of the text followed by a separator (relevance selection adds these up)."""
+        return self.tokenizer.count(self.text + SEPARATOR)
+
+    @cached_property
     def cut_tokens(self) -> tuple[int, ...]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
         Only a section that is cut pays for this, once (a request encodes only the cut section)."""
@@ -64,6 +76,30 @@ class MeasuredSection:
         return tuple(estimates)
 
 
+State = Literal["kept", "truncated", "dropped"]
+Reason = Literal["required", "priority", "relevance"]
+
+
+@dataclass(frozen=True)
+class SectionReport:
+    """What became of one section in a fit, and why it was where it was in the walk."""
+
+    index: int
+    title: str | None  # None for the preamble
+    state: State
+    reason: Reason  # required; priority (priority order, or the core); relevance (ranked for the query)
+    score: float | None  # the section's relevance score; None in priority selection
+
+
+@dataclass(frozen=True)
+class Outline:
+    """Titles and kinds of a role's sections, shared by all its fits (for their reports)."""
+
+    titles: tuple[str | None, ...]
+    required: frozenset[int]
+    core: frozenset[int]
+
+
 @dataclass(frozen=True)
 class Fit:
     system: str
@@ -74,10 +110,43 @@ class Fit:
     truncated: tuple[str, ...]
     dropped: tuple[str, ...]
     kept_chars: Mapping[int, int]  # section index -> characters kept, for kept and truncated sections
+    truncated_index: int | None
+    stable_chars: int  # the leading characters of `system` that no question changes (all in priority selection)
+    scores: tuple[float, ...] | None  # relevance selection: every section's score against the query
+    walk_order: tuple[int, ...]  # section indexes in the order the fitter walked them
+    layout: tuple[int, ...]  # indexes of the kept (and truncated) sections in the order `system` has them
+    outline: Outline = field(repr=False, compare=False)
 
     @property
     def trimmed(self) -> bool:
         return bool(self.truncated or self.dropped)
+
+    @cached_property
+    def sections(self) -> tuple[SectionReport, ...]:
+        """Every section in document order: kept, truncated or dropped, and why."""
+        outline, scores = self.outline, self.scores
+        reports = []
+        for i, title in enumerate(outline.titles):
+            state: State = "truncated" if i == self.truncated_index else "kept" if i in self.kept_chars else "dropped"
+            reason: Reason = "required" if i in outline.required else "priority"
+            if scores is not None and reason == "priority" and i not in outline.core and scores[i] > 0:
+                reason = "relevance"
+            score = None if scores is None else round(scores[i], 4)
+            reports.append(SectionReport(i, title, state, reason, score))
+        return tuple(reports)
+
+    def report(self) -> dict[str, Any]:
+        """The trim report as JSON-ready data (REST `trim`, the CLI)."""
+        return {
+            "trimmed": self.trimmed,
+            "kept": list(self.kept),
+            "truncated": list(self.truncated),
+            "dropped": list(self.dropped),
+            "selection": "priority" if self.scores is None else "relevance",
+            "sections": [
+                {"title": s.title, "state": s.state, "reason": s.reason, "score": s.score} for s in self.sections
+            ],
+        }
 
 
 @dataclass(frozen=True)
@@ -94,6 +163,9 @@ class SectionFit:
     text: str  # as fitted: variables filled, control tokens neutralised
     kept_chars: int  # characters kept from the start of `text`: all when kept, none when dropped
     kept_tokens: int  # exact count of those characters
+    reason: Reason  # why it stood where it did in the walk (see SectionReport)
+    score: float | None  # relevance score against the query; None in priority selection
+    position: int | None  # 0-based place of the kept text among the pieces of `system`; None when dropped
 
     @property
     def state(self) -> Literal["kept", "truncated", "dropped"]:  # the words of the trim report
@@ -143,8 +215,10 @@ class RolePlan:
     dynamic: tuple[int, ...]  # indexes of sections that use variables
     required: tuple[int, ...]  # document order
     walk: tuple[int, ...]  # the other sections, in walk order
+    core: tuple[int, ...]  # relevance selection: the sections of `walk` kept whatever the question
     labels: tuple[str, ...]
     static_full_tokens: int
+    outline: Outline
 
     @classmethod
     def build(cls, role: Role, tokenizer: Tokenizer) -> RolePlan:
@@ -157,9 +231,19 @@ class RolePlan:
             dynamic=tuple(i for i, m in enumerate(sections) if m is None),
             required=tuple(i for i, s in enumerate(role.sections) if s.required),
             walk=tuple(i for i in role.walk_order if not role.sections[i].required),
+            core=tuple(i for i in role.walk_order if is_core(role.sections[i])),
             labels=tuple(s.label for s in role.sections),
             static_full_tokens=sum(m.tokens + m.separator_tokens for m in sections if m is not None),
+            outline=Outline(
+                titles=tuple(s.title for s in role.sections),
+                required=frozenset(i for i, s in enumerate(role.sections) if s.required),
+                core=frozenset(i for i, s in enumerate(role.sections) if is_core(s)),
+            ),
         )
+
+
+def is_core(section: Section) -> bool:
+    return not section.required and section.priority >= CORE_PRIORITY
 
 
 class FitCache:
@@ -192,6 +276,16 @@ class FitCache:
         plan = RolePlan.build(role, tokenizer)
         self.put(key, plan)
         return plan
+
+    def relevance_index(self, role: Role) -> RelevanceIndex:
+        """The BM25 index of the role's sections, built once per role version."""
+        key = (role.version, "relevance")
+        found = self.get(key)
+        if isinstance(found, RelevanceIndex):
+            return found
+        index = RelevanceIndex(role.sections)
+        self.put(key, index)
+        return index
 
     def measure(
         self, role: Role, index: int, values: Mapping[str, str], tokenizer: Tokenizer
@@ -226,15 +320,18 @@ def fit_budget(
     budget: int,
     tokenizer: Tokenizer,
     cache: FitCache = DEFAULT_CACHE,
+    query: Query | None = None,
 ) -> Fit:
     """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report.
+    With a `query` (even an empty one), sections are selected by relevance to it.
 
     Fits are cached too: budgets come in coarse steps, so the same fit serves many requests."""
-    key = (role.version, tokenizer.name, "fit", budget, tuple(sorted(values.items())))
+    ranking = None if query is None else cache.relevance_index(role).rank(query)
+    key = (role.version, tokenizer.name, "fit", budget, tuple(sorted(values.items())), ranking and ranking.key)
     found = cache.get(key)
     if isinstance(found, Fit):
         return found
-    fit = _compute_fit(role, values, budget, tokenizer, cache)
+    fit = _compute_fit(role, values, budget, tokenizer, cache, ranking)
     cache.put(key, fit)
     return fit
 
@@ -259,62 +356,173 @@ def measure_sections(
     return sections, full_tokens
 
 
-def _compute_fit(role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache) -> Fit:
-    plan = cache.plan(role, tokenizer)
-    measured, full_tokens = measure_sections(role, values, tokenizer, cache)
-    required = [measured[i] for i in plan.required]
-    required_text = SEPARATOR.join(m.text for m in required)
-    used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
-    if used > budget:
-        raise BudgetTooSmall(
-            f"role {role.name!r} needs {used} tokens for its required sections; the budget is {budget}",
-            details={"needed": used, "budget": budget, "required": [m.section.label for m in required]},
-        )
+@dataclass(frozen=True)
+class _Filled:
+    """The result of walking one order of sections into what is left of the budget."""
 
+    pieces: dict[int, str]  # section index -> text kept
+    system: str  # the composed text, verified
+    tokens: int
+    truncated: int | None
+    whole: bool  # every section of the order kept whole
+
+
+def _fill(
+    order: Sequence[int],
+    measured: Sequence[MeasuredSection],
+    remaining: int,
+    after_text: bool,
+    compose: Callable[[dict[int, str]], str],
+    budget: int,
+    tokenizer: Tokenizer,
+) -> _Filled:
+    """Walk `order` keeping whole sections while they fit in `remaining` (estimated), cut the first
+    that does not, then verify `compose(pieces)` exactly, stepping back one candidate at a time.
+    `compose({})` must already be verified to fit, so the stepping back ends."""
     kept: list[MeasuredSection] = []
     partial: MeasuredSection | None = None
-    cut, remaining = -1, budget - used
-    for i in plan.walk:
+    cut = -1
+    whole = True
+    for i in order:
         m = measured[i]
         # Estimated cost of a piece: its tokens and the separator it brings. A cut piece ends at a
         # sentence end, where the separator usually merges into the punctuation's token.
-        joiner = m.separator_tokens if required or kept else 0
+        joiner = m.separator_tokens if after_text or kept else 0
         if m.tokens + joiner <= remaining:
             remaining -= m.tokens + joiner
             kept.append(m)
             continue
-        partial, cut = m, bisect.bisect_right(m.cut_tokens, remaining) - 1
+        partial, cut, whole = m, bisect.bisect_right(m.cut_tokens, remaining) - 1, False
         break
 
     while True:
-        pieces = {m.index: m.text for m in required}
-        pieces.update((m.index, m.text) for m in kept)
+        pieces = {m.index: m.text for m in kept}
         if partial is not None and cut >= 0:
             pieces[partial.index] = partial.text[: partial.cuts[cut]]
-        system = SEPARATOR.join(pieces[i] for i in sorted(pieces))
+        system = compose(pieces)
         tokens = tokenizer.count(system)
         if tokens <= budget:
             break
-        # Step back one candidate; required-only was verified above, so this ends.
+        whole = False
         if partial is not None and cut >= 0:
             cut -= 1
         else:
             partial = kept.pop()
             cut = len(partial.cuts) - 1
+    return _Filled(pieces, system, tokens, partial.index if partial is not None and cut >= 0 else None, whole)
 
-    truncated = partial.index if partial is not None and cut >= 0 else None
+
+def _pick(
+    order: Sequence[int],
+    measured: Sequence[MeasuredSection],
+    stable: _Filled,
+    budget: int,
+    tokenizer: Tokenizer,
+    cache: FitCache,
+) -> _Filled:
+    """Relevance selection after the stable part: walk the ranked sections by the same rule, counted
+    exactly without encoding the whole result.
+
+    The pieces here are titled sections, so each starts with '#'. Every vocabulary's split pattern ends a
+    pre-token at the separator's last newline when a '#' follows (a punctuation run takes the newlines
+    with it; after a letter or digit they form their own pre-token), and '#' composes with nothing under
+    NFC. So count(a + SEP + b) = count(a + SEP) + count(b) whenever b starts with '#', and the result's
+    count is count(stable + SEP) plus each piece's count with its separator, the last piece in document
+    order without it. Section counts with a separator are cached; only a cut piece is encoded."""
+    head = 0
+    if stable.system:
+        head = cache.count(("stable+separator", stable.system), stable.system + SEPARATOR, tokenizer)
+    kept: list[MeasuredSection] = []
+    joined = head  # tokens of everything kept, each piece counted with the separator after it
+    last: MeasuredSection | None = None  # the kept piece furthest down the document
+    cut_piece: tuple[int, str] | None = None
+    tokens = stable.tokens
+    for i in order:
+        m = measured[i]
+        assert m.text.startswith("#")  # ranked sections are titled (the preamble is always core)
+        ends = m if last is None or m.index > last.index else last
+        total = joined + m.joined_tokens - (ends.joined_tokens - ends.tokens)
+        if total <= budget:
+            kept.append(m)
+            joined += m.joined_tokens
+            last, tokens = ends, total
+            continue
+        # Cut it: the largest cut not beyond the estimate's choice whose exact count fits.
+        is_last = last is None or m.index > last.index
+        trailing = 0 if is_last else last.joined_tokens - last.tokens  # type: ignore[union-attr]
+        cut = bisect.bisect_right(m.cut_tokens, budget - joined + trailing - 1) - 1
+        while cut >= 0:
+            text = m.text[: m.cuts[cut]]
+            piece = tokenizer.count(text) if is_last else tokenizer.count(text + SEPARATOR)
+            if joined + piece - trailing <= budget:
+                cut_piece, tokens = (m.index, text), joined + piece - trailing
+                break
+            cut -= 1
+        break
+    pieces = {m.index: m.text for m in kept}
+    if cut_piece is not None:
+        pieces[cut_piece[0]] = cut_piece[1]
+    if not pieces:
+        return _Filled({}, stable.system, stable.tokens, None, True)
+    system = (stable.system + SEPARATOR if stable.system else "") + SEPARATOR.join(pieces[i] for i in sorted(pieces))
+    return _Filled(pieces, system, tokens, cut_piece[0] if cut_piece else None, cut_piece is None)
+
+
+def _compute_fit(
+    role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache, ranking: Ranking | None
+) -> Fit:
+    plan = cache.plan(role, tokenizer)
+    measured, full_tokens = measure_sections(role, values, tokenizer, cache)
+    required = {i: measured[i].text for i in plan.required}
+    required_text = SEPARATOR.join(required.values())
+    used = cache.count((role.version, "required", required_text), required_text, tokenizer) if required else 0
+    if used > budget:
+        raise BudgetTooSmall(
+            f"role {role.name!r} needs {used} tokens for its required sections; the budget is {budget}",
+            details={"needed": used, "budget": budget, "required": [plan.labels[i] for i in required]},
+        )
+
+    def in_document_order(pieces: dict[int, str]) -> str:
+        everything = {**required, **pieces}
+        return SEPARATOR.join(everything[i] for i in sorted(everything))
+
+    if ranking is None:
+        stable = filled = _fill(plan.walk, measured, budget - used, bool(required), in_document_order, budget,
+                                tokenizer)
+        picked = None
+    else:
+        # The stable part depends on the budget only, so it is fitted (and encoded) once per budget.
+        key = (role.version, tokenizer.name, "stable", budget, tuple(sorted(values.items())))
+        found = cache.get(key)
+        if not isinstance(found, _Filled):
+            found = _fill(plan.core, measured, budget - used, bool(required), in_document_order, budget, tokenizer)
+            cache.put(key, found)
+        stable = filled = found
+        picked = _pick(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
+        if picked is not None and picked.pieces:
+            filled = picked
+
+    pieces = {**required, **stable.pieces, **(picked.pieces if picked else {})}
+    truncated = picked.truncated if picked is not None else stable.truncated
+    in_place = tuple(sorted(pieces))  # document order
     dropped_mask = bytearray(b"\x01") * len(plan.labels)
     for i in pieces:
         dropped_mask[i] = 0
     return Fit(
-        system=system,
-        tokens=tokens,
+        system=filled.system,
+        tokens=filled.tokens,
         full_tokens=full_tokens,
         budget=budget,
-        kept=tuple(plan.labels[i] for i in sorted(pieces) if i != truncated),
+        kept=tuple(plan.labels[i] for i in in_place if i != truncated),
         truncated=(plan.labels[truncated],) if truncated is not None else (),
         dropped=tuple(itertools.compress(plan.labels, dropped_mask)),
         kept_chars={i: len(text) for i, text in pieces.items()},
+        truncated_index=truncated,
+        stable_chars=len(stable.system),
+        scores=None if ranking is None else ranking.scores,
+        walk_order=role.walk_order if ranking is None else plan.required + plan.core + ranking.order,
+        layout=in_place if not picked else tuple(sorted({**required, **stable.pieces})) + tuple(sorted(picked.pieces)),
+        outline=plan.outline,
     )
 
 
@@ -323,15 +531,17 @@ def section_fits(
 ) -> tuple[SectionFit, ...]:
     """Each section of `role` with what `fit` (made from the same values and tokenizer) kept of it."""
     measured, _ = measure_sections(role, values, tokenizer, cache)
-    order = {index: position for position, index in enumerate(role.walk_order, 1)}
+    order = {index: position for position, index in enumerate(fit.walk_order, 1)}
+    position = {index: place for place, index in enumerate(fit.layout)}
     report = []
-    for m in measured:
+    for m, why in zip(measured, fit.sections, strict=True):
         kept = fit.kept_chars.get(m.index, 0)
         # Only the cut section is encoded again.
         kept_tokens = m.tokens if kept == len(m.text) else tokenizer.count(m.text[:kept]) if kept else 0
         report.append(SectionFit(
             index=m.index, label=m.section.label, title=m.section.title, required=m.section.required,
             priority=m.section.priority, order=order[m.index], tokens=m.tokens, text=m.text,
-            kept_chars=kept, kept_tokens=kept_tokens,
+            kept_chars=kept, kept_tokens=kept_tokens, reason=why.reason, score=why.score,
+            position=position.get(m.index),
         ))
     return tuple(report)

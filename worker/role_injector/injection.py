@@ -20,6 +20,7 @@ from role_injector.errors import ContextOverflow, InvalidRequest, RoleNotFound
 from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.profiles import Profiles
+from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
 from role_injector.tokens import Tokenizer, load_tokenizer
@@ -44,6 +45,9 @@ class InjectRequest:
     # off; None: every user turn. (The Ollama proxy counts tool results as user turns, but they
     # belong to the exchange before them.)
     exchange_starts: frozenset[int] | None = None
+    # "priority" or "relevance"; None: the role's own, or "relevance" when a `query` is given.
+    selection: str | None = None
+    query: str | None = None  # what relevance selection ranks by; None: the conversation (`turns`)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,14 @@ def find_role(roles: RoleSet, name: str) -> Role:
         hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
         raise RoleNotFound(f"role {name!r} not found{hint}", details={"role": name, "suggestions": suggestions})
     return role
+
+
+def relevance_query(role: Role, request: InjectRequest) -> Query | None:
+    """What to rank sections by in relevance selection, or None for priority selection."""
+    selection = request.selection or ("relevance" if request.query is not None else role.selection)
+    if selection != "relevance":
+        return None
+    return Query.from_text(request.query) if request.query is not None else Query.from_turns(request.turns)
 
 
 def adds_up(format_name: str, tokenizer: Tokenizer) -> bool:
@@ -196,7 +208,8 @@ class Room:
 
 
 def shrink_role(role: Role, values: Mapping[str, str], explicit: int | None, turns: Sequence[Message],
-                format_name: str, tokenizer: Tokenizer, cache: FitCache, room: Room) -> tuple[Fit, int]:
+                format_name: str, tokenizer: Tokenizer, cache: FitCache, room: Room,
+                query: Query | None = None) -> tuple[Fit, int]:
     """shrink_role: every turn is kept; the role gets what they leave, in steps. (fit, messages_tokens)"""
     messages_tokens = count_messages(format_name, turns, tokenizer, cache)
     available = room.for_prompt - messages_tokens
@@ -204,12 +217,12 @@ def shrink_role(role: Role, values: Mapping[str, str], explicit: int | None, tur
         raise room.overflow(f"the messages need {messages_tokens} tokens",
                             {"messages_tokens": messages_tokens, "context_policy": "shrink_role"})
     budget = explicit if explicit is not None and explicit <= available else step_down(available)
-    return fit_budget(role, values, budget, tokenizer, cache), messages_tokens
+    return fit_budget(role, values, budget, tokenizer, cache, query), messages_tokens
 
 
 def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequence[Message],
               starts: Sequence[int], format_name: str, tokenizer: Tokenizer, cache: FitCache,
-              room: Room) -> tuple[Fit, int, int]:
+              room: Room, query: Query | None = None) -> tuple[Fit, int, int]:
     """keep_role: the role at its fixed budget; the oldest exchanges dropped in chunks when the turns
     outgrow what it leaves. (fit, messages_tokens, dropped turns)"""
     renderer = RENDERERS[format_name]
@@ -229,7 +242,7 @@ def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequenc
         tokenizer.count_prompt(renderer("", turns[last:]))
     if least > room.for_prompt:
         raise overflow(last, least, None)
-    fit = fit_budget(role, values, budget, tokenizer, cache)
+    fit = fit_budget(role, values, budget, tokenizer, cache, query)
     left = room.for_prompt - fit.tokens
     chosen = first_kept(costs.each, starts, left - costs.frame)
     # Estimated costs chose the cut; the exact count decides, moving it on by whole exchanges.
@@ -275,8 +288,10 @@ def inject(
         margin=profile.margin,
     )
     explicit = request.budget if request.budget is not None else role.budget
+    query = relevance_query(role, request)
     if policy.name == "shrink_role":
-        fit, messages_tokens = shrink_role(role, values, explicit, turns, format_name, tokenizer, cache, room)
+        fit, messages_tokens = shrink_role(role, values, explicit, turns, format_name, tokenizer, cache, room,
+                                           query)
         dropped = 0
     else:
         budget = role_budget(explicit, room.usable, room.reserve_output, policy.history_share)
@@ -285,7 +300,7 @@ def inject(
         else:
             starts = sorted(i for i in request.exchange_starts if 0 <= i < len(turns))
         fit, messages_tokens, dropped = keep_role(role, values, budget, turns, starts, format_name, tokenizer,
-                                                  cache, room)
+                                                  cache, room, query)
         turns = turns[dropped:]
 
     # Content is neutralised once above (the fitted system text already is), so render directly.

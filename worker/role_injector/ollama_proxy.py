@@ -115,6 +115,7 @@ def _inject_virtual(
         context_policy=context_policy or virtual.context_policy,
         history_share=virtual.history_share,
         exchange_starts=exchange_starts,
+        selection=virtual.selection,
     )
     try:
         injection = inject(roles, profiles, request)

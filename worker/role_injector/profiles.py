@@ -15,7 +15,7 @@ import yaml
 from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
-from role_injector.roles import NAME_PATTERN
+from role_injector.roles import NAME_PATTERN, SELECTIONS
 from role_injector.tokens import VOCABULARIES
 
 
@@ -44,6 +44,7 @@ class VirtualModel:
     variables: Mapping[str, str] = field(default_factory=dict)
     context_policy: str | None = None  # role_injector.context; None: the role's
     history_share: float | None = None
+    selection: str | None = None  # None: the role's own
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,8 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         raise ProfileError(f"{where}: the name must be a non-empty string without '@'")
     if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not isinstance(raw.get("role"), str):
         raise ProfileError(f"{where} needs 'base' (a model) and 'role' (a role name)")
-    unknown = set(raw) - {"base", "role", "budget", "params", "variables", "context_policy", "history_share"}
+    unknown = set(raw) - {"base", "role", "budget", "params", "variables", "context_policy", "history_share",
+                          "selection"}
     if unknown:
         raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     params = raw.get("params") or {}
@@ -126,6 +128,9 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         isinstance(v, str | int | float) and not isinstance(v, bool) for v in variables.values()
     ):
         raise ProfileError(f"{where}: variables must be a mapping of names to strings")
+    selection = raw.get("selection")
+    if selection is not None and selection not in SELECTIONS:
+        raise ProfileError(f"{where}: selection must be one of {', '.join(SELECTIONS)}")
     budget = raw.get("budget")
     try:
         policy = policy_fields(raw)
@@ -139,6 +144,7 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         params=params,
         variables={str(k): str(v) for k, v in variables.items()},
         **policy,
+        selection=selection,
     )
 
 

@@ -32,7 +32,9 @@ DEFAULT_PRIORITY = 50
 PREAMBLE_PRIORITY = 100
 MAX_PARTIAL_DEPTH = 5
 FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble",
-                     "context_policy", "history_share"}
+                     "context_policy", "history_share", "selection"}
+# How sections beyond the required ones are chosen: by priority, or by relevance to the conversation.
+SELECTIONS = ("priority", "relevance")
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Role:
     extends: str | None
     context_policy: str | None = None  # role_injector.context; None: the default
     history_share: float | None = None
+    selection: str = "priority"
 
     @cached_property
     def walk_order(self) -> tuple[int, ...]:
@@ -147,6 +150,8 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
         raise RoleError(f"front matter {exc}") from None
     if "preamble" in meta and meta["preamble"] != "required":
         raise RoleError("front matter 'preamble' can only be 'required'")
+    if "selection" in meta and meta["selection"] not in SELECTIONS:
+        raise RoleError(f"front matter 'selection' must be one of {', '.join(SELECTIONS)}")
     if not all(isinstance(tag, str) for tag in meta.get("tags", [])):
         raise RoleError("front matter 'tags' must be a list of strings")
 
@@ -301,6 +306,9 @@ def build_role(
         value = meta.get(key, getattr(parent, key) if parent else None)
         if value is not None:
             resolved[key] = value
+    selection = meta.get("selection", parent.selection if parent else "priority")
+    if selection != "priority":  # only then, so roles that do not use it keep their versions
+        resolved["selection"] = selection
     canonical = json.dumps(resolved, ensure_ascii=False, sort_keys=True, default=str)
     return Role(
         name=source.name,
@@ -315,6 +323,7 @@ def build_role(
         extends=meta.get("extends"),
         context_policy=resolved.get("context_policy"),
         history_share=None if resolved.get("history_share") is None else float(resolved["history_share"]),
+        selection=selection,
     )
 
 

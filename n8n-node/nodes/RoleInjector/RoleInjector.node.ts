@@ -18,6 +18,7 @@ type Options = {
 	format?: string;
 	contextPolicy?: string;
 	historyShare?: unknown;
+	selection?: string;
 	variables?: { values?: Array<{ name?: unknown; value?: unknown }> };
 	variablesJson?: unknown;
 	outputFields?: string[];
@@ -142,6 +143,7 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 		}
 		body.history_share = share;
 	}
+	if (options.selection) body.selection = options.selection;
 	return body;
 }
 

@@ -198,6 +198,26 @@ const optionsProperty: INodeProperties = {
 			description: "Tokens kept free in the context window for the model's answer",
 		},
 		{
+			displayName: 'Selection',
+			name: 'selection',
+			type: 'options',
+			options: [
+				{
+					name: 'Priority',
+					value: 'priority',
+					description: 'The sections with the highest priority, whatever the question',
+				},
+				{
+					name: 'Relevance',
+					value: 'relevance',
+					description: 'The sections the conversation is about, its last user message first',
+				},
+			],
+			default: 'relevance',
+			description:
+				"How the sections beyond the required ones are chosen when the role does not fit. Without it: the role's own setting.",
+		},
+		{
 			displayName: 'Variables',
 			name: 'variables',
 			type: 'fixedCollection',

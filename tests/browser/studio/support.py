@@ -37,6 +37,16 @@ def wait_for_plan(page: Page, role: str, requested: int | None, error: str | Non
     expect(page.locator(f'main[aria-busy="false"] #result{wanted}')).to_have_count(1)
 
 
+def fit_with_message(page: Page, url: str, role: str, budget: int, message: str) -> dict[str, Any]:
+    """Open `role`, set the budget and a user message, wait for the plan; what /v1/inject answers for it."""
+    open_studio(page, url, role)
+    page.get_by_label("Budget in tokens").fill(str(budget))
+    page.get_by_text("User message", exact=True).click()  # open the disclosure
+    page.get_by_label("User message").fill(message)
+    wait_for_plan(page, role, budget, "")
+    return inject(url, {"role": role, "budget": budget, "prompt": message})
+
+
 def shown_states(page: Page) -> dict[str, str]:
     states: dict[str, str] = page.eval_on_selector_all(
         "#sections li", "items => Object.fromEntries(items.map(i => [i.dataset.label, i.dataset.state]))")

@@ -6,6 +6,7 @@ Every figure the page shows is checked against what /v1/inject answers for the s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from playwright.sync_api import expect
 
 from tests.browser.studio.support import (
     Watched,
+    fit_with_message,
     inject,
     kept_text,
     open_studio,
@@ -120,13 +122,8 @@ def test_a_required_variable_is_asked_for_and_filled(watched: Watched, studio: W
 def test_the_fitted_text_marks_what_was_cut_and_dropped_and_copies(watched: Watched, studio: WorkerProcess) -> None:
     page = watched.page
     page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=studio.url)
-    open_studio(page, studio.url, "manifest")
-    page.get_by_label("Budget in tokens").fill("1500")
-    page.get_by_text("User message", exact=True).click()  # open the disclosure
-    page.get_by_label("User message").fill("How do I roll back a deploy?")
-    wait_for_plan(page, "manifest", 1500, "")
+    injected = fit_with_message(page, studio.url, "manifest", 1500, "How do I roll back a deploy?")
     body = {"role": "manifest", "budget": 1500, "prompt": "How do I roll back a deploy?"}
-    injected = inject(studio.url, body)
     planned = {s["label"]: s for s in post(studio.url, "/v1/plan", body).json()["sections"]}
     assert kept_text(page) == injected["system"]
     (cut_label,) = injected["trim"]["truncated"]
@@ -168,6 +165,19 @@ def test_the_model_picks_tokenizer_and_format_and_the_format_can_be_chosen(watch
     expect(page.locator("#prompt-heading")).to_have_text("Full prompt (gemma)")
     gemma = inject(studio.url, {"role": "code-reviewer", "budget": 400, "model": "llama3.1:8b", "format": "gemma"})
     expect(page.locator("#prompt")).to_have_text(gemma["prompt"])
+
+
+def test_a_role_by_relevance_shows_its_stable_part_first_and_the_picked_sections(
+    watched: Watched, studio: WorkerProcess
+) -> None:
+    page = watched.page
+    injected = fit_with_message(page, studio.url, "handbook", 600, "Can I bring my dog to work?")
+    assert injected["trim"]["selection"] == "relevance" and "Pets in the office" in injected["trim"]["kept"]
+    assert kept_text(page) == injected["system"]  # not in document order: the stable part comes first
+    assert injected["system"].startswith("You are Orbit")
+    pets = page.locator('#sections li[data-label="Pets in the office"] .state .relevance')
+    expect(pets).to_have_text(re.compile(r"^relevance \d+(\.\d+)?$"))
+    expect(page.locator('#sections li[data-label="How to answer"] .relevance')).to_have_count(0)
 
 
 def test_the_page_follows_the_files(watched: Watched, studio: WorkerProcess, studio_roles: Path) -> None:

@@ -15,6 +15,7 @@ import yaml
 
 from role_injector.errors import KINDS
 from role_injector.fitting import Fit, fit_budget
+from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import Tokenizer, load_tokenizer
@@ -93,6 +94,7 @@ def test_list_roles_shows_every_role_and_every_broken_file(api: Api, library: Ro
         "model": "qwen3:8b",
         "budget": None,
         "extends": None,
+        "selection": "priority",
     }
     child = next(r for r in body["roles"] if r["name"] == "child")
     assert (child["extends"], child["budget"], child["version"]) == ("helper", 60, library.roles["child"].version)
@@ -170,8 +172,13 @@ def check_trim(result: dict[str, Any], library: RoleSet, budget: int) -> None:
     fit = library_fit(library, budget)
     assert result["system"] == fit.system
     trim = result["trim"]
-    assert trim == {"trimmed": fit.trimmed, "kept": list(fit.kept), "truncated": list(fit.truncated),
-                    "dropped": list(fit.dropped), "dropped_messages": 0}
+    assert trim == {**fit.report(), "dropped_messages": 0}
+    assert {k: trim[k] for k in ("trimmed", "kept", "truncated", "dropped")} == {
+        "trimmed": fit.trimmed, "kept": list(fit.kept), "truncated": list(fit.truncated), "dropped": list(fit.dropped)}
+    assert [(s["title"] or "(preamble)", s["state"]) for s in trim["sections"]] == [
+        (label, "kept" if label in fit.kept else "truncated" if label in fit.truncated else "dropped")
+        for label in LABELS]
+    assert trim["selection"] == "priority" and all(s["score"] is None for s in trim["sections"])
     # and, whatever the fitter's details: a partition of the sections, required kept, within budget
     assert sorted(trim["kept"] + trim["truncated"] + trim["dropped"]) == sorted(LABELS)
     assert "Mission" in trim["kept"] and "Help Ada in a calm tone." in result["system"]
@@ -226,8 +233,27 @@ def test_inject_trims_by_priority(api: Api, library: RoleSet, budget: int) -> No
     if budget == 1000:
         filled = library.roles["helper"].content.replace("{{user_name}}", "Ada").replace("{{tone}}", "calm")
         assert result["system"] == filled
-        assert result["trim"] == {"trimmed": False, "kept": LABELS, "truncated": [], "dropped": [],
-                                  "dropped_messages": 0}
+        assert {k: result["trim"][k] for k in ("trimmed", "kept", "truncated", "dropped")} == {
+            "trimmed": False, "kept": LABELS, "truncated": [], "dropped": []}
+        assert result["trim"]["dropped_messages"] == 0
+
+
+def test_inject_by_relevance_reports_every_section(api: Api, library: RoleSet) -> None:
+    question = "Which command sorts files by time?"
+    by_priority = inject(api, role="helper", variables=ADA, budget=60, prompt=question)
+    assert by_priority["trim"]["selection"] == "priority" and "## Examples" not in by_priority["system"]
+    result = inject(api, role="helper", variables=ADA, budget=60, prompt=question, selection="relevance")
+    fit = fit_budget(library.roles["helper"], resolve_variables(library.roles["helper"], ADA), 60,
+                     load_tokenizer("qwen"), query=Query.from_text(question))
+    assert result["system"] == fit.system and result["trim"] == {**fit.report(), "dropped_messages": 0}
+    sections = {s["title"]: s for s in result["trim"]["sections"]}
+    assert sections["Mission"]["reason"] == "required" and sections[None]["reason"] == "priority"
+    assert sections["Examples"]["reason"] == "relevance" and sections["Examples"]["score"] > 0
+    assert sections["Examples"]["state"] in ("kept", "truncated") and "## Examples" in result["system"]
+    assert sections["Style"]["score"] == 0 and result["usage"]["system_tokens"] <= 60
+    by_query = inject(api, role="helper", variables=ADA, budget=60, prompt=question, query="plain words jargon")
+    assert by_query["trim"]["selection"] == "relevance" and "## Style" in by_query["system"]
+    assert "## Examples" not in by_query["system"]
 
 
 def test_inject_messages_and_every_format(api: Api) -> None:
@@ -420,6 +446,12 @@ ERROR_CASES = [
     case("model-object", {**VALID, "model": {"name": "qwen3"}}, details={"field": "model"}),
     case("format-unknown", {**VALID, "format": "xml"}, details={"field": "format"}),
     case("format-number", {**VALID, "format": 1}, details={"field": "format"}),
+    # selection, query
+    case("selection-unknown", {**VALID, "selection": "bm25"}, details={"field": "selection"}),
+    case("selection-upper-case", {**VALID, "selection": "Relevance"}, details={"field": "selection"}),
+    case("selection-list", {**VALID, "selection": ["relevance"]}, details={"field": "selection"}),
+    case("query-number", {**VALID, "query": 1}, details={"field": "query"}),
+    case("query-list", {**VALID, "query": ["sauna"]}, details={"field": "query"}),
     # variables
     case("variables-string", {"role": "helper", "variables": "user_name=Ada"}, details={"field": "variables"}),
     case("variables-list", {"role": "helper", "variables": [["user_name", "Ada"]]}, details={"field": "variables"}),

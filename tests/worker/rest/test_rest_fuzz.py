@@ -67,6 +67,8 @@ inject_bodies = st.fixed_dictionaries(
         "format": st.sampled_from(["chatml", "llama3", "mistral", "gemma"]) | json_values,
         "context_policy": st.sampled_from(["keep_role", "shrink_role"]) | json_values,
         "history_share": st.floats(min_value=-1, max_value=2) | json_values,
+        "selection": st.sampled_from(["priority", "relevance"]) | json_values,
+        "query": text | json_values,
         "extra": json_values,
     },
 )

@@ -32,6 +32,9 @@ BODIES = [
     {"role": "manifest", "budget": 3000, "model": "llama3.1:8b"},
     {"role": "manifest", "model": "gemma3:4b", "format": "mistral", "context_window": 4096},
     {"role": "agi-engineer", "variables": {"user_name": "Мария"}, "budget": 900},
+    {"role": "handbook", "budget": 500, "prompt": "Where do I leave my bike, and what is the cage code?"},
+    {"role": "manifest", "budget": 2000, "selection": "relevance", "query": "invoices and daylight saving time"},
+    {"role": "helper", "variables": ADA, "budget": 60, "selection": "relevance", "prompt": "How do I sort files?"},
 ]
 
 
@@ -52,9 +55,17 @@ def check_sections_explain(plan: dict[str, Any]) -> None:
     states = ("kept", "truncated", "dropped")
     assert {state: [s["label"] for s in sections if s["state"] == state] for state in states} == \
         {state: plan["trim"][state] for state in states}
-    assert "\n\n".join(s["text"][: s["kept_chars"]] for s in sections if s["kept_chars"]) == plan["system"]
+    in_place = sorted((s for s in sections if s["kept_chars"]), key=lambda s: s["position"])
+    assert [s["position"] for s in in_place] == list(range(len(in_place)))
+    assert "\n\n".join(s["text"][: s["kept_chars"]] for s in in_place) == plan["system"]
+    assert all(s["position"] is None for s in sections if not s["kept_chars"])
     assert [s["index"] for s in sections] == list(range(len(sections)))
     assert sorted(s["order"] for s in sections) == list(range(1, len(sections) + 1))
+    why = [(t["reason"], t["score"]) for t in plan["trim"]["sections"]]
+    assert [(s["reason"], s["score"]) for s in sections] == why
+    if plan["trim"]["selection"] == "priority":
+        assert [s["position"] for s in in_place] == sorted(s["position"] for s in in_place)
+        assert [s["index"] for s in in_place] == sorted(s["index"] for s in in_place)  # document order
     for s in sections:
         assert s["chars"] == len(s["text"])
         expected = {"kept": s["chars"], "dropped": 0}.get(s["state"])
@@ -96,6 +107,23 @@ def test_sections_are_the_role_as_fitted(api: Api, library: RoleSet) -> None:
     assert [s["required"] for s in plan["sections"]] == [False, True, False, False]
 
 
+def test_in_relevance_selection_the_walk_follows_the_question(api: Api) -> None:
+    """The order is the walk the fitter took: required, the core, then the sections by score; the
+    pieces of system come stable part first, then the picked sections in document order."""
+    body = {"role": "handbook", "budget": 700, "prompt": "Can I bring my dog, and where may I smoke?"}
+    plan = post(api, "/v1/plan", body)
+    walk = sorted(plan["sections"], key=lambda s: s["order"])
+    assert [s["label"] for s in walk[:2]] == ["How to answer", "(preamble)"]
+    ranked = [s for s in walk[2:] if s["reason"] == "relevance"]
+    assert [s["score"] for s in ranked] == sorted((s["score"] for s in ranked), reverse=True)
+    assert {"Pets in the office", "Smoking area"} <= {s["label"] for s in ranked[:2]}
+    assert all(s["state"] == "kept" for s in ranked[:2])
+    in_place = sorted((s for s in plan["sections"] if s["position"] is not None), key=lambda s: s["position"])
+    assert [s["label"] for s in in_place[:2]] == ["(preamble)", "How to answer"]
+    picked = [s["index"] for s in in_place[2:]]
+    assert picked == sorted(picked) and len(picked) >= 2
+
+
 def test_a_budget_sweep_keeps_more_and_more(api: Api) -> None:
     """From the required sections' size up to the whole role: every answer agrees with /v1/inject,
     and no section ever keeps fewer characters at a larger budget."""
@@ -126,7 +154,8 @@ def test_a_budget_sweep_keeps_more_and_more(api: Api) -> None:
     {"role": "broken"},  # a file that does not load is no role
     {"role": "helper", "variables": {"nobody": "x", **ADA}},  # undeclared variable
     {"role": "helper", "variables": ADA, "context_window": 50},  # the context is too small
-    {"role": "helper", "query": "relevance is not here yet"},  # unknown field
+    {"role": "helper", "temperature": 0.3},  # unknown field
+    {"role": "helper", "variables": ADA, "selection": "bm25"},
     {"role": "helper", "budget": 0},
     {"role": "Helper"},
 ])

@@ -14,7 +14,7 @@ from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import InvalidRequest, UnsupportedMediaType
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
-from role_injector.roles import NAME_PATTERN
+from role_injector.roles import NAME_PATTERN, SELECTIONS
 
 MAX_TOKENS = 10_000_000
 MAX_MESSAGES = 10_000
@@ -22,7 +22,7 @@ MAX_MESSAGES = 10_000
 # become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
-                 "reserve_output", "format", "context_policy", "history_share"}
+                 "reserve_output", "format", "context_policy", "history_share", "selection", "query"}
 ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables"}
 
 
@@ -185,6 +185,9 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
         policy = policy_fields(body)
     except PolicyFieldError as exc:
         raise invalid(str(exc), field=exc.field) from None
+    selection = _string(body, "selection")
+    if selection is not None and selection not in SELECTIONS:
+        raise invalid(f"'selection' must be one of {', '.join(SELECTIONS)}", field="selection")
     return InjectRequest(
         role=role,
         turns=turns,
@@ -195,6 +198,8 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
         reserve_output=_integer(body, "reserve_output", 0),
         format=format_name,
         **policy,
+        selection=selection,
+        query=_string(body, "query"),
     )
 
 

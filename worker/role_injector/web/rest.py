@@ -54,6 +54,7 @@ def role_summary(role: Role) -> dict[str, Any]:
         "model": role.model,
         "budget": role.budget,
         "extends": role.extends,
+        "selection": role.selection,
     }
 
 
@@ -68,13 +69,7 @@ def injection_json(result: Injection) -> dict[str, Any]:
         "model": result.model,
         "params": result.params,
         "usage": dict(vars(result.usage)),
-        "trim": {
-            "trimmed": result.fit.trimmed,
-            "kept": list(result.fit.kept),
-            "truncated": list(result.fit.truncated),
-            "dropped": list(result.fit.dropped),
-            "dropped_messages": result.dropped_messages,
-        },
+        "trim": {**result.fit.report(), "dropped_messages": result.dropped_messages},
     }
 
 
@@ -132,7 +127,7 @@ def plan() -> dict[str, Any]:
     sections = [
         {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
          "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
-         "kept_tokens": s.kept_tokens, "text": s.text}
+         "kept_tokens": s.kept_tokens, "reason": s.reason, "score": s.score, "position": s.position, "text": s.text}
         for s in result.sections
     ]
     return {**injection_json(result.injection), "sections": sections}

@@ -451,6 +451,10 @@ function drawSections(sections) {
     } else {
       status.append(`${number(section.tokens)} tokens`);
     }
+    if (section.reason === "relevance") {
+      status.append(" · ", el("span", { className: "relevance", textContent: `relevance ${section.score}`,
+        title: "Ranked for the user message by this BM25 score" }));
+    }
 
     const item = el("li", { className: "section" }, label, track, status);
     Object.assign(item.dataset, { state: section.state, label: section.label, tokens: String(section.tokens),
@@ -461,11 +465,17 @@ function drawSections(sections) {
 
 function drawFitted(answer) {
   // Kept text as plain text, what was removed (and the blank lines around it) inside <del>: the
-  // text outside <del> is exactly `system`, the kept pieces joined by blank lines in document order.
+  // text outside <del> is exactly `system`, the kept pieces joined by blank lines in its order. That
+  // is document order, with dropped sections where they stand, except in relevance selection, where
+  // the stable part comes first and the picked sections after it: then the dropped ones follow all.
   const box = $("fitted");
   box.replaceChildren();
+  const kept = answer.sections.filter((s) => s.position !== null).sort((a, b) => a.position - b.position);
+  const inDocumentOrder = kept.every((s, i) => i === 0 || s.index > kept[i - 1].index);
+  const sections = inDocumentOrder ? answer.sections
+    : [...kept, ...answer.sections.filter((s) => s.position === null)];
   let anyKept = false;
-  answer.sections.forEach((section, i) => {
+  sections.forEach((section, i) => {
     const removed = (className, text, title = "") => box.append(el("del", { className, textContent: text, title }));
     const isKept = section.state !== "dropped";
     if (i > 0) {
