@@ -64,9 +64,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+def browser_context_args() -> dict[str, Any]:
+    """Extra arguments for `browser.new_context` (a test folder may override it, e.g. to log in)."""
+    return {}
+
+
+@pytest.fixture
+def page(browser: Browser, browser_context_args: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh context and page; on failure its screenshot goes to the artifacts folder."""
-    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context = browser.new_context(**{"viewport": VIEWPORT, **browser_context_args})
     context.set_default_timeout(30_000)
     opened = context.new_page()
     try:
