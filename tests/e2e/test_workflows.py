@@ -1,4 +1,4 @@
-"""The shipped workflows, run headless with `n8n execute`, against the real worker and an Ollama stand-in."""
+"""The shipped workflows, run as the editor runs them, against the real worker and an Ollama stand-in."""
 
 from __future__ import annotations
 
