@@ -228,4 +228,4 @@ def test_shipped_workflows_reference_the_shipped_credentials() -> None:
         for node in workflow["nodes"]:
             for kind, ref in node.get("credentials", {}).items():
                 assert (kind, ref["id"], ref["name"]) in credentials, f"{path.name}: {node['name']}"
-    assert ids == {"roleChatOllama", "rawChatmlGenerate", "roleApiWebhook", "roleAgentOpenai"}
+    assert ids == {"roleChatOllama", "roleAgentChat", "rawChatmlGenerate", "roleApiWebhook", "roleAgentOpenai"}

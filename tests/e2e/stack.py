@@ -40,7 +40,10 @@ DOWN_CREDENTIAL = {"id": "roleInjectorDown", "name": "Role Injector (stopped)"}
 PROXY_WORKFLOW = "proxy-virtual-model.json"
 PROXY_WORKFLOW_ID = "e2eProxyVirtualModel"
 PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Injector worker"}
-FIXTURE_WORKFLOWS = [PROXY_WORKFLOW]
+# An AI Agent whose tool is the Role Injector node (its tool variant, `roleInjectorTool`).
+AGENT_TOOL_WORKFLOW = "agent-role-tool.json"
+AGENT_TOOL_WORKFLOW_ID = "e2eAgentRoleTool"
+FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW]
 # Published on import, so `n8n start` serves their webhooks.
 PUBLISHED_IDS = ["roleApiWebhook"]
 

@@ -47,7 +47,7 @@ def test_webhook_answers_with_the_roles_reply(e2e_stack: Stack, n8n_url: str, re
         {"role": "system", "content": expected["system"]},
         {"role": "user", "content": request_body["prompt"]},
     ]
-    assert chat.body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
+    assert chat.body["options"] == {"num_ctx": expected["usage"]["num_ctx"], **expected["params"]}
 
 
 def test_webhook_reports_a_worker_error(e2e_stack: Stack, n8n_url: str) -> None:
