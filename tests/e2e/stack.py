@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from tests.e2e.n8n import N8n, N8nError
-from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
 from tests.servers import REPO, WorkerProcess, free_port, run_worker
 
 WORKFLOWS = REPO / "workflows"
@@ -72,6 +72,20 @@ class Stack:
     def inject(self, **body: Any) -> requests.Response:
         """Ask the worker directly, to know what n8n should have received from it."""
         return requests.post(self.worker.url + "/v1/inject", json=body, timeout=30)
+
+    def worker_roles(self) -> list[dict[str, Any]]:
+        response = requests.get(self.worker.url + "/v1/roles", timeout=30)
+        response.raise_for_status()
+        return list(response.json()["roles"])
+
+
+def tool_calling_model(body: dict[str, Any]) -> str | Reply:
+    """A stand-in model that first asks its one tool (the role) for guidance, then answers."""
+    if any(message.get("role") == "tool" for message in body["messages"]):
+        return DEFAULT_ANSWER
+    (tool,) = body["tools"]
+    call = {"function": {"name": tool["function"]["name"], "arguments": {"question": "thank-you note"}}}
+    return Reply(tool_calls=(call,))
 
 
 def _variant(source: str, workflow_id: str, name: str) -> dict[str, Any]:

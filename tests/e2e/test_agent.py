@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -15,8 +14,9 @@ from tests.e2e.stack import (
     assignment,
     load_workflow,
     node,
+    tool_calling_model,
 )
-from tests.ollama_standin import DEFAULT_ANSWER, Reply
+from tests.ollama_standin import DEFAULT_ANSWER
 
 pytestmark = pytest.mark.e2e
 
@@ -60,14 +60,6 @@ def test_agent_chat_keeps_the_role_num_ctx_and_the_earlier_turns(e2e_stack: Stac
     for body, injection in zip((first, second), expected, strict=True):
         assert body["options"]["num_ctx"] == injection["usage"]["num_ctx"]
         assert body["options"]["temperature"] == injection["params"]["temperature"]
-
-
-def tool_calling_model(body: dict[str, Any]) -> str | Reply:
-    """A model that first asks its one tool for the role's guidance, then answers."""
-    if any(message.get("role") == "tool" for message in body["messages"]):
-        return DEFAULT_ANSWER
-    (tool,) = body["tools"]
-    return Reply(tool_calls=({"function": {"name": tool["function"]["name"], "arguments": {"question": "thank-you note"}}},))
 
 
 def test_the_node_runs_as_an_agents_tool_and_answers_with_the_fitted_role(e2e_stack: Stack) -> None:

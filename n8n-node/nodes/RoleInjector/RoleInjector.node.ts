@@ -41,7 +41,12 @@ export class RoleInjector implements INodeType {
 		defaults: { name: 'Role Injector' },
 		// As a tool the node answers an AI Agent's question with the role's fitted instructions
 		// (see toolAnswer); the tool-only parameters are in description.ts.
-		usableAsTool: true,
+		usableAsTool: {
+			replacements: {
+				description:
+					"Gives an AI Agent a role's instructions (a system prompt kept in files), fitted to a small token budget for its question",
+			},
+		},
 		inputs: [NodeConnectionTypes.Main],
 		outputs: [NodeConnectionTypes.Main],
 		credentials: [{ name: CREDENTIAL_TYPE, required: true }],
