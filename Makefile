@@ -41,7 +41,7 @@ test-browser: $(STAMP)
 
 # Takes the README's editor screenshots (docs/images/) again.
 docs-screenshots: $(STAMP)
-	ROLE_INJECTOR_DOC_SCREENSHOTS=1 $(BIN)/pytest tests/browser
+	ROLE_INJECTOR_DOC_SCREENSHOTS=1 $(BIN)/pytest tests/browser/editor
 
 bench: $(STAMP)
 	$(BIN)/python bench/fit_bench.py

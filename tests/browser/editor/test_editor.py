@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.conftest import doc_screenshot
-from tests.browser.editor import Editor
+from tests.browser.editor.conftest import doc_screenshot
+from tests.browser.editor.editor import Editor
 from tests.e2e.stack import AGENT_TOOL_WORKFLOW_ID, Stack, assignment, load_workflow, tool_calling_model
 from tests.ollama_standin import DEFAULT_ANSWER
 
