@@ -39,9 +39,9 @@ test-e2e: $(STAMP)
 test-browser: $(STAMP)
 	$(BIN)/pytest -m browser
 
-# Takes the README's editor screenshots (docs/images/) again.
+# Takes the README's screenshots (docs/images/: the editor and the role studio) again.
 docs-screenshots: $(STAMP)
-	ROLE_INJECTOR_DOC_SCREENSHOTS=1 $(BIN)/pytest tests/browser/editor
+	ROLE_INJECTOR_SCREENSHOTS=1 $(BIN)/pytest tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/fit_bench.py

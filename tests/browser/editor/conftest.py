@@ -17,7 +17,7 @@ from tests.e2e.n8n import OWNER
 from tests.e2e.stack import Stack
 from tests.servers import REPO
 
-# The README's screenshots; ROLE_INJECTOR_DOC_SCREENSHOTS=1 makes the suite write them again.
+# The README's screenshots; ROLE_INJECTOR_SCREENSHOTS=1 makes the suite write them again.
 DOC_IMAGES = REPO / "docs" / "images"
 
 
@@ -43,7 +43,7 @@ def browser_context_args(signed_in: dict[str, Any]) -> dict[str, Any]:
 
 def doc_screenshot(page: Page, name: str) -> None:
     """Refresh docs/images/<name>.png when asked to (the README shows them)."""
-    if os.environ.get("ROLE_INJECTOR_DOC_SCREENSHOTS") == "1":
+    if os.environ.get("ROLE_INJECTOR_SCREENSHOTS") == "1":
         path: Path = DOC_IMAGES / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(path))
