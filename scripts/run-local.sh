@@ -8,6 +8,7 @@
 #   WORKER_PORT, N8N_PORT   (8000, 5678)
 #   N8N_HOME      n8n's data folder (.n8n-local in the repository); logs go to $N8N_HOME/logs
 #   FORCE_IMPORT=true       import the samples again (they are imported on the first run only)
+#   SAMPLES_DIR   the workflows and credentials.json to import (workflows/ in the repository)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,6 +18,7 @@ N8N_PORT=${N8N_PORT:-5678}
 OLLAMA_URL=${OLLAMA_URL:-http://localhost:11434}
 OLLAMA_MODEL=${OLLAMA_MODEL:-qwen3:8b}
 N8N_HOME=${N8N_HOME:-$repo/.n8n-local}
+SAMPLES_DIR=${SAMPLES_DIR:-$repo/workflows}
 worker_url="http://127.0.0.1:$WORKER_PORT"
 logs="$N8N_HOME/logs"
 
@@ -47,7 +49,7 @@ n8n="$tools/n8n/node_modules/.bin/n8n"
 say "building the n8n node package (log: $logs/node-package.log)"
 pack=$(mktemp -d)
 tgz=$(bash "$toolchain" pack "$pack" 2>"$logs/node-package.log") || fail "building the node package" "$logs/node-package.log"
-bash "$toolchain" install-package "$tgz" "$N8N_HOME/.n8n/nodes" 2>>"$logs/node-package.log" \
+bash "$toolchain" install-package "$tgz" "$N8N_HOME/.n8n/nodes" >/dev/null 2>>"$logs/node-package.log" \
   || fail "installing the node package" "$logs/node-package.log"
 rm -rf "$pack"
 
@@ -91,7 +93,7 @@ worker_pid=$!
 wait_up "$worker_url/healthz" "$worker_pid" "the worker"
 
 say "importing the sample credentials and workflows (first run only; log: $logs/import.log)"
-SAMPLES_DIR="$repo/workflows" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
+SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
   OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
   || fail "importing the samples" "$logs/import.log"
 

@@ -1,9 +1,8 @@
-"""A real n8n (2.41.x) for the end-to-end and browser tests: one `n8n start` per test session.
+"""A real n8n (2.41.x) for the end-to-end and browser tests, driven over its REST API.
 
-The toolchain (Node 24, n8n, the node package's build, pack and install) comes from
-scripts/n8n-toolchain.sh, the same script that `make run` and the Docker image use. The samples are
-imported with docker/import-samples.sh (n8n's CLI) before the server starts; after that everything
-goes through the running server:
+The session's n8n is started by `make run`'s own script (see tests/e2e/stack.py), which installs the
+toolchain, packs and installs the node, imports the samples with docker/import-samples.sh and runs
+one `n8n start`. After that everything goes through the running server:
 
 - Owner account, headless: a fresh n8n has no user; `POST /rest/owner/setup` (no auth needed while
   no owner exists) creates the owner and answers with the `n8n-auth` session cookie; later
@@ -15,28 +14,22 @@ goes through the running server:
   comes back serialised with `flatted` (see `unflatten`).
 - Webhooks: published workflows are served on `/webhook/<path>` once n8n has activated them.
 
-Every process writes to its own log file under `log_dir`; `N8n.logs()` gathers them for failures.
+`N8n.logs()` gathers the logs of the session's n8n (under its user folder) for failure reports.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import subprocess
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.servers import REPO, free_port, stop_process, wait_for_http
+from tests.servers import free_port
 
-TOOLCHAIN = REPO / "scripts" / "n8n-toolchain.sh"
-NODE_PACKAGE = "n8n-nodes-role-injector"
 # The owner account the tests create on their own fresh n8n (never a real one).
 OWNER = {"email": "owner@role-injector.test", "firstName": "Test", "lastName": "Owner",
          "password": "Role-Injector-1"}
@@ -50,18 +43,6 @@ def _tail(path: Path, lines: int = 80) -> str:
     if not path.exists():
         return f"({path} missing)"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
-def toolchain(*args: str, log_path: Path, timeout: float = 1800) -> str:
-    """Run scripts/n8n-toolchain.sh; return the last line it printed (a path). stderr goes to the log."""
-    with log_path.open("ab") as log:
-        log.write(f"$ n8n-toolchain.sh {' '.join(args)}\n".encode())
-        log.flush()
-        result = subprocess.run(["bash", str(TOOLCHAIN), *args], stdout=subprocess.PIPE, stderr=log,
-                                timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise N8nError(f"n8n-toolchain.sh {' '.join(args)} failed ({result.returncode}):\n{_tail(log_path)}")
-    return result.stdout.decode().strip().splitlines()[-1]
 
 
 def unflatten(text: str) -> Any:
@@ -134,43 +115,19 @@ class Run:
 
 @dataclass
 class N8n:
-    tools: Path
     user_folder: Path
-    log_dir: Path
     encryption_key: str = "role-injector-e2e-key"
     port: int = field(default_factory=free_port)
-    _counter: Iterator[int] = field(default_factory=itertools.count, repr=False)
     _session: requests.Session | None = field(default=None, repr=False)
-
-    @classmethod
-    def install(cls, base: Path, log_dir: Path) -> N8n:
-        """n8n from the tools folder, with the node package built, packed and installed in a new user folder."""
-        log_path = log_dir / "toolchain.log"
-        tools = Path(toolchain("install", log_path=log_path))
-        tgz = toolchain("pack", str(base / "pack"), log_path=log_path)
-        n8n = cls(tools=tools, user_folder=base / "n8n-home", log_dir=log_dir)
-        toolchain("install-package", tgz, str(n8n.user_folder / ".n8n" / "nodes"), log_path=log_path)
-        return n8n
-
-    @property
-    def binary(self) -> Path:
-        return self.tools / "n8n" / "node_modules" / ".bin" / "n8n"
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
     def env(self) -> dict[str, str]:
-        node_bin = self.tools / "node24" / "node_modules" / "node" / "bin"
+        """n8n's settings for the tests (on top of what scripts/run-local.sh sets)."""
         return {
-            **os.environ,
-            "PATH": f"{node_bin}:{os.environ['PATH']}",
-            "N8N_USER_FOLDER": str(self.user_folder),
-            "DB_TYPE": "sqlite",
             "N8N_ENCRYPTION_KEY": self.encryption_key,
-            "N8N_DIAGNOSTICS_ENABLED": "false",
-            "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
-            "N8N_PERSONALIZATION_ENABLED": "false",
             "N8N_TEMPLATES_ENABLED": "false",
             "N8N_PORT": str(self.port),
             "N8N_LISTEN_ADDRESS": "127.0.0.1",
@@ -183,29 +140,8 @@ class N8n:
             "N8N_WORKFLOW_PUBLICATION_RECONCILE_INTERVAL_SECONDS": "1",
         }
 
-    def log_path(self, name: str) -> Path:
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        return self.log_dir / f"n8n-{next(self._counter):02d}-{name}.log"
-
-    @contextmanager
-    def serve(self, timeout: float = 180) -> Iterator[N8n]:
-        """`n8n start` until the block ends; yields once the editor serves and the owner is logged in."""
-        log_path = self.log_path("start")
-        with log_path.open("wb") as log:
-            process = subprocess.Popen([str(self.binary), "start"], env=self.env(), stdout=log,
-                                       stderr=subprocess.STDOUT)
-        try:
-            try:
-                wait_for_http(self.url + "/healthz", timeout=timeout, process=process)
-                _wait_for_line(log_path, "Editor is now accessible", process, timeout)
-            except (TimeoutError, RuntimeError) as exc:
-                raise N8nError(f"n8n start did not come up ({exc}):\n{_tail(log_path)}") from exc
-            self._session = self._log_in()
-            yield self
-        finally:
-            stop_process(process, timeout=30)
-
-    def _log_in(self) -> requests.Session:
+    def log_in(self) -> None:
+        """Create the owner on a fresh n8n (or log in as it); later requests carry its session cookie."""
         session = requests.Session()
         setup = session.post(f"{self.url}/rest/owner/setup", json=OWNER, timeout=30)
         if setup.status_code != 200:  # the owner exists already: log in
@@ -214,22 +150,13 @@ class N8n:
             if login.status_code != 200:
                 raise N8nError(f"cannot log in to n8n: {setup.status_code} {setup.text[:300]} / "
                                f"{login.status_code} {login.text[:300]}")
-        return session
+        self._session = session
 
     @property
     def rest(self) -> requests.Session:
         if self._session is None:
             raise N8nError("n8n is not serving")
         return self._session
-
-    def cookies(self) -> list[dict[str, Any]]:
-        """The owner's session cookies, in Playwright's `add_cookies` shape."""
-        return [{"name": c.name, "value": c.value or "", "url": self.url} for c in self.rest.cookies]
-
-    def workflow(self, workflow_id: str) -> dict[str, Any]:
-        response = self.rest.get(f"{self.url}/rest/workflows/{workflow_id}", timeout=30)
-        response.raise_for_status()
-        return dict(response.json()["data"])
 
     def execute(self, workflow_id: str, trigger: str = "Run manually", trigger_output: Mapping[str, Any] | None = None,
                 timeout: float = 120) -> Run:
@@ -282,18 +209,6 @@ class N8n:
             time.sleep(0.3)
 
     def logs(self) -> str:
-        """Every n8n log of this instance, for a failing test's report."""
-        parts = [f"===== {p.name} =====\n{_tail(p, 200)}" for p in sorted(self.log_dir.glob("*.log"))
-                 if not p.name.startswith("worker-")]
+        """The logs of this n8n (run-local.sh writes them to <user folder>/logs), for a failure report."""
+        parts = [f"===== {p.name} =====\n{_tail(p, 200)}" for p in sorted((self.user_folder / "logs").glob("*.log"))]
         return "\n".join(parts)
-
-
-def _wait_for_line(log_path: Path, marker: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    # /healthz answers before the editor and the published workflows are ready; n8n logs this after.
-    deadline = time.monotonic() + timeout
-    while marker not in log_path.read_text(errors="replace"):
-        if process.poll() is not None:
-            raise RuntimeError(f"n8n exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"n8n did not log {marker!r} within {timeout}s")
-        time.sleep(0.2)
