@@ -4,6 +4,7 @@
 #
 #   n8n-toolchain.sh [install]            Node 24 and n8n 2.41.1 into the tools folder; prints the folder
 #   n8n-toolchain.sh node-bin             the folder of a Node >= 24 binary (installs Node 24 if needed)
+#   n8n-toolchain.sh node-headers         the Node 24 headers for native builds, for this machine's CPU
 #   n8n-toolchain.sh deps                 the node package's npm dependencies, installed once per lock
 #                                         file into the tools folder; prints their node_modules folder
 #   n8n-toolchain.sh pack OUT_DIR         builds and packs n8n-node/ (from a copy); prints the .tgz
@@ -151,6 +152,10 @@ case "$command" in
   node-bin)
     node_bin
     ;;
+  node-headers)
+    [ -x "$TOOLS_DIR/node24/node_modules/node/bin/node" ] || locked install_node
+    node_headers "$TOOLS_DIR/node24/node_modules/node/bin"
+    ;;
   deps | pack | install-package)
     PATH="$(node_bin):$PATH"
     export PATH
@@ -164,7 +169,7 @@ case "$command" in
     esac
     ;;
   *)
-    say "unknown command '$command' (install, node-bin, deps, pack, install-package)"
+    say "unknown command '$command' (install, node-bin, node-headers, deps, pack, install-package)"
     exit 2
     ;;
 esac
