@@ -4,6 +4,8 @@ import { describe, expect, inject, it } from 'vitest';
 import { RoleInjector } from '../nodes/RoleInjector/RoleInjector.node';
 import { executeContext, roleLocator, type ExecuteOptions, type Parameter } from './context';
 import { properties } from '../nodes/RoleInjector/description';
+import codex from '../nodes/RoleInjector/RoleInjector.node.json';
+import { RoleInjectorApi } from '../credentials/RoleInjectorApi.credentials';
 import { API_KEY } from './globalSetup';
 
 const workerUrl = inject('workerUrl');
@@ -619,6 +621,21 @@ describe('description', () => {
 		expect(byName.toolDescription.displayOptions?.show?.['@tool']).toEqual([true]);
 		expect(byName.toolDescription.default).toContain('$parameter.role');
 		expect(byName.toolBudget.displayOptions?.show?.['@tool']).toEqual([true]);
+	});
+
+	it('is a regular node for the nodes panel, so searching its name finds it in any workflow', () => {
+		// n8n's node creator leaves "AI" nodes out of search until the canvas holds an AI node
+		// (unless they are AI root nodes); the AI Agent offers the node as a tool all the same.
+		expect(codex.categories).not.toContain('AI');
+		expect(codex.subcategories).toEqual({ 'Core Nodes': ['Data Transformation'] });
+		expect(new RoleInjector().description.usableAsTool).toBeTruthy();
+	});
+
+	it('links its docs to the package page on the registry', () => {
+		const page = 'https://www.npmjs.com/package/n8n-nodes-role-injector';
+		expect(codex.resources.primaryDocumentation[0].url).toBe(page);
+		expect(codex.resources.credentialDocumentation[0].url).toBe(`${page}#credentials`);
+		expect(new RoleInjectorApi().documentationUrl).toBe(`${page}#credentials`);
 	});
 
 	it('keeps the chat input and the output fields for the node, not the tool', () => {
