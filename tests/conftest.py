@@ -99,9 +99,9 @@ def save_screenshot(page: Page, nodeid: str) -> Path:
 
 @pytest.fixture(scope="session")
 def e2e_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """n8n 2.41 serving with the packed node and the samples, the worker and an Ollama stand-in.
-
-    Built once per session (about a minute) and shared; each test clears the stand-in's record first.
+    """`make run` (n8n 2.41 with the packed node and the samples, and the worker) in front of an
+    Ollama stand-in. Built once per session (a minute or two) and shared; each test clears the
+    stand-in's record first.
     """
     with run_stack(tmp_path_factory.mktemp("e2e")) as stack:
         yield stack

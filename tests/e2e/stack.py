@@ -60,10 +60,10 @@ def node(workflow: dict[str, Any], name: str) -> dict[str, Any]:
     return next(n for n in workflow["nodes"] if n["name"] == name)
 
 
-def assignment(workflow: dict[str, Any], node_name: str, field: str) -> str:
-    """The value a Set node in a shipped workflow assigns to `field`."""
+def assignment(workflow: dict[str, Any], node_name: str, name: str) -> str:
+    """The value a Set node in a shipped workflow assigns to `name`."""
     assignments = node(workflow, node_name)["parameters"]["assignments"]["assignments"]
-    return str(next(a["value"] for a in assignments if a["name"] == field))
+    return str(next(a["value"] for a in assignments if a["name"] == name))
 
 
 @dataclass

@@ -12,7 +12,14 @@ from playwright.sync_api import Page, expect
 
 from tests.browser.editor.conftest import doc_screenshot
 from tests.browser.editor.editor import Editor
-from tests.e2e.stack import AGENT_TOOL_WORKFLOW_ID, Stack, assignment, load_workflow, tool_calling_model
+from tests.e2e.stack import (
+    AGENT_TOOL_WORKFLOW_ID,
+    WORKFLOWS,
+    Stack,
+    assignment,
+    load_workflow,
+    tool_calling_model,
+)
 from tests.ollama_standin import DEFAULT_ANSWER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
@@ -130,3 +137,27 @@ def test_an_ai_agent_offers_the_node_as_a_tool_and_runs_it(editor: Editor, e2e_s
     (answer,) = json.loads(tool_message["content"])
     assert answer["role"] == "general-assistant"
     assert re.match(r"You are a careful, capable general assistant", answer["instructions"])
+
+
+# Space kept free around each node's box, in pixels, so that names and subtitles under the nodes
+# do not run into each other either.
+MARGIN = 20
+
+
+def test_no_node_of_a_sample_workflow_overlaps_another(editor: Editor) -> None:
+    samples = [load_workflow(path.name) for path in sorted(WORKFLOWS.glob("*.json"))
+               if not path.name.startswith("credentials")]
+    assert len(samples) == 4
+    for workflow in samples:
+        editor.open(workflow["id"])
+        nodes = editor.page.locator('[data-test-id="canvas-node"]:not([data-node-type="n8n-nodes-base.stickyNote"])')
+        expect(nodes).to_have_count(sum(n["type"] != "n8n-nodes-base.stickyNote" for n in workflow["nodes"]))
+        boxes = {node.get_attribute("data-node-name"): node.bounding_box() for node in nodes.all()}
+        names = sorted(boxes)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                a, b = boxes[first], boxes[second]
+                assert a is not None and b is not None
+                apart = (a["x"] + a["width"] + MARGIN <= b["x"] or b["x"] + b["width"] + MARGIN <= a["x"]
+                         or a["y"] + a["height"] + MARGIN <= b["y"] or b["y"] + b["height"] + MARGIN <= a["y"])
+                assert apart, f"{workflow['name']}: {first} {a} and {second} {b} overlap"
