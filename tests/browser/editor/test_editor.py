@@ -147,7 +147,7 @@ MARGIN = 20
 def test_no_node_of_a_sample_workflow_overlaps_another(editor: Editor) -> None:
     samples = [load_workflow(path.name) for path in sorted(WORKFLOWS.glob("*.json"))
                if not path.name.startswith("credentials")]
-    assert len(samples) == 4
+    assert len(samples) == 5
     for workflow in samples:
         editor.open(workflow["id"])
         nodes = editor.page.locator('[data-test-id="canvas-node"]:not([data-node-type="n8n-nodes-base.stickyNote"])')
