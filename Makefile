@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint test-worker test-node test-e2e bench clean
+.PHONY: run test lint test-worker test-node test-e2e test-browser docs-screenshots bench clean
 
 $(STAMP): worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ test-node: $(STAMP)
 test: lint test-node
 	$(BIN)/pytest
 
+# A real n8n with the packed node (one per session): the e2e and the browser tests.
 test-e2e: $(STAMP)
 	$(BIN)/pytest -m e2e
+
+# The n8n editor in a headless Chromium (scripts/install-chromium.sh provides it).
+test-browser: $(STAMP)
+	$(BIN)/pytest -m browser
+
+# Takes the README's screenshots (docs/images/: the editor and the role studio) again.
+docs-screenshots: $(STAMP)
+	ROLE_INJECTOR_SCREENSHOTS=1 $(BIN)/pytest tests/browser
 
 bench: $(STAMP)
 	$(BIN)/python bench/fit_bench.py

@@ -4,18 +4,17 @@
 ARG N8N_VERSION=2.41.1
 
 # Stage 1: build and pack the node package, then install the tarball the way n8n expects
-# community packages (<n8n folder>/nodes/node_modules/<package>).
+# community packages (<n8n folder>/nodes/node_modules/<package>), with the same script that
+# run-local.sh and the tests use (scripts/n8n-toolchain.sh; this image's Node 24 is used as it is).
 FROM node:24-bookworm-slim AS node-package
 WORKDIR /build
-COPY n8n-node/package.json n8n-node/package-lock.json ./
-# --ignore-scripts: a dev dependency runs `npx only-allow pnpm` at install time and waits for a yes.
-RUN npm ci --ignore-scripts --no-audit --no-fund
-COPY n8n-node/ ./
-RUN npx n8n-node build && npm pack --pack-destination /packed
-WORKDIR /nodes
-# --omit=peer: the node must use n8n's own n8n-workflow, not a second copy.
-RUN echo '{"name": "installed-nodes", "private": true}' > package.json \
- && npm install --omit=peer --ignore-scripts --no-audit --no-fund /packed/n8n-nodes-role-injector-*.tgz
+COPY scripts/n8n-toolchain.sh scripts/
+# The dependencies first, in their own layer: they change less often than the sources.
+COPY n8n-node/package.json n8n-node/package-lock.json n8n-node/
+RUN bash scripts/n8n-toolchain.sh deps
+COPY n8n-node/ n8n-node/
+RUN bash scripts/n8n-toolchain.sh pack /packed \
+ && bash scripts/n8n-toolchain.sh install-package /packed/n8n-nodes-role-injector-*.tgz /nodes
 
 # Stage 2: the official image. The package is kept outside the data volume and copied in at start
 # (docker/n8n-entrypoint.sh), because a volume created by an older image would shadow it.

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The whole stack without Docker: the worker on 127.0.0.1:8000 and n8n on http://localhost:5678
 # with the Role Injector node and the sample workflows. Ollama is your own (OLLAMA_URL).
-# Ctrl-C stops both.
+# Ctrl-C stops both. When the worker stops, n8n keeps running (the node then reports it).
 #
 #   OLLAMA_URL    Ollama for the sample workflows and the worker's proxy (http://localhost:11434)
 #   OLLAMA_MODEL  model set in the sample workflows (qwen3:8b)
 #   WORKER_PORT, N8N_PORT   (8000, 5678)
-#   N8N_HOME      n8n's data folder (.n8n-local in the repository)
+#   N8N_HOME      n8n's data folder (.n8n-local in the repository); logs go to $N8N_HOME/logs
 #   FORCE_IMPORT=true       import the samples again (they are imported on the first run only)
+#   SAMPLES_DIR   the workflows and credentials.json to import (workflows/ in the repository)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -17,7 +18,9 @@ N8N_PORT=${N8N_PORT:-5678}
 OLLAMA_URL=${OLLAMA_URL:-http://localhost:11434}
 OLLAMA_MODEL=${OLLAMA_MODEL:-qwen3:8b}
 N8N_HOME=${N8N_HOME:-$repo/.n8n-local}
+SAMPLES_DIR=${SAMPLES_DIR:-$repo/workflows}
 worker_url="http://127.0.0.1:$WORKER_PORT"
+logs="$N8N_HOME/logs"
 
 say() { echo "run-local: $*" >&2; }
 
@@ -31,70 +34,80 @@ for port in "$WORKER_PORT" "$N8N_PORT"; do
     exit 1
   fi
 done
+mkdir -p "$logs"
 
-tools=$(bash scripts/install-n8n.sh)
-export PATH="$tools/node24/node_modules/node/bin:$PATH"
+# fail STEP LOG: show the end of a step's log and stop.
+fail() { tail -n 40 "$2" >&2; say "$1 failed (log: $2)"; exit 1; }
+
+toolchain=scripts/n8n-toolchain.sh
+tools=$(bash "$toolchain" install)
+PATH="$(bash "$toolchain" node-bin):$PATH"
+export PATH
 n8n="$tools/n8n/node_modules/.bin/n8n"
 
 # Build, pack and install the node package the way n8n installs community packages.
-say "building the n8n node package"
+say "building the n8n node package (log: $logs/node-package.log)"
 pack=$(mktemp -d)
-(
-  cd n8n-node
-  # --ignore-scripts: a dev dependency runs `npx only-allow pnpm` at install time and waits for a yes.
-  [ -x node_modules/.bin/n8n-node ] || npm ci --ignore-scripts --no-audit --no-fund
-  npx --no-install n8n-node build >/dev/null
-  npm pack --silent --pack-destination "$pack" >/dev/null
-)
-nodes="$N8N_HOME/.n8n/nodes"
-mkdir -p "$nodes"
-[ -f "$nodes/package.json" ] || echo '{"name": "installed-nodes", "private": true}' > "$nodes/package.json"
-rm -rf "$nodes/node_modules/n8n-nodes-role-injector"  # npm would keep an installed same-version copy
-# --omit=peer: the node must use n8n's own n8n-workflow, not a second copy.
-(cd "$nodes" && npm install --omit=peer --ignore-scripts --no-audit --no-fund "$pack"/*.tgz >/dev/null)
+tgz=$(bash "$toolchain" pack "$pack" 2>"$logs/node-package.log") || fail "building the node package" "$logs/node-package.log"
+bash "$toolchain" install-package "$tgz" "$N8N_HOME/.n8n/nodes" >/dev/null 2>>"$logs/node-package.log" \
+  || fail "installing the node package" "$logs/node-package.log"
 rm -rf "$pack"
 
 export N8N_USER_FOLDER="$N8N_HOME" DB_TYPE=sqlite N8N_PORT N8N_DIAGNOSTICS_ENABLED=false \
   N8N_VERSION_NOTIFICATIONS_ENABLED=false N8N_PERSONALIZATION_ENABLED=false
 
-pids=()
+worker_pid="" n8n_pid=""
 cleanup() {
   trap - EXIT INT TERM
-  if [ ${#pids[@]} -gt 0 ]; then
+  local running=() pid
+  for pid in $worker_pid $n8n_pid; do
+    if kill -0 "$pid" 2>/dev/null; then running+=("$pid"); fi
+  done
+  if [ ${#running[@]} -gt 0 ]; then
     say "stopping"
-    kill "${pids[@]}" 2>/dev/null || true
-    wait "${pids[@]}" 2>/dev/null || true
+    kill "${running[@]}" 2>/dev/null || true
+    wait "${running[@]}" 2>/dev/null || true
   fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_up URL PID NAME: until URL answers (about 150 s at most), or stop if the process died.
+# wait_up URL PID NAME [LOG]: until URL answers 2xx (about 150 s at most); stop if the process died.
 wait_up() {
   for _ in $(seq 1 300); do
-    curl -fsS "$1" >/dev/null 2>&1 && return 0
-    kill -0 "$2" 2>/dev/null || { say "$3 did not start"; exit 1; }
+    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
+    if ! kill -0 "$2" 2>/dev/null; then
+      if [ -n "${4:-}" ]; then fail "starting $3" "$4"; fi
+      say "$3 did not start"
+      exit 1
+    fi
     sleep 0.5
   done
-  say "$3 did not answer at $1"; exit 1
+  say "$3 did not answer at $1"
+  exit 1
 }
 
 ROLE_INJECTOR_OLLAMA_URL="$OLLAMA_URL" .venv/bin/role-injector serve --host 127.0.0.1 \
   --port "$WORKER_PORT" --roles "$repo/roles" &
-pids+=($!)
-wait_up "$worker_url/healthz" "${pids[0]}" "the worker"
+worker_pid=$!
+wait_up "$worker_url/healthz" "$worker_pid" "the worker"
 
-say "importing the sample credentials and workflows into $N8N_HOME (first run only)"
-SAMPLES_DIR="$repo/workflows" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
-  OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" sh docker/import-samples.sh
+say "importing the sample credentials and workflows (first run only; log: $logs/import.log)"
+SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
+  OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
+  || fail "importing the samples" "$logs/import.log"
 
-"$n8n" start &
-pids+=($!)
-wait_up "http://127.0.0.1:$N8N_PORT/healthz" "${pids[1]}" "n8n"
+# n8n's own output (hundreds of database migration lines on the first run) goes to its log.
+say "starting n8n (log: $logs/n8n.log)"
+"$n8n" start >"$logs/n8n.log" 2>&1 &
+n8n_pid=$!
+# /healthz answers some 20 s before the editor does: wait for the editor's settings and page.
+wait_up "http://127.0.0.1:$N8N_PORT/rest/settings" "$n8n_pid" "n8n" "$logs/n8n.log"
+wait_up "http://127.0.0.1:$N8N_PORT/" "$n8n_pid" "n8n" "$logs/n8n.log"
 
-cat >&2 <<EOF
+cat >&2 <<BANNER
 
-  n8n     http://localhost:$N8N_PORT   (workflows: Role chat with Ollama, Raw ChatML..., Role API over a webhook)
+  n8n     http://localhost:$N8N_PORT   (the sample workflows are in Overview; log: $logs/n8n.log)
   worker  $worker_url   (REST /v1/*, Ollama-compatible proxy /api/*)
   Ollama  $OLLAMA_URL   (model $OLLAMA_MODEL)
 
@@ -103,6 +116,16 @@ cat >&2 <<EOF
       -d '{"role": "agi-engineer", "prompt": "Привет! С чего начать?", "variables": {"user_name": "Анна"}, "budget": 1500}'
 
   Press Ctrl-C to stop.
-EOF
-# Stop everything as soon as either process exits.
-wait -n "${pids[@]}"
+BANNER
+
+# n8n outlives the worker: the editor stays up and the node says it cannot reach the worker.
+# When n8n stops, everything stops.
+wait -n "$worker_pid" "$n8n_pid" || true
+if ! kill -0 "$n8n_pid" 2>/dev/null; then
+  fail "n8n" "$logs/n8n.log"
+fi
+say "the worker stopped; n8n keeps running and the Role Injector node reports that it cannot reach"
+say "the worker. Start the worker again in another terminal:"
+say "  ROLE_INJECTOR_OLLAMA_URL=$OLLAMA_URL .venv/bin/role-injector serve --host 127.0.0.1 --port $WORKER_PORT --roles roles"
+wait "$n8n_pid" || true
+fail "n8n" "$logs/n8n.log"

@@ -11,16 +11,17 @@ if [ ! -x "$repo/.venv/bin/role-injector" ]; then
   exit 1
 fi
 
-# The n8n tooling needs Node 24; install-n8n.sh installs it (and n8n) if missing and prints the folder.
-tools="$(bash "$repo/scripts/install-n8n.sh")"
-export PATH="$tools/node24/node_modules/node/bin:$PATH"
+toolchain="$repo/scripts/n8n-toolchain.sh"
+# The n8n tooling needs Node 24; the toolchain script installs it if missing and prints its folder.
+PATH="$(bash "$toolchain" node-bin):$PATH"
+export PATH
 echo "test-n8n-node: node $(node --version), npm $(npm --version)"
 
 cd "$package"
-if [ ! -d node_modules ] || [ package-lock.json -nt node_modules ]; then
-  # --ignore-scripts: a dependency of @n8n/node-cli runs `npx only-allow pnpm` on install.
-  npm ci --ignore-scripts --no-audit --no-fund
-  touch node_modules
+# The dependencies live in the tools folder (installed once per lock file); a node_modules folder
+# that a developer made with npm is left as it is.
+if [ -L node_modules ] || [ ! -e node_modules ]; then
+  ln -sfn "$(bash "$toolchain" deps)" node_modules
 fi
 
 npx n8n-node lint

@@ -1,4 +1,5 @@
-"""Fixtures for every test folder: a real headless Chromium driven by Playwright.
+"""Fixtures for every test folder: a real headless Chromium driven by Playwright, and the one n8n
+stack of the session (`e2e_stack`, shared by tests/e2e and tests/browser; see tests/e2e/stack.py).
 
 One browser per test session (`browser`); each test gets its own context and page (`page`), and a
 failing test leaves a full-page screenshot in the artifacts folder (`test-artifacts/` in the
@@ -21,6 +22,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.e2e.stack import Stack, run_stack
 from tests.servers import REPO
 
 INSTALL_CHROMIUM = REPO / "scripts" / "install-chromium.sh"
@@ -64,9 +66,15 @@ def browser() -> Iterator[Browser]:
 
 
 @pytest.fixture
-def page(browser: Browser, request: pytest.FixtureRequest) -> Iterator[Page]:
+def browser_context_args() -> dict[str, Any]:
+    """Extra arguments for `browser.new_context` (a test folder may override it, e.g. to log in)."""
+    return {}
+
+
+@pytest.fixture
+def page(browser: Browser, browser_context_args: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Page]:
     """A fresh context and page; on failure its screenshot goes to the artifacts folder."""
-    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context = browser.new_context(**{"viewport": VIEWPORT, **browser_context_args})
     context.set_default_timeout(30_000)
     opened = context.new_page()
     try:
@@ -89,10 +97,25 @@ def save_screenshot(page: Page, nodeid: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def e2e_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """`make run` (n8n 2.41 with the packed node and the samples, and the worker) in front of an
+    Ollama stand-in. Built once per session (a minute or two) and shared; each test clears the
+    stand-in's record first.
+    """
+    with run_stack(tmp_path_factory.mktemp("e2e")) as stack:
+        yield stack
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
-    """Keep the call phase's report on the item, so `page` knows at teardown whether the test failed."""
+    """Keep the call phase's report on the item (so `page` knows at teardown whether the test failed),
+    and attach the n8n and worker logs to a failing test that used the stack."""
     outcome = yield
     report = outcome.get_result()
     if report.when == "call":
         item.report_call = report  # type: ignore[attr-defined]
+    stack = getattr(item, "funcargs", {}).get("e2e_stack")
+    if report.failed and isinstance(stack, Stack):
+        report.sections.append(("n8n logs", stack.n8n.logs()))
+        report.sections.append(("worker log", stack.worker.log()[-20000:]))

@@ -18,7 +18,7 @@ export class RoleInjectorApi implements ICredentialType {
 	};
 
 	documentationUrl =
-		'https://github.com/role-injector/role-injector/tree/main/n8n-node#credentials';
+		'https://www.npmjs.com/package/n8n-nodes-role-injector#credentials';
 
 	properties: INodeProperties[] = [
 		{

@@ -3,6 +3,9 @@ import { NodeApiError, NodeOperationError } from 'n8n-workflow';
 import { describe, expect, inject, it } from 'vitest';
 import { RoleInjector } from '../nodes/RoleInjector/RoleInjector.node';
 import { executeContext, roleLocator, type ExecuteOptions, type Parameter } from './context';
+import { properties } from '../nodes/RoleInjector/description';
+import codex from '../nodes/RoleInjector/RoleInjector.node.json';
+import { RoleInjectorApi } from '../credentials/RoleInjectorApi.credentials';
 import { API_KEY } from './globalSetup';
 
 const workerUrl = inject('workerUrl');
@@ -298,7 +301,8 @@ describe('errors', () => {
 		expect(error).toBeInstanceOf(NodeApiError);
 		expect(error.message).toBe("role 'testr' not found; did you mean tester?");
 		expect(error.description).toContain('role_not_found');
-		expect(error.description).toContain('Did you mean: tester?');
+		// The worker's message names the close names; the description does not say it again.
+		expect(`${error.message} ${error.description}`.match(/did you mean/gi)).toHaveLength(1);
 		expect((error as NodeApiError).httpCode).toBe('404');
 		expect(error.context.itemIndex).toBe(0);
 	});
@@ -309,6 +313,7 @@ describe('errors', () => {
 		expect(error).toBeInstanceOf(NodeApiError);
 		expect(error.message).toContain('user_name');
 		expect(error.description).toContain('missing_variable');
+		expect(error.description).toContain('Options → Variables');
 		expect((error as NodeApiError).httpCode).toBe('422');
 	});
 
@@ -545,5 +550,97 @@ describe('Variables (JSON)', () => {
 		expect(error).toBeInstanceOf(NodeOperationError);
 		expect(error.message).toMatch(/^Variable "extra" /);
 		expect(error.context.itemIndex).toBe(1);
+	});
+});
+
+describe('as an AI Agent tool', () => {
+	const TOOL_TYPE = 'n8n-nodes-role-injector.roleInjectorTool';
+
+	/** The tool's parameters as n8n resolves them: the question comes from the agent ($fromAI). */
+	function toolParameters(overrides: Record<string, Parameter> = {}): Record<string, Parameter> {
+		return {
+			role: roleLocator('tester'),
+			question: 'Does the node send the variables?',
+			toolBudget: 1000,
+			model: 'qwen3:8b',
+			options: { variables: { values: [{ name: 'user_name', value: 'Ada' }] } },
+			...overrides,
+		};
+	}
+
+	it("answers the agent's question with the role's instructions and nothing else", async () => {
+		const [item] = await run({
+			nodeType: TOOL_TYPE,
+			parameters: toolParameters(),
+			items: [{ question: 'Does the node send the variables?' }],
+		});
+
+		expect(Object.keys(item.json).sort()).toEqual(['instructions', 'role', 'shortened', 'tokens']);
+		expect(item.json.role).toBe('tester');
+		expect(item.json.instructions).toContain('Help Ada check that the node works');
+		expect(item.json.tokens).toBeGreaterThan(0);
+		expect(item.json.shortened).toBe(false);
+		expect(item.pairedItem).toEqual({ item: 0 });
+	});
+
+	it("fits the instructions into the tool's budget", async () => {
+		const full = await run({ nodeType: TOOL_TYPE, parameters: toolParameters() });
+		const tokens = full[0].json.tokens as number;
+		const [item] = await run({
+			nodeType: TOOL_TYPE,
+			parameters: toolParameters({ toolBudget: tokens - 1 }),
+		});
+
+		expect(item.json.tokens as number).toBeLessThan(tokens);
+		expect(item.json.shortened).toBe(true);
+		expect(item.json.instructions).toContain('Help Ada check that the node works');
+	});
+
+	it('reports a worker error to the agent like the node does', async () => {
+		const error = await failure({
+			nodeType: TOOL_TYPE,
+			parameters: toolParameters({ options: {} }),
+		});
+
+		expect(error).toBeInstanceOf(NodeApiError);
+		expect(error.description).toContain('Options → Variables');
+	});
+});
+
+describe('description', () => {
+	const byName = Object.fromEntries(properties.map((property) => [property.name, property]));
+
+	it('shows the chosen role as the subtitle on the canvas', () => {
+		// n8n's $parameter gives a resource locator's value (the role name), not the locator.
+		expect(new RoleInjector().description.subtitle).toBe('={{ $parameter["role"] }}');
+	});
+
+	it('lets the agent fill in the question and names the role in the tool description', () => {
+		expect(byName.question.displayOptions?.show?.['@tool']).toEqual([true]);
+		expect(byName.question.default).toMatch(/^=\{\{ \$fromAI\('question', /);
+		expect(byName.toolDescription.displayOptions?.show?.['@tool']).toEqual([true]);
+		expect(byName.toolDescription.default).toContain('$parameter.role');
+		expect(byName.toolBudget.displayOptions?.show?.['@tool']).toEqual([true]);
+	});
+
+	it('is a regular node for the nodes panel, so searching its name finds it in any workflow', () => {
+		// n8n's node creator leaves "AI" nodes out of search until the canvas holds an AI node
+		// (unless they are AI root nodes); the AI Agent offers the node as a tool all the same.
+		expect(codex.categories).not.toContain('AI');
+		expect(codex.subcategories).toEqual({ 'Core Nodes': ['Data Transformation'] });
+		expect(new RoleInjector().description.usableAsTool).toBeTruthy();
+	});
+
+	it('links its docs to the package page on the registry', () => {
+		const page = 'https://www.npmjs.com/package/n8n-nodes-role-injector';
+		expect(codex.resources.primaryDocumentation[0].url).toBe(page);
+		expect(codex.resources.credentialDocumentation[0].url).toBe(`${page}#credentials`);
+		expect(new RoleInjectorApi().documentationUrl).toBe(`${page}#credentials`);
+	});
+
+	it('keeps the chat input and the output fields for the node, not the tool', () => {
+		for (const name of ['input', 'prompt', 'messages']) {
+			expect(byName[name].displayOptions?.show?.['@tool']).toEqual([false]);
+		}
 	});
 });

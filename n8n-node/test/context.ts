@@ -106,12 +106,15 @@ export type ExecuteOptions = {
 	/** The json of each input item. */
 	items?: IDataObject[];
 	continueOnFail?: boolean;
+	/** The node's type; n8n runs the tool variant as `<package>.roleInjectorTool`. */
+	nodeType?: string;
 };
 
 export function executeContext(options: ExecuteOptions): IExecuteFunctions {
 	const items: INodeExecutionData[] = (options.items ?? [{}]).map((json) => ({ json }));
+	const node = { ...testNode, type: options.nodeType ?? testNode.type };
 	const context = {
-		getNode: () => testNode,
+		getNode: () => node,
 		getInputData: () => items,
 		continueOnFail: () => options.continueOnFail ?? false,
 		getCredentials: credentialsGetter(options.credentials),

@@ -1,22 +1,37 @@
-"""What the e2e tests share: the shipped samples, test-only variants of them, and the running stack."""
+"""What the e2e and browser tests share: the shipped samples, test-only variants of them, and the
+running stack, one per test session: `make run`'s own script (scripts/run-local.sh) with the
+session's samples, in front of an Ollama stand-in, so the tests run n8n 2.41 with the packed node
+and the worker exactly as a user's `make run` does (see `run_stack`).
+
+To add a workflow to the e2e suite: put its JSON in tests/e2e/fixtures/ (give it a fixed `id`; use
+the shipped credentials `roleInjectorLocal` / `ollamaLocal` and the samples' default URLs and model,
+which the import rewrites) and list it in FIXTURE_WORKFLOWS; a test then runs it with
+`e2e_stack.n8n.execute(<id>)`. A credential of its own goes into `write_samples`.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import requests
 
-from tests.e2e.n8n import N8n
-from tests.ollama_standin import OllamaStandin
-from tests.servers import REPO, WorkerProcess
+from tests.e2e.n8n import N8n, N8nError
+from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
+from tests.servers import REPO, ROLE_INJECTOR, free_port, stop_process, wait_for_http
 
 WORKFLOWS = REPO / "workflows"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-IMPORT_SCRIPT = REPO / "docker" / "import-samples.sh"
+RUN_LOCAL = REPO / "scripts" / "run-local.sh"
 
 # Test-only variants of the shipped workflows, imported beside them.
 UNKNOWN_ROLE_ID = "e2eUnknownRole"
@@ -29,6 +44,12 @@ DOWN_CREDENTIAL = {"id": "roleInjectorDown", "name": "Role Injector (stopped)"}
 PROXY_WORKFLOW = "proxy-virtual-model.json"
 PROXY_WORKFLOW_ID = "e2eProxyVirtualModel"
 PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Injector worker"}
+# An AI Agent whose tool is the Role Injector node (its tool variant, `roleInjectorTool`).
+AGENT_TOOL_WORKFLOW = "agent-role-tool.json"
+AGENT_TOOL_WORKFLOW_ID = "e2eAgentRoleTool"
+FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW]
+# Published on import, so `n8n start` serves their webhooks.
+PUBLISHED_IDS = ["roleApiWebhook"]
 
 
 def load_workflow(name: str, folder: Path = WORKFLOWS) -> dict[str, Any]:
@@ -39,22 +60,61 @@ def node(workflow: dict[str, Any], name: str) -> dict[str, Any]:
     return next(n for n in workflow["nodes"] if n["name"] == name)
 
 
-def assignment(workflow: dict[str, Any], node_name: str, field: str) -> str:
-    """The value a Set node in a shipped workflow assigns to `field`."""
+def assignment(workflow: dict[str, Any], node_name: str, name: str) -> str:
+    """The value a Set node in a shipped workflow assigns to `name`."""
     assignments = node(workflow, node_name)["parameters"]["assignments"]["assignments"]
-    return str(next(a["value"] for a in assignments if a["name"] == field))
+    return str(next(a["value"] for a in assignments if a["name"] == name))
+
+
+@dataclass
+class WorkerEndpoint:
+    """The worker as the tests see it: its URL, and the files its log went to."""
+
+    url: str
+    log_paths: list[Path]
+
+    def log(self) -> str:
+        return "".join(path.read_text(errors="replace") for path in self.log_paths if path.exists())
 
 
 @dataclass
 class Stack:
     n8n: N8n
-    worker: WorkerProcess
+    worker: WorkerEndpoint
     ollama: OllamaStandin
     down_url: str  # where the "stopped worker" credential points: a port nobody listens on
+    local: LocalRun
+    replacements: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def restart_worker(self, log_dir: Path) -> None:
+        """Start a worker again where run-local.sh's was (after a test stopped that one)."""
+        log_path = log_dir / "worker-restarted.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                [str(ROLE_INJECTOR), "serve", "--host", "127.0.0.1", "--port", str(self.local.worker_port),
+                 "--roles", str(REPO / "roles")],
+                env={**os.environ, **worker_env(self.ollama.url)}, stdout=log, stderr=subprocess.STDOUT)
+        self.replacements.append(process)
+        self.worker.log_paths.append(log_path)
+        wait_for_http(self.worker.url + "/healthz", process=process)
 
     def inject(self, **body: Any) -> requests.Response:
         """Ask the worker directly, to know what n8n should have received from it."""
         return requests.post(self.worker.url + "/v1/inject", json=body, timeout=30)
+
+    def worker_roles(self) -> list[dict[str, Any]]:
+        response = requests.get(self.worker.url + "/v1/roles", timeout=30)
+        response.raise_for_status()
+        return list(response.json()["roles"])
+
+
+def tool_calling_model(body: dict[str, Any]) -> str | Reply:
+    """A stand-in model that first asks its one tool (the role) for guidance, then answers."""
+    if any(message.get("role") == "tool" for message in body["messages"]):
+        return DEFAULT_ANSWER
+    (tool,) = body["tools"]
+    call = {"function": {"name": tool["function"]["name"], "arguments": {"question": "thank-you note"}}}
+    return Reply(tool_calls=(call,))
 
 
 def _variant(source: str, workflow_id: str, name: str) -> dict[str, Any]:
@@ -67,7 +127,7 @@ def write_samples(folder: Path, down_url: str, worker_url: str) -> None:
     """The shipped samples plus the failure variants and the test-only fixtures, with the shipped
     default URLs left in place (the import script rewrites them)."""
     folder.mkdir()
-    for path in [*WORKFLOWS.glob("*.json"), FIXTURES / PROXY_WORKFLOW]:
+    for path in [*WORKFLOWS.glob("*.json"), *(FIXTURES / name for name in FIXTURE_WORKFLOWS)]:
         (folder / path.name).write_text(path.read_text())
 
     credentials = json.loads((WORKFLOWS / "credentials.json").read_text())
@@ -81,3 +141,95 @@ def write_samples(folder: Path, down_url: str, worker_url: str) -> None:
     node(down, "Role Injector")["credentials"] = {"roleInjectorApi": DOWN_CREDENTIAL}
     for workflow in (unknown, down):
         (folder / f"{workflow['id']}.json").write_text(json.dumps(workflow, indent=2))
+
+
+def worker_env(ollama_url: str) -> dict[str, str]:
+    """The worker's proxy forwards to the stand-in; a developer's own key or profile file never leaks in."""
+    return {"ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_API_KEY": "", "ROLE_INJECTOR_MODELS": ""}
+
+
+@dataclass
+class LocalRun:
+    """scripts/run-local.sh running, its terminal output in `log_path`."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    worker_port: int
+    banner_status: int = 0  # what GET / answered the moment the banner was printed
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def worker_pid(self) -> int | None:
+        """The worker (`role-injector serve`, gunicorn's master) that the script started."""
+        for status in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = status.read_text().rsplit(")", 1)[1].split()
+                cmdline = (status.parent / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if int(fields[1]) == self.process.pid and b"serve" in cmdline and any(
+                    part.endswith(b"role-injector") for part in cmdline):
+                return int(status.parent.name)
+        return None
+
+    def wait_for(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.log():
+            if self.process.poll() is not None:
+                raise N8nError(f"run-local.sh exited with {self.process.returncode}:\n{self.log()[-5000:]}")
+            if time.monotonic() > deadline:
+                raise N8nError(f"run-local.sh did not print {text!r} within {timeout}s:\n{self.log()[-5000:]}")
+            time.sleep(0.2)
+
+
+BANNER_END = "Press Ctrl-C to stop."
+
+
+@contextmanager
+def run_stack(base: Path) -> Iterator[Stack]:
+    """`make run` (scripts/run-local.sh) on free ports with the session's samples and an Ollama
+    stand-in; yields once its banner is out and the owner is logged in; Ctrl-C at the end."""
+    n8n = N8n(user_folder=base / "n8n-home")
+    worker_port = free_port()
+    worker_url = f"http://127.0.0.1:{worker_port}"
+    down_url = f"http://127.0.0.1:{free_port()}"
+    samples = base / "samples"
+    write_samples(samples, down_url, worker_url)
+    with run_ollama_standin() as ollama:
+        env = {
+            **os.environ, **n8n.env(), **worker_env(ollama.url),
+            "WORKER_PORT": str(worker_port), "N8N_HOME": str(n8n.user_folder), "SAMPLES_DIR": str(samples),
+            "OLLAMA_URL": ollama.url, "PUBLISH_IDS": " ".join(PUBLISHED_IDS), "FORCE_IMPORT": "false",
+            # Pinned, so a developer's own settings for run-local.sh never leak into the test.
+            "OLLAMA_MODEL": "qwen3:8b",
+        }
+        log_path = base / "run-local.log"
+        with log_path.open("wb") as log:
+            # Its own process group, so that nothing it started outlives the session.
+            process = subprocess.Popen(["bash", str(RUN_LOCAL)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        local = LocalRun(process=process, log_path=log_path, worker_port=worker_port)
+        stack = Stack(n8n=n8n, worker=WorkerEndpoint(worker_url, [log_path]), ollama=ollama, down_url=down_url,
+                      local=local)
+        try:
+            local.wait_for(BANNER_END, timeout=1800)  # the first run installs n8n
+            local.banner_status = requests.get(n8n.url + "/", timeout=30).status_code
+            n8n.log_in()
+            yield stack
+        finally:
+            stop_group(process)
+            for replacement in stack.replacements:
+                stop_process(replacement, timeout=15)
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C, as a user stops `make run`; then SIGKILL to the whole group if it lingers."""
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pass
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

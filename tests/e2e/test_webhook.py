@@ -1,8 +1,7 @@
-"""The published webhook workflow, served by `n8n start` and called over HTTP."""
+"""The published webhook workflow, served by the session's n8n and called over HTTP."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,10 +16,9 @@ WEBHOOK_PATH = "role-chat"
 
 
 @pytest.fixture(scope="module")
-def n8n_url(e2e_stack: Stack) -> Iterator[str]:
-    with e2e_stack.n8n.serve() as url:
-        e2e_stack.n8n.wait_for_webhook(WEBHOOK_PATH)
-        yield url
+def n8n_url(e2e_stack: Stack) -> str:
+    e2e_stack.n8n.wait_for_webhook(WEBHOOK_PATH)
+    return e2e_stack.n8n.url
 
 
 @pytest.mark.parametrize(
@@ -49,7 +47,7 @@ def test_webhook_answers_with_the_roles_reply(e2e_stack: Stack, n8n_url: str, re
         {"role": "system", "content": expected["system"]},
         {"role": "user", "content": request_body["prompt"]},
     ]
-    assert chat.body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
+    assert chat.body["options"] == {"num_ctx": expected["usage"]["num_ctx"], **expected["params"]}
 
 
 def test_webhook_reports_a_worker_error(e2e_stack: Stack, n8n_url: str) -> None:

@@ -1,4 +1,4 @@
-"""The shipped workflows, run headless with `n8n execute`, against the real worker and an Ollama stand-in."""
+"""The shipped workflows, run as the editor runs them, against the real worker and an Ollama stand-in."""
 
 from __future__ import annotations
 
@@ -47,7 +47,9 @@ def test_role_chat_sends_the_fitted_role_as_system_message(e2e_stack: Stack) -> 
     assert body["messages"][1:] == [
         {"role": "user", "content": assignment(workflow, "Sample chat input", "chatInput")}
     ]
-    assert body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
+    # What the role says reaches Ollama: num_ctx from the worker, and the role's params.
+    assert body["options"] == {"num_ctx": expected["usage"]["num_ctx"], **expected["params"]}
+    assert expected["params"] == {"temperature": 0.3}
     assert body["stream"] is False
     assert run.node_items("Chat reply") == [{"output": DEFAULT_ANSWER}]
 

@@ -34,11 +34,19 @@ export class RoleInjector implements INodeType {
 		},
 		group: ['transform'],
 		version: 1,
-		subtitle: '={{ $parameter["role"].value }}',
+		// n8n hands a resource locator's value (the role name) to expressions, not the locator object.
+		subtitle: '={{ $parameter["role"] }}',
 		description:
 			"Puts a role (a large system prompt kept in files) in front of a prompt, fitted to the model's token budget and chat format",
 		defaults: { name: 'Role Injector' },
-		usableAsTool: true,
+		// As a tool the node answers an AI Agent's question with the role's fitted instructions
+		// (see toolAnswer); the tool-only parameters are in description.ts.
+		usableAsTool: {
+			replacements: {
+				description:
+					"Gives an AI Agent a role's instructions (a system prompt kept in files), fitted to a small token budget for its question",
+			},
+		},
 		inputs: [NodeConnectionTypes.Main],
 		outputs: [NodeConnectionTypes.Main],
 		credentials: [{ name: CREDENTIAL_TYPE, required: true }],
@@ -53,21 +61,15 @@ export class RoleInjector implements INodeType {
 		const items = this.getInputData();
 		const returnData: INodeExecutionData[] = [];
 
+		// n8n names the tool variant of a node `<name>Tool`.
+		const asTool = this.getNode().type.endsWith('Tool');
+
 		for (let i = 0; i < items.length; i++) {
 			try {
 				const options = this.getNodeParameter('options', i, {}) as Options;
-				const answer = await workerRequest.call(
-					this,
-					'POST',
-					'/v1/inject',
-					injectBody(this, i, options),
-					i,
-				);
-				const fields = options.outputFields ?? OUTPUT_FIELDS;
-				const json: IDataObject = {};
-				for (const field of OUTPUT_FIELDS) {
-					if (fields.includes(field) && field in answer) json[field] = answer[field];
-				}
+				const body = asTool ? toolBody(this, i, options) : injectBody(this, i, options);
+				const answer = await workerRequest.call(this, 'POST', '/v1/inject', body, i);
+				const json = asTool ? toolAnswer(answer) : pickFields(answer, options.outputFields);
 				returnData.push({ json, pairedItem: { item: i } });
 			} catch (error) {
 				if (this.continueOnFail()) {
@@ -86,16 +88,43 @@ export class RoleInjector implements INodeType {
 	}
 }
 
+/** The chosen fields of the worker's answer (all by default). */
+function pickFields(answer: IDataObject, fields: string[] = [...OUTPUT_FIELDS]): IDataObject {
+	const json: IDataObject = {};
+	for (const field of OUTPUT_FIELDS) {
+		if (fields.includes(field) && field in answer) json[field] = answer[field];
+	}
+	return json;
+}
+
+/**
+ * What an AI Agent gets back from the tool: the role's instructions fitted for its question, and
+ * little else. The whole answer (messages, ChatML prompt, trim report) would cost the agent
+ * thousands of tokens of its own context for nothing it can use.
+ */
+function toolAnswer(answer: IDataObject): IDataObject {
+	const role = (answer.role ?? {}) as IDataObject;
+	const usage = (answer.usage ?? {}) as IDataObject;
+	const trim = (answer.trim ?? {}) as IDataObject;
+	return {
+		role: role.name,
+		instructions: answer.system,
+		tokens: usage.system_tokens,
+		shortened: trim.trimmed === true,
+	};
+}
+
+type Fail = (message: string, description?: string) => NodeOperationError;
+
+function failer(context: IExecuteFunctions, i: number): Fail {
+	return (message, description) =>
+		new NodeOperationError(context.getNode(), message, { itemIndex: i, description });
+}
+
 /** The POST /v1/inject body for one item; options that are not set are left out. */
 function injectBody(context: IExecuteFunctions, i: number, options: Options): IDataObject {
-	const fail = (message: string, description?: string) =>
-		new NodeOperationError(context.getNode(), message, { itemIndex: i, description });
-
-	const role = String(context.getNodeParameter('role', i, '', { extractValue: true }) ?? '').trim();
-	if (!role) throw fail('No role chosen', 'Pick a role from the list or type its name.');
-	const model = String(context.getNodeParameter('model', i, '') ?? '').trim();
-	if (!model) throw fail('No model given', 'Type the model name, e.g. qwen3:8b.');
-	const body: IDataObject = { role, model };
+	const fail = failer(context, i);
+	const body = roleAndModel(context, i, fail);
 
 	if (context.getNodeParameter('input', i, 'prompt') === 'messages') {
 		body.messages = parseMessages(context.getNodeParameter('messages', i, '[]'), fail);
@@ -107,7 +136,39 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 		// No text (e.g. no chatInput on the item) asks for the system prompt alone.
 		if (prompt !== undefined && prompt !== null && prompt !== '') body.prompt = String(prompt);
 	}
+	return { ...body, ...optionFields(options, fail) };
+}
 
+/** The body when an AI Agent calls the node as a tool: its question, within the tool's budget. */
+function toolBody(context: IExecuteFunctions, i: number, options: Options): IDataObject {
+	const fail = failer(context, i);
+	const body = roleAndModel(context, i, fail);
+	const question = context.getNodeParameter('question', i, '');
+	if (typeof question !== 'string' && typeof question !== 'number') {
+		throw fail('The question must be text');
+	}
+	if (String(question).trim()) body.prompt = String(question);
+	const budget = context.getNodeParameter('toolBudget', i, 1000);
+	return {
+		...body,
+		...optionFields({ ...options, budget }, fail),
+	};
+}
+
+function roleAndModel(context: IExecuteFunctions, i: number, fail: Fail): IDataObject {
+	const role = String(context.getNodeParameter('role', i, '', { extractValue: true }) ?? '').trim();
+	if (!role) throw fail('No role chosen', 'Pick a role from the list or type its name.');
+	const model = String(context.getNodeParameter('model', i, '') ?? '').trim();
+	if (!model) throw fail('No model given', 'Type the model name, e.g. qwen3:8b.');
+	return { role, model };
+}
+
+/**
+ * The request fields that the Options collection sets. To add an option: declare it in
+ * description.ts (optionsProperty), add it to `Options`, and map it here.
+ */
+function optionFields(options: Options, fail: Fail): IDataObject {
+	const body: IDataObject = {};
 	// The name/value pairs are applied last: on a clash they win over the JSON object.
 	const variables = parseVariablesJson(options.variablesJson, fail);
 	(options.variables?.values ?? []).forEach((variable, n) => {
@@ -148,10 +209,7 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 }
 
 /** Messages from the node parameter: an array, or a JSON string of one, of {role, content}. */
-function parseMessages(
-	value: unknown,
-	fail: (message: string, description?: string) => NodeOperationError,
-): IDataObject[] {
+function parseMessages(value: unknown, fail: Fail): IDataObject[] {
 	const shape = 'Expected a JSON array like [{"role": "user", "content": "Hi"}].';
 	let messages = value;
 	if (typeof messages === 'string') {
@@ -173,10 +231,7 @@ function parseMessages(
 
 /** Variables from the JSON option: an object, or a JSON string of one, of text values. Nothing
  * (empty text, an empty object, no value) means no variables. */
-function parseVariablesJson(
-	value: unknown,
-	fail: (message: string, description?: string) => NodeOperationError,
-): Record<string, string> {
+function parseVariablesJson(value: unknown, fail: Fail): Record<string, string> {
 	const shape = 'Expected a JSON object like {"user_name": "Ada"}.';
 	let object = value;
 	if (typeof object === 'string') {

@@ -49,6 +49,10 @@ const roleProperty: INodeProperties = {
 	],
 };
 
+// Shown in the node (`@tool: false`) or only when an AI Agent uses it as a tool (`@tool: true`).
+const asNode = { '@tool': [false] };
+const asTool = { '@tool': [true] };
+
 const inputProperties: INodeProperties[] = [
 	{
 		displayName: 'Input',
@@ -68,6 +72,7 @@ const inputProperties: INodeProperties[] = [
 			},
 		],
 		default: 'prompt',
+		displayOptions: { show: asNode },
 	},
 	{
 		displayName: 'Prompt',
@@ -76,7 +81,7 @@ const inputProperties: INodeProperties[] = [
 		typeOptions: { rows: 4 },
 		default: '={{ $json.chatInput }}',
 		description: 'The user message. The default reads the message of a Chat Trigger.',
-		displayOptions: { show: { input: ['prompt'] } },
+		displayOptions: { show: { ...asNode, input: ['prompt'] } },
 	},
 	{
 		displayName: 'Messages',
@@ -85,7 +90,45 @@ const inputProperties: INodeProperties[] = [
 		default: '={{ $json.messages }}',
 		description:
 			'A JSON array of messages, e.g. [{"role": "user", "content": "Hi"}], or an expression that returns one',
-		displayOptions: { show: { input: ['messages'] } },
+		displayOptions: { show: { ...asNode, input: ['messages'] } },
+	},
+];
+
+/** As an AI Agent's tool: the agent asks a question and gets the role's instructions fitted for it. */
+const toolProperties: INodeProperties[] = [
+	{
+		displayName: 'Description',
+		name: 'toolDescription',
+		type: 'string',
+		typeOptions: { rows: 3 },
+		// The role's name goes into the description the agent sees (edit it to say more).
+		default:
+			'={{ "Consult the role " + $parameter.role + ": returns the instructions of that role (its expertise, rules and style), fitted to a small token budget for the question you pass. Call it before answering anything the role covers, then follow what it returns." }}',
+		required: true,
+		description:
+			'What the AI Agent is told this tool does. The default names the chosen role; say in your own words when to use it.',
+		displayOptions: { show: asTool },
+	},
+	{
+		displayName: 'Question',
+		name: 'question',
+		type: 'string',
+		typeOptions: { rows: 2 },
+		default:
+			"={{ $fromAI('question', 'The question or task to get the guidance of the role for', 'string') }}",
+		description:
+			'The question the instructions are fitted for. By default the agent fills it in; set a fixed text or an expression instead if you like.',
+		displayOptions: { show: asTool },
+	},
+	{
+		displayName: 'Budget',
+		name: 'toolBudget',
+		type: 'number',
+		typeOptions: { minValue: 1 },
+		default: 1000,
+		description:
+			"Most tokens the role's instructions may take in the agent's context. The role is cut to fit, least important sections first.",
+		displayOptions: { show: asTool },
 	},
 ];
 
@@ -115,6 +158,7 @@ const optionsProperty: INodeProperties = {
 			default: 2000,
 			description:
 				"Most tokens the system prompt may take. Without it: the role's own budget, else what the context window leaves.",
+			displayOptions: { show: asNode },
 		},
 		{
 			displayName: 'Chat Format',
@@ -188,6 +232,7 @@ const optionsProperty: INodeProperties = {
 			],
 			default: [...OUTPUT_FIELDS],
 			description: "Which fields of the worker's answer to put on the output item",
+			displayOptions: { show: asNode },
 		},
 		{
 			displayName: 'Reserve for the Answer',
@@ -224,7 +269,8 @@ const optionsProperty: INodeProperties = {
 			placeholder: 'Add Variable',
 			typeOptions: { multipleValues: true },
 			default: {},
-			description: "Values for the role's {{variables}}",
+			description:
+				"Values for the role's {{variables}}. A role that needs a variable fails without it: set it here.",
 			options: [
 				{
 					displayName: 'Variable',
@@ -261,6 +307,7 @@ const optionsProperty: INodeProperties = {
 export const properties: INodeProperties[] = [
 	roleProperty,
 	...inputProperties,
+	...toolProperties,
 	modelProperty,
 	optionsProperty,
 ];

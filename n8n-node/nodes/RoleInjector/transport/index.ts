@@ -76,11 +76,11 @@ function workerError(
 	const code = typeof error.code === 'string' ? error.code : 'error';
 	const details = isObject(error.details) ? { ...error.details } : {};
 	let description = `Worker error "${code}" (HTTP ${statusCode}).`;
-	if (Array.isArray(details.suggestions)) {
-		if (details.suggestions.length > 0) {
-			description += ` Did you mean: ${details.suggestions.join(', ')}?`;
-		}
-		delete details.suggestions;
+	// The worker's message already names the close role names ("did you mean ...?").
+	delete details.suggestions;
+	if (code === 'missing_variable') {
+		description +=
+			' Set it in this node under Options → Variables (a name and a value), or in Options → Variables (JSON).';
 	}
 	if (Object.keys(details).length > 0) {
 		description += ` Details: ${JSON.stringify(details)}`;

@@ -1,0 +1,163 @@
+"""A new user's first minutes in n8n's editor, in a real headless Chromium: the packed node in a real
+n8n 2.41.1, a real worker and the Ollama stand-in (the session's stack)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.browser.editor.conftest import doc_screenshot
+from tests.browser.editor.editor import Editor
+from tests.e2e.stack import (
+    AGENT_TOOL_WORKFLOW_ID,
+    WORKFLOWS,
+    Stack,
+    assignment,
+    load_workflow,
+    tool_calling_model,
+)
+from tests.ollama_standin import DEFAULT_ANSWER
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+
+
+@pytest.fixture
+def editor(page: Page, e2e_stack: Stack) -> Iterator[Editor]:
+    e2e_stack.ollama.clear()
+    yield Editor(page, e2e_stack.n8n.url)
+    e2e_stack.ollama.clear()
+
+
+def test_an_empty_workflow_finds_the_node_by_name_and_adds_it(editor: Editor) -> None:
+    editor.new_workflow()
+    editor.page.locator('[data-test-id="canvas-add-button"]').click()
+
+    found = editor.search_nodes("Role Injector")
+
+    expect(found).to_have_count(1)
+    expect(found.first).to_contain_text("Role Injector")
+    doc_screenshot(editor.page, "editor-search")
+    found.first.click()
+    editor.page.get_by_role("button", name="Add to workflow").click()
+    expect(editor.page.locator('[data-test-id="ndv"]')).to_be_visible()
+    editor.close_node()
+    expect(editor.node("Role Injector")).to_be_visible()
+
+
+def test_the_role_list_comes_from_the_worker_and_the_pick_shows_on_the_canvas(editor: Editor,
+                                                                               e2e_stack: Stack) -> None:
+    roles = e2e_stack.worker_roles()
+    editor.new_workflow()
+    editor.page.locator('[data-test-id="canvas-add-button"]').click()
+    found = editor.search_nodes("Role Injector")
+    expect(found).to_have_count(1)
+    found.first.click()
+    editor.page.get_by_role("button", name="Add to workflow").click()
+    editor.page.locator('[data-test-id="node-credentials-select"]').click()
+    editor.page.locator('[data-test-id="node-credentials-select-item-roleInjectorLocal"]').click()
+
+    editor.page.locator('[data-test-id="rlc-input"]').click()
+    items = editor.page.locator('[data-test-id="rlc-item"]')
+
+    expect(items).to_have_count(len(roles))
+    # Each entry: the name, the description and the size in tokens, as the worker reports them.
+    role = next(r for r in roles if r["name"] == "general-assistant")
+    entry = items.filter(has_text=f"{role['name']} — ")
+    expect(entry).to_have_text(f"{role['name']} — {role['description']} ({role['tokens']} tokens)")
+    doc_screenshot(editor.page, "editor-role-picker")
+    entry.click()
+    editor.close_node()
+    expect(editor.node("Role Injector")).to_contain_text("general-assistant")
+
+
+def test_executing_the_sample_chat_shows_the_output_and_sends_the_role(editor: Editor, e2e_stack: Stack) -> None:
+    workflow = load_workflow("role-chat-ollama.json")
+    expected = e2e_stack.inject(role="agi-engineer", prompt=assignment(workflow, "Sample chat input", "chatInput"),
+                                model=assignment(workflow, "Settings", "model"),
+                                variables={"user_name": assignment(workflow, "Settings", "user_name")}).json()
+    editor.open("roleChatOllama")
+
+    editor.execute()
+
+    expect(editor.succeeded("Chat reply")).to_be_visible(timeout=60_000)
+    output = editor.open_node("Role Injector")
+    expect(output).to_contain_text("1 item")
+    # The table shows the fitted prompt's first words (escaped line breaks shown as "\n").
+    expect(output).to_contain_text(expected["system"].split("\n", 1)[0])
+    doc_screenshot(editor.page, "editor-run-output")
+    (chat,) = e2e_stack.ollama.requests_to("/api/chat")
+    assert chat.body["messages"][0] == {"role": "system", "content": expected["system"]}
+    assert chat.body["options"]["num_ctx"] == expected["usage"]["num_ctx"]
+
+
+def test_the_chat_panel_answers_with_the_role_behind_it(editor: Editor, e2e_stack: Stack) -> None:
+    editor.open("roleAgentChat")
+    editor.page.locator('[data-test-id="workflow-chat-button"]').click()
+    box = editor.page.locator('[data-test-id="canvas-chat"] [data-test-id="chat-input"]')
+
+    box.fill("Plan a weekend in Lisbon for me.")
+    box.press("Enter")
+
+    answer = editor.page.locator(".chat-message-from-bot").filter(has_text=DEFAULT_ANSWER)
+    expect(answer).to_be_visible(timeout=60_000)
+    (chat,) = e2e_stack.ollama.requests_to("/api/chat")
+    system = chat.body["messages"][0]
+    assert system["role"] == "system"
+    assert system["content"].startswith("You are a careful, capable general assistant talking with Alex.")
+    assert chat.body["messages"][-1] == {"role": "user", "content": "Plan a weekend in Lisbon for me."}
+
+
+def test_an_ai_agent_offers_the_node_as_a_tool_and_runs_it(editor: Editor, e2e_stack: Stack) -> None:
+    editor.open("roleAgentChat")
+    agent = editor.node("AI Agent")
+    agent.locator('[data-test-id="canvas-node-input-handle"][data-connection-type="ai_tool"] '
+                  '[data-test-id="canvas-handle-plus"]').click()
+    expect(editor.nodes_panel()).to_contain_text("Tools")
+
+    offered = editor.search_nodes("Role Injector")
+
+    expect(offered).to_have_count(1)
+    expect(offered.first).to_contain_text("Role Injector Tool")
+
+    e2e_stack.ollama.answer = tool_calling_model
+    editor.open(AGENT_TOOL_WORKFLOW_ID)
+    editor.execute()
+
+    expect(editor.succeeded("AI Agent")).to_be_visible(timeout=60_000)
+    expect(editor.succeeded("Role Injector Tool")).to_be_visible()
+    output = editor.open_node("Role Injector Tool")
+    editor.page.locator('[data-test-id="ndv"] [data-test-id="radio-button-json"]').last.click()
+    expect(output).to_contain_text('"instructions"')
+    tool_message = next(m for m in e2e_stack.ollama.requests_to("/api/chat")[-1].body["messages"]
+                        if m["role"] == "tool")
+    (answer,) = json.loads(tool_message["content"])
+    assert answer["role"] == "general-assistant"
+    assert re.match(r"You are a careful, capable general assistant", answer["instructions"])
+
+
+# Space kept free around each node's box, in pixels, so that names and subtitles under the nodes
+# do not run into each other either.
+MARGIN = 20
+
+
+def test_no_node_of_a_sample_workflow_overlaps_another(editor: Editor) -> None:
+    samples = [load_workflow(path.name) for path in sorted(WORKFLOWS.glob("*.json"))
+               if not path.name.startswith("credentials")]
+    assert len(samples) == 5
+    for workflow in samples:
+        editor.open(workflow["id"])
+        nodes = editor.page.locator('[data-test-id="canvas-node"]:not([data-node-type="n8n-nodes-base.stickyNote"])')
+        expect(nodes).to_have_count(sum(n["type"] != "n8n-nodes-base.stickyNote" for n in workflow["nodes"]))
+        boxes = {node.get_attribute("data-node-name"): node.bounding_box() for node in nodes.all()}
+        names = sorted(boxes)
+        for i, first in enumerate(names):
+            for second in names[i + 1:]:
+                a, b = boxes[first], boxes[second]
+                assert a is not None and b is not None
+                apart = (a["x"] + a["width"] + MARGIN <= b["x"] or b["x"] + b["width"] + MARGIN <= a["x"]
+                         or a["y"] + a["height"] + MARGIN <= b["y"] or b["y"] + b["height"] + MARGIN <= a["y"])
+                assert apart, f"{workflow['name']}: {first} {a} and {second} {b} overlap"
