@@ -164,6 +164,8 @@ class SectionFit:
     kept_chars: int  # characters kept from the start of `text`: all when kept, none when dropped
     kept_tokens: int  # exact count of those characters
     reason: Reason  # why it stood where it did in the walk (see SectionReport)
+    # Relevance selection: one of the core, kept whatever the question (its reason says "priority").
+    core: bool
     score: float | None  # relevance score against the query; None in priority selection
     position: int | None  # 0-based place of the kept text among the pieces of `system`; None when dropped
 
@@ -541,7 +543,8 @@ def section_fits(
         report.append(SectionFit(
             index=m.index, label=m.section.label, title=m.section.title, required=m.section.required,
             priority=m.section.priority, order=order[m.index], tokens=m.tokens, text=m.text,
-            kept_chars=kept, kept_tokens=kept_tokens, reason=why.reason, score=why.score,
+            kept_chars=kept, kept_tokens=kept_tokens, reason=why.reason,
+            core=fit.scores is not None and m.index in fit.outline.core, score=why.score,
             position=position.get(m.index),
         ))
     return tuple(report)

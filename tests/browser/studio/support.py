@@ -25,16 +25,24 @@ def open_studio(page: Page, url: str, role: str | None = None) -> None:
         wait_for_plan(page, role, None)
 
 
-def wait_for_plan(page: Page, role: str, requested: int | None, error: str | None = None) -> None:
+def wait_for_plan(page: Page, role: str, requested: int | None, error: str | None = None, *,
+                  selection: str | None = None, query: str | None = None) -> None:
     """Until the page shows the worker's answer for `role` at `requested` (None: the role's default
-    budget), and, when `error` is given, that answer is that error code ("" for none).
+    budget), and, when `error` is given, that answer is that error code ("" for none); when
+    `selection` or `query` is given, the answer to a request that sent them ("" for none sent).
 
     One selector for all of it, so each poll checks one moment (the page's CSP forbids the eval
     behind `wait_for_function`)."""
     wanted = f'[data-role="{role}"][data-requested="{"" if requested is None else requested}"]'
-    if error is not None:
-        wanted += f'[data-error="{error}"]'
+    for name, value in (("error", error), ("selection", selection), ("query", query)):
+        if value is not None:
+            wanted += f'[data-{name}="{css_string(value)}"]'
     expect(page.locator(f'main[aria-busy="false"] #result{wanted}')).to_have_count(1)
+
+
+def css_string(text: str) -> str:
+    """`text` inside a double-quoted CSS string."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\a ")
 
 
 def fit_with_message(page: Page, url: str, role: str, budget: int, message: str) -> dict[str, Any]:
@@ -51,6 +59,24 @@ def shown_states(page: Page) -> dict[str, str]:
     states: dict[str, str] = page.eval_on_selector_all(
         "#sections li", "items => Object.fromEntries(items.map(i => [i.dataset.label, i.dataset.state]))")
     return states
+
+
+def shown_reasons(page: Page) -> dict[str, tuple[str, float | None, bool]]:
+    """Each bar's label -> (why it stood where it did, its score as shown, whether it is marked picked)."""
+    reasons: dict[str, list[Any]] = page.eval_on_selector_all("#sections li", """items => Object.fromEntries(
+        items.map(i => [i.dataset.label, [i.dataset.reason, i.dataset.score, i.dataset.picked === 'true']]))""")
+    return {label: (reason, float(score) if score else None, picked)
+            for label, (reason, score, picked) in reasons.items()}
+
+
+def planned_reasons(plan: dict[str, Any]) -> dict[str, tuple[str, float | None, bool]]:
+    """What `shown_reasons` must read for a /v1/plan answer: the reason (core for the core), the score
+    and whether the query picked it (ranked for it, and kept whole or cut)."""
+    return {
+        s["label"]: ("core" if s["core"] else s["reason"], s["score"],
+                     s["reason"] == "relevance" and s["state"] != "dropped")
+        for s in plan["sections"]
+    }
 
 
 def kept_text(page: Page) -> str:

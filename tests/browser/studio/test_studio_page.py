@@ -6,7 +6,6 @@ Every figure the page shows is checked against what /v1/inject answers for the s
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pytest
@@ -167,19 +166,6 @@ def test_the_model_picks_tokenizer_and_format_and_the_format_can_be_chosen(watch
     expect(page.locator("#prompt")).to_have_text(gemma["prompt"])
 
 
-def test_a_role_by_relevance_shows_its_stable_part_first_and_the_picked_sections(
-    watched: Watched, studio: WorkerProcess
-) -> None:
-    page = watched.page
-    injected = fit_with_message(page, studio.url, "handbook", 600, "Can I bring my dog to work?")
-    assert injected["trim"]["selection"] == "relevance" and "Pets in the office" in injected["trim"]["kept"]
-    assert kept_text(page) == injected["system"]  # not in document order: the stable part comes first
-    assert injected["system"].startswith("You are Orbit")
-    pets = page.locator('#sections li[data-label="Pets in the office"] .state .relevance')
-    expect(pets).to_have_text(re.compile(r"^relevance \d+(\.\d+)?$"))
-    expect(page.locator('#sections li[data-label="How to answer"] .relevance')).to_have_count(0)
-
-
 def test_the_page_follows_the_files(watched: Watched, studio: WorkerProcess, studio_roles: Path) -> None:
     page = watched.page
     open_studio(page, studio.url)
@@ -292,9 +278,12 @@ def test_readable_at_1280_pixels_and_on_a_narrow_window(watched: Watched, studio
                                                         width: int, height: int) -> None:
     page = watched.page
     page.set_viewport_size({"width": width, "height": height})
-    open_studio(page, studio.url, "manifest")
+    open_studio(page, studio.url, "handbook")
+    page.get_by_label("Query", exact=True).fill("Where do I leave my bicycle and my dog?")
+    wait_for_plan(page, "handbook", None, "", query="Where do I leave my bicycle and my dog?")
     assert page.evaluate("document.documentElement.scrollWidth") <= width  # nothing sideways
-    for selector in ("#roles button", "#budget", "#budget-number", "#model", "#sections li", "#fitted", "#prompt"):
+    for selector in ("#roles button", "#budget", "#budget-number", "#model", "#selection", "#query", "#picks li",
+                     "#sections li", '#sections li[data-picked="true"]', "#fitted", "#prompt"):
         box = page.locator(selector).first.bounding_box()
         assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= width + 0.5, (selector, box)
         assert box["width"] > 40, (selector, box)
@@ -317,15 +306,24 @@ def test_every_control_has_a_name_and_works_from_the_keyboard(watched: Watched, 
     outline = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
     assert outline != "none"  # the focus can be seen
 
-    for _ in range(30):  # past the other roles to the model, the format and the budget slider
+    passed = []
+    for _ in range(30):  # past the other roles to the model, the format, the selection and the budget slider
         page.keyboard.press("Tab")
-        if page.evaluate("document.activeElement.id") == "budget":
+        passed.append(page.evaluate("document.activeElement.id"))
+        if passed[-1] == "budget":
             break
-    assert page.evaluate("document.activeElement.id") == "budget"
+    assert passed[-4:] == ["model", "format", "selection", "budget"], passed
     before = int(page.locator("#budget").input_value())
     page.keyboard.press("ArrowLeft")
     wait_for_plan(page, "code-reviewer", before - 1, "")
     expect(page.locator("#budget")).to_have_attribute("aria-valuetext", f"{before - 1:,} tokens")
+
+    for _ in range(5):  # on to the query
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == "query":
+            break
+    page.keyboard.type("unit tests")
+    wait_for_plan(page, "code-reviewer", before - 1, "", query="unit tests")
 
     unnamed = page.evaluate("""() => [...document.querySelectorAll('input, select, textarea, button')]
         .filter(e => e.offsetParent !== null)

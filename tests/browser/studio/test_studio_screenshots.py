@@ -50,6 +50,9 @@ def test_screenshots_for_the_readme(watched: Watched, bundled_studio: WorkerProc
     page.get_by_label("Budget in tokens").fill("3000")
     wait_for_plan(page, "manifest", 3000, "")
     page.locator("#budget").focus()
+    scroll_to = "selector => window.scrollTo(0, document.querySelector(selector).getBoundingClientRect().top" \
+        " + window.scrollY - 12)"
+    page.evaluate(scroll_to, "#controls")  # the controls and the first bars
     wide = target("studio-wide.png", tmp_path)
     page.screenshot(path=str(wide))
 
@@ -60,15 +63,28 @@ def test_screenshots_for_the_readme(watched: Watched, bundled_studio: WorkerProc
     }""")
     page.locator("section.panel").first.screenshot(path=str(fitted))
 
+    # Relevance selection: a query picks sections of the handbook; the controls, the picks and the bars.
+    question = "Where do I park my car or my bike, and can I bring my dog?"
+    open_studio(page, bundled_studio.url, "handbook")
+    page.get_by_label("Budget in tokens").fill("900")
+    page.get_by_label("Query", exact=True).fill(question)
+    wait_for_plan(page, "handbook", 900, "", query=question)
+    assert page.locator('#sections li[data-picked="true"]').count() >= 3
+    page.evaluate(scroll_to, "#controls")
+    relevance = target("studio-relevance.png", tmp_path)
+    page.screenshot(path=str(relevance))
+
     page.set_viewport_size(NARROW)
     open_studio(page, bundled_studio.url, "agi-engineer")
     page.get_by_label("user_name").fill("Мария")
     page.get_by_label("Budget in tokens").fill("1200")
-    wait_for_plan(page, "agi-engineer", 1200, "")
+    page.get_by_label("Selection", exact=True).select_option("relevance")
+    page.get_by_label("Query", exact=True).fill("Как работать с графами знаний?")
+    wait_for_plan(page, "agi-engineer", 1200, "", selection="relevance", query="Как работать с графами знаний?")
     page.evaluate("document.querySelector('#result').scrollIntoView()")
     narrow = target("studio-narrow.png", tmp_path)
     page.screenshot(path=str(narrow))
 
-    for name, size in (("studio-wide.png", WIDE), ("studio-narrow.png", NARROW)):
+    for name, size in (("studio-wide.png", WIDE), ("studio-relevance.png", WIDE), ("studio-narrow.png", NARROW)):
         assert png_size(IMAGES / name) == (size["width"], size["height"]), name
     assert png_size(IMAGES / "studio-fitted.png")[0] > 600

@@ -15,6 +15,7 @@ from role_injector.fitting import FitCache
 from role_injector.formats import neutralise
 from role_injector.injection import InjectRequest, inject, plan_injection
 from role_injector.profiles import Profiles, load_profiles
+from role_injector.relevance import CORE_PRIORITY
 from role_injector.roles import fill_variables, resolve_variables
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
@@ -34,6 +35,8 @@ BODIES = [
     {"role": "agi-engineer", "variables": {"user_name": "Мария"}, "budget": 900},
     {"role": "handbook", "budget": 500, "prompt": "Where do I leave my bike, and what is the cage code?"},
     {"role": "manifest", "budget": 2000, "selection": "relevance", "query": "invoices and daylight saving time"},
+    {"role": "handbook", "budget": 500, "query": "what is the and of it"},  # stop words only: nothing to rank by
+    {"role": "handbook", "budget": 500, "selection": "priority", "query": "dog"},  # priority: the query unused
     {"role": "helper", "variables": ADA, "budget": 60, "selection": "relevance", "prompt": "How do I sort files?"},
 ]
 
@@ -66,6 +69,13 @@ def check_sections_explain(plan: dict[str, Any]) -> None:
     if plan["trim"]["selection"] == "priority":
         assert [s["position"] for s in in_place] == sorted(s["position"] for s in in_place)
         assert [s["index"] for s in in_place] == sorted(s["index"] for s in in_place)  # document order
+        assert not any(s["core"] for s in sections)
+    else:
+        # The core is what no question moves; its kept text and the required sections' come first.
+        assert all(s["core"] == (not s["required"] and s["priority"] >= CORE_PRIORITY) for s in sections)
+        assert all(s["reason"] == "priority" for s in sections if s["core"])
+        stable = [s["required"] or s["core"] for s in in_place]
+        assert stable == sorted(stable, reverse=True)
     for s in sections:
         assert s["chars"] == len(s["text"])
         expected = {"kept": s["chars"], "dropped": 0}.get(s["state"])

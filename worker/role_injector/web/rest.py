@@ -127,7 +127,8 @@ def plan() -> dict[str, Any]:
     sections = [
         {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
          "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
-         "kept_tokens": s.kept_tokens, "reason": s.reason, "score": s.score, "position": s.position, "text": s.text}
+         "kept_tokens": s.kept_tokens, "reason": s.reason, "core": s.core, "score": s.score, "position": s.position,
+         "text": s.text}
         for s in result.sections
     ]
     return {**injection_json(result.injection), "sections": sections}

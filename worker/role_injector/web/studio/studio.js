@@ -215,6 +215,8 @@ async function selectRole(name, picked) {
     $("model").value = "";
     $("format").value = "";
     $("message").value = "";
+    $("selection").value = "";
+    $("query").value = "";
   }
   if (picked) history.replaceState(null, "", `#${encodeURIComponent(name)}`);
   for (const button of $("roles").querySelectorAll("button")) {
@@ -239,6 +241,7 @@ function drawRole(role, keepInputs) {
   if (role.extends) fact("Extends", role.extends);
   if (role.tags.length) fact("Tags", role.tags.join(", "));
   $("model").placeholder = role.model ? `${role.model} (the role's)` : "the default profile";
+  $("selection-default").textContent = `The role's (${role.selection})`;
   if (!keepInputs) {
     $("budget").max = String(Math.max(role.tokens, role.budget || 0, 1));
     setBudget(role.budget || role.tokens, false); // until the worker answers with the real budget
@@ -300,8 +303,8 @@ $("budget-reset").addEventListener("click", () => {
   state.budget = null;
   planNow();
 });
-for (const id of ["model", "message"]) $(id).addEventListener("input", () => planSoon());
-$("format").addEventListener("change", () => planNow());
+for (const id of ["model", "message", "query"]) $(id).addEventListener("input", () => planSoon());
+for (const id of ["format", "selection"]) $(id).addEventListener("change", () => planNow());
 $("controls").addEventListener("submit", (event) => event.preventDefault());
 
 function planRequest() {
@@ -318,6 +321,10 @@ function planRequest() {
   if (Object.keys(variables).length) body.variables = variables;
   const message = $("message").value;
   if (message.trim()) body.prompt = message;
+  const selection = $("selection").value;
+  if (selection) body.selection = selection;
+  const query = $("query").value;
+  if (query.trim()) body.query = query;
   return body;
 }
 
@@ -371,12 +378,7 @@ function drawPlan(answer, body) {
   slider.max = String(Math.max(usage.system_tokens_full, usage.budget, state.budget || 0, 1));
   setBudget(state.budget ?? usage.budget, false);
 
-  const result = $("result");
-  result.dataset.role = answer.role.name;
-  result.dataset.requested = body.budget === undefined ? "" : String(body.budget);
-  result.dataset.budget = String(usage.budget);
-  result.dataset.systemTokens = String(usage.system_tokens);
-  result.dataset.error = "";
+  markResult(body, { budget: String(usage.budget), systemTokens: String(usage.system_tokens), error: "" });
 
   const counts = { kept: 0, truncated: 0, dropped: 0 };
   for (const section of answer.sections) counts[section.state] += 1;
@@ -391,22 +393,58 @@ function drawPlan(answer, body) {
   summary.append(el("br"), `${answer.model || "default model"}: tokenizer ${usage.tokenizer} `
     + `(${usage.exact ? "exact" : "estimated"}) · format ${answer.format} · context ${number(usage.context_window)}, `
     + `${number(usage.reserve_output)} kept for the answer · whole prompt ${number(usage.prompt_tokens)} tokens`);
+  summary.append(el("br"), selectionSummary(answer, body));
   $("total-fill").style.width = `${Math.min(100, (100 * usage.system_tokens) / usage.budget)}%`;
 
   drawSections(answer.sections);
+  drawPicks(answer.sections);
   drawFitted(answer);
   $("prompt").textContent = answer.prompt;
   $("prompt-heading").textContent = `Full prompt (${answer.format})`;
 }
 
+// What the worker selected by, and what the query did: read from its answer, not decided here.
+function selectionSummary(answer, body) {
+  const line = el("span", { className: "selection-line" });
+  line.dataset.selection = answer.trim.selection;
+  if (answer.trim.selection === "priority") {
+    line.append(el("strong", { textContent: "Priority selection" }),
+      ": the highest priorities after the required sections");
+    if (body.query !== undefined) {
+      line.append(el("span", { className: "note", textContent: " · the query is not used" }));
+    }
+    return line;
+  }
+  const by = body.query !== undefined ? "the query" : body.prompt !== undefined ? "the user message" : null;
+  const picked = answer.sections.filter(isPicked).length;
+  line.append(el("strong", { textContent: "Relevance selection" }), by ? ` by ${by}: ` : ": ");
+  if (!by) {
+    line.append("no query and no user message, so nothing to rank by: the core, then priority order");
+  } else if (!answer.sections.some((s) => s.score > 0)) {
+    line.append(`no section matches ${by} (only stop words, or words the role does not use): `
+      + "the core, then priority order");
+  } else {
+    const count = `${picked} section${picked === 1 ? "" : "s"} picked`;
+    line.append(el("span", { className: "picked-count", textContent: count }),
+      ", after the stable part (required and core)");
+  }
+  return line;
+}
+
+// Which request the result shows (and the worker's figures), for tests and tools that read the page.
+function markResult(body, figures) {
+  Object.assign($("result").dataset, {
+    role: body.role,
+    requested: body.budget === undefined ? "" : String(body.budget),
+    selection: body.selection ?? "",
+    query: body.query ?? "",
+    ...figures,
+  });
+}
+
 function drawNoPlan(error, body) {
   state.plan = null;
-  const result = $("result");
-  result.dataset.role = body.role;
-  result.dataset.requested = body.budget === undefined ? "" : String(body.budget);
-  result.dataset.budget = "";
-  result.dataset.systemTokens = "";
-  result.dataset.error = error.code || "error";
+  markResult(body, { budget: "", systemTokens: "", error: error.code || "error" });
   markVariables(error.details?.missing || []);
   const summary = $("summary");
   summary.replaceChildren();
@@ -415,6 +453,7 @@ function drawNoPlan(error, body) {
   drawSections(state.role.sections.map((section, index) => ({
     ...section, index, label: section.title ?? "(preamble)", state: "unknown", kept_chars: 0,
   })));
+  drawPicks([]);
   $("fitted").replaceChildren();
   $("prompt").textContent = "";
 }
@@ -424,15 +463,14 @@ function drawSections(sections) {
   list.replaceChildren();
   const longest = Math.max(1, ...sections.map((section) => section.tokens));
   for (const section of sections) {
-    const label = el("div", { className: "label" });
+    const heading = el("span", { className: "name" });
     if (section.order) {
-      label.append(el("span", { className: "order", textContent: `${section.order}.`,
-        title: "Position in the order the fitter keeps sections" }));
+      heading.append(el("span", { className: "order", textContent: `${section.order}.`,
+        title: "Position in the order the fitter keeps sections" }), " ");
     }
-    label.append(
-      el("span", { className: "title", dir: "auto", textContent: section.label }),
-      el("span", { className: section.required ? "badge required" : "badge",
-        textContent: section.required ? "required" : `priority ${section.priority}` }));
+    heading.append(el("span", { className: "title", dir: "auto", textContent: section.label }));
+    const why = reasonOf(section);
+    const label = el("div", { className: "label" }, heading, why.badge);
 
     const kept = el("div", { className: "kept" });
     kept.style.width = `${section.chars ? (100 * section.kept_chars) / section.chars : 0}%`;
@@ -451,30 +489,72 @@ function drawSections(sections) {
     } else {
       status.append(`${number(section.tokens)} tokens`);
     }
-    if (section.reason === "relevance") {
-      status.append(" · ", el("span", { className: "relevance", textContent: `relevance ${section.score}`,
-        title: "Ranked for the user message by this BM25 score" }));
-    }
 
     const item = el("li", { className: "section" }, label, track, status);
     Object.assign(item.dataset, { state: section.state, label: section.label, tokens: String(section.tokens),
-      keptChars: String(section.kept_chars) });
+      keptChars: String(section.kept_chars), reason: why.reason, score: section.score ?? "",
+      picked: String(why.picked) });
     list.append(item);
   }
 }
 
+// Picked: ranked for the query and kept (whole or cut), as the worker's reason and state say.
+const isPicked = (section) => section.reason === "relevance"
+  && (section.state === "kept" || section.state === "truncated");
+
+// Why a section stood where it did, as the worker says (reason, core, score): a badge for its bar.
+// Without a fit (an error), what the role declares.
+function reasonOf(section) {
+  const picked = isPicked(section);
+  let reason = section.reason ?? "";
+  let text = section.required ? "required" : `priority ${section.priority}`;
+  let title = "";
+  if (section.core) {
+    reason = "core";
+    text = "core";
+    title = `Kept whatever the question (priority ${section.priority})`;
+  } else if (section.reason === "relevance") {
+    text = `${picked ? "picked · " : ""}relevance ${section.score}`;
+    title = `BM25 score ${section.score} against the query; priority ${section.priority}`;
+  } else if (section.reason === "priority" && section.score !== null && section.score !== undefined) {
+    title = "Matches nothing in the query: it follows the picked sections in priority order";
+  }
+  const badge = el("span", { className: `badge ${reason || (section.required ? "required" : "priority")}`,
+    textContent: text, title });
+  return { reason, picked, badge };
+}
+
+// The picked sections in the order the fitter took them (best score first), so a long role's picks
+// can be read at a glance; each also stands out in the bars below.
+function drawPicks(sections) {
+  const list = $("picks");
+  list.replaceChildren();
+  const picked = sections.filter(isPicked).sort((a, b) => a.order - b.order);
+  for (const section of picked) {
+    const item = el("li", {}, el("span", { className: "title", dir: "auto", textContent: section.label }), " ",
+      el("span", { className: "score", textContent: String(section.score) }));
+    if (section.state === "truncated") item.append(" ", el("span", { className: "muted", textContent: "(cut)" }));
+    Object.assign(item.dataset, { label: section.label, score: String(section.score) });
+    list.append(item);
+  }
+  list.hidden = picked.length === 0;
+}
+
 function drawFitted(answer) {
   // Kept text as plain text, what was removed (and the blank lines around it) inside <del>: the
-  // text outside <del> is exactly `system`, the kept pieces joined by blank lines in its order. That
-  // is document order, with dropped sections where they stand, except in relevance selection, where
-  // the stable part comes first and the picked sections after it: then the dropped ones follow all.
+  // text outside <del> is exactly `system`, the kept pieces joined by blank lines in its order
+  // (`position`). In priority selection that is document order, and dropped sections show where they
+  // stand. In relevance selection the stable part (required and core) comes first, then what the
+  // question picked, each marked; the dropped sections follow all of it.
   const box = $("fitted");
   box.replaceChildren();
+  const question = answer.trim.selection === "relevance";
   const kept = answer.sections.filter((s) => s.position !== null).sort((a, b) => a.position - b.position);
-  const inDocumentOrder = kept.every((s, i) => i === 0 || s.index > kept[i - 1].index);
-  const sections = inDocumentOrder ? answer.sections
-    : [...kept, ...answer.sections.filter((s) => s.position === null)];
+  const inPlace = !question && kept.every((s, i) => i === 0 || s.index > kept[i - 1].index);
+  const sections = inPlace ? answer.sections : [...kept, ...answer.sections.filter((s) => s.position === null)];
   let anyKept = false;
+  let afterStable = false;
+  let firstDropped = !inPlace;
   sections.forEach((section, i) => {
     const removed = (className, text, title = "") => box.append(el("del", { className, textContent: text, title }));
     const isKept = section.state !== "dropped";
@@ -483,11 +563,21 @@ function drawFitted(answer) {
       else removed("sep", "\n\n");
     }
     if (!isKept) {
-      removed("dropped", section.text, `dropped: ${section.label}`);
+      removed(firstDropped ? "dropped first-dropped" : "dropped", section.text, `dropped: ${section.label}`);
+      firstDropped = false;
       return;
     }
     anyKept = true;
-    box.append(el("span", { className: "kept", textContent: section.text.slice(0, section.kept_chars) }));
+    const piece = el("span", { className: "kept", textContent: section.text.slice(0, section.kept_chars) });
+    if (section.reason === "relevance") {
+      piece.classList.add("picked");
+      piece.title = `picked for the query: ${section.label}, relevance ${section.score}`;
+    }
+    if (question && !afterStable && !section.required && !section.core) {
+      afterStable = true; // the first piece a question may change: the stable part ends before it
+      piece.classList.add("after-stable");
+    }
+    box.append(piece);
     if (section.state === "truncated") removed("cut", section.text.slice(section.kept_chars), `cut: ${section.label}`);
   });
 }
