@@ -33,11 +33,10 @@ from typing import Any, Literal, cast
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
 from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
-from role_injector.roles import FENCE, Role, Section, fill_variables
+from role_injector.roles import FENCE, SEPARATOR, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
-SEPARATOR = "\n\n"
-SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*(?=\s)")
+SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*+(?=\s)")
 
 
 @dataclass(frozen=True)

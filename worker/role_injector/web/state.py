@@ -29,9 +29,8 @@ class AppState:
 def install(app: Flask, settings: Settings) -> AppState:
     state = AppState(
         settings=settings,
-        store=RoleStore(settings.roles_dir, max_file_bytes=settings.max_role_bytes,
-                        check_interval=settings.reload_interval),
-        profiles=load_profiles(settings.models_file),
+        store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
+        profiles=load_profiles(settings.models_file, settings.role_limits),
         cache=DEFAULT_CACHE,
     )
     app.extensions[EXTENSION] = state
