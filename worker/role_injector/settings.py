@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from role_injector.errors import ConfigError
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
 
@@ -19,6 +20,7 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
     role_limits: RoleLimits = DEFAULT_LIMITS  # README: Configuration, one variable per limit
+    fit_cache_bytes: int = DEFAULT_FIT_CACHE_BYTES
     reload_interval: float = 0.5
     upstream_timeout: float = 300.0
     log_prompts: bool = False
@@ -49,6 +51,7 @@ class Settings:
             "role_limits": RoleLimits(**{
                 limit: number(variable, getattr(cls.role_limits, limit)) for limit, variable in LIMIT_VARIABLES.items()
             }),
+            "fit_cache_bytes": number("ROLE_INJECTOR_FIT_CACHE_BYTES", cls.fit_cache_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from role_injector.fitting import DEFAULT_CACHE, FitCache
+from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
@@ -31,7 +31,7 @@ def install(app: Flask, settings: Settings) -> AppState:
         settings=settings,
         store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
         profiles=load_profiles(settings.models_file, settings.role_limits),
-        cache=DEFAULT_CACHE,
+        cache=FitCache(settings.fit_cache_bytes),
     )
     app.extensions[EXTENSION] = state
     return state
