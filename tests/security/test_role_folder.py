@@ -133,6 +133,16 @@ def test_reloads_go_on_around_special_files(tmp_path: Path) -> None:
     assert "fifo.md" in errors(store)
 
 
+def test_a_partials_folder_that_is_not_a_folder_is_named_in_the_error(tmp_path: Path) -> None:
+    roles = folder(tmp_path)
+    shutil.rmtree(roles / "_partials")
+    (roles / "_partials").write_text("not a folder")
+    (roles / "uses.md").write_text("{{> sig}}\n")
+    store = RoleStore(roles)
+    assert errors(store) == {"uses.md": "partial 'sig': the folder _partials cannot be read: Not a directory"}
+    assert set(store.current().roles) == {"fine"}
+
+
 def test_an_emptied_file_keeps_the_last_good_version_until_it_is_written(tmp_path: Path) -> None:
     roles = folder(tmp_path)
     store = RoleStore(roles, check_interval=0, settle_time=0)

@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 
 from role_injector.normalization import LONG_MARK_RUN, marks, nfc
 from role_injector.tokens import VOCABULARIES, Tokenizer, load_tokenizer
+from tests.ollama_standin import run_ollama_standin
 from tests.security.hostile_roles import GOOD, MIB, serve_roles
 
 TOKENIZERS = list(VOCABULARIES)
@@ -160,7 +161,7 @@ def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path) -> N
     blanks = " " * 1_000_000
     marks_text = "a" + "\u0345\u0301" * 240_000
     qwen = load_tokenizer("qwen")
-    with serve_roles(roles, tmp_path, workers=1) as server:
+    with run_ollama_standin() as ollama, serve_roles(roles, tmp_path, ROLE_INJECTOR_OLLAMA_URL=ollama.url) as server:
         workers = worker_pids(server.process.pid)
         assert len(workers) == 1
         healthy: list[int] = []
@@ -188,6 +189,12 @@ def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path) -> N
                 reply = requests.post(server.url + "/v1/inject", json=body, timeout=300)
                 assert reply.status_code == 200, reply.text
                 assert reply.json()["usage"]["prompt_tokens"] > qwen.count(blanks) // 2
+            chat = {"model": "qwen3:8b@fine", "stream": False, "options": {"num_ctx": 1_000_000},
+                    "messages": [{"role": "user", "content": blanks}]}
+            reply = requests.post(server.url + "/api/chat", json=chat, timeout=300)
+            assert reply.status_code == 200, reply.text
+            (forwarded,) = ollama.requests_to("/api/chat")
+            assert forwarded.body["messages"][-1]["content"] == blanks
         finally:
             stop.set()
             prober.join()

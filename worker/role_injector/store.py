@@ -98,10 +98,11 @@ class Scan:
     roles: tuple[ScannedFile, ...] = ()
     partials: tuple[ScannedFile, ...] = ()
     directory_error: str | None = None
+    partials_error: str | None = None  # the partials folder exists but cannot be listed
 
     @property
     def fingerprint(self) -> tuple[object, ...]:
-        return (self.directory_error, self.roles, self.partials)
+        return (self.directory_error, self.partials_error, self.roles, self.partials)
 
 
 def _kind(mode: int) -> str:
@@ -193,8 +194,10 @@ class RoleStore:
             return Scan(directory_error=f"the roles folder {self.directory} cannot be read: {exc.strerror or exc}")
         try:
             partials = tuple(self._listing(self.directory / PARTIALS_DIR, root, PARTIALS_DIR + "/"))
-        except OSError:
-            partials = ()  # no partials folder (or none readable): a role that includes one says so
+        except FileNotFoundError:
+            return Scan(roles=roles)  # no partials: a role that includes one says so
+        except OSError as exc:
+            return Scan(roles=roles, partials_error=f"the folder {PARTIALS_DIR} cannot be read: {exc.strerror or exc}")
         return Scan(roles=roles, partials=partials)
 
     def _listing(self, folder: Path, root: str, prefix: str) -> Iterator[ScannedFile]:
@@ -245,7 +248,8 @@ class RoleStore:
         def read_partial(name: str) -> str:
             scanned = partial_files.get(name)
             if scanned is None:
-                raise RoleError(f"partial {name!r} not found (expected {PARTIALS_DIR}/{name}.md)")
+                raise RoleError(f"partial {name!r}: {scan.partials_error}" if scan.partials_error
+                                else f"partial {name!r} not found (expected {PARTIALS_DIR}/{name}.md)")
             try:
                 return self._read(scanned)
             except RoleError as exc:

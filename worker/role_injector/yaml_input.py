@@ -71,7 +71,7 @@ def load_yaml(text: str, max_depth: int, depth_variable: str) -> Any:
     except YamlRefused:
         raise
     except yaml.YAMLError as exc:
-        raise YamlRefused(f"not valid YAML: {exc}") from None
+        raise YamlRefused(f"not valid YAML: {' '.join(str(exc).split())}") from None  # one line, for lint
     except (ValueError, TypeError, OverflowError) as exc:  # PyYAML's constructors let these out
         raise YamlRefused(f"a value cannot be read: {exc}") from None
     finally:
