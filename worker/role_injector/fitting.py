@@ -280,6 +280,9 @@ def footprint(value: object) -> int:
                 + sys.getsizeof(value.system) + sum(map(sys.getsizeof, tuples)))
     if isinstance(value, RelevanceIndex):
         return INDEX_BYTES_PER_CHAR * value.characters + INDEX_BYTES_PER_SECTION * (1 + value.sections)
+    if isinstance(value, _Filled):  # a cut piece is a text of its own; whole ones are the sections'
+        return (ENTRY_BYTES * (1 + len(value.pieces)) + sys.getsizeof(value.pieces) + sys.getsizeof(value.system)
+                + sum(map(sys.getsizeof, value.pieces.values())))
     return ENTRY_BYTES
 
 
