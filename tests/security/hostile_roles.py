@@ -64,9 +64,9 @@ FAILING: dict[str, tuple[str, str]] = {
         front("extends: extends-heavy-parent", "## Child\n" + "c" * int(1.9 * MIB) + "\n{{> size-2}}\n"),
         "after partials and extends: over the limit of 4194304",
     ),
-    "many-sections": (headings(30_000, "Heading"), "over the limit of 2000 (set by ROLE_INJECTOR_MAX_SECTIONS)"),
-    "many-sections-merged": (front("extends: many-sections-parent", headings(1_500, "Child")),
-                             "the role has 3000 sections: over the limit of 2000"),
+    "many-sections": (headings(30_000, "Heading"), "over the limit of 10000 (set by ROLE_INJECTOR_MAX_SECTIONS)"),
+    "many-sections-merged": (front("extends: many-sections-parent", headings(6_000, "Child")),
+                             "the role has 12000 sections: over the limit of 10000"),
     "chain-0": (front("extends: chain-1"), "over the limit of 8 (set by ROLE_INJECTOR_MAX_EXTENDS_DEPTH)"),
     "empty": ("", "the file is empty"),
 }
@@ -105,7 +105,7 @@ def write_hostile_roles(folder: Path) -> dict[str, str]:
     for name, text in VALID_BUT_HEAVY.items():
         (folder / f"{name}.md").write_text(text)
     (folder / "extends-heavy-parent.md").write_text(front("description: heavy", "## Parent\n" + "p" * int(1.9 * MIB)))
-    (folder / "many-sections-parent.md").write_text(headings(1_500, "Parent"))
+    (folder / "many-sections-parent.md").write_text(headings(6_000, "Parent"))
     for i in range(1, CHAIN):
         (folder / f"chain-{i}.md").write_text(front(f"extends: chain-{i + 1}") if i < CHAIN - 1 else "Root.\n")
     expected = {f"{name}.md": part for name, (_, part) in FAILING.items()}

@@ -49,7 +49,7 @@ class RoleLimits:
     max_yaml_bytes: int = 64 * 1024  # front matter (and the model profile file)
     max_yaml_depth: int = 16  # nested mappings and lists in YAML
     max_resolved_bytes: int = 4 * 1024 * 1024  # the role after its partials and parents
-    max_sections: int = 2_000
+    max_sections: int = 10_000  # a book-sized role for relevance selection has thousands
     max_extends_depth: int = 8  # parents above a role
     max_partial_depth: int = 5  # partials inside partials
     max_partial_expansions: int = 1_000  # `{{> name}}` replaced while resolving one role
