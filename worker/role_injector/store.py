@@ -201,11 +201,12 @@ class RoleStore:
         return Scan(roles=roles, partials=partials)
 
     def _listing(self, folder: Path, root: str, prefix: str) -> Iterator[ScannedFile]:
-        with os.scandir(folder) as entries:
-            names = sorted(entry.name for entry in entries)
-        for name in names:
-            if name.endswith(".md") and not (name.startswith("_") and not prefix):
-                yield _inspect(os.path.join(folder, name), prefix + name, root)
+        real_folder = os.path.realpath(folder)
+        with os.scandir(folder) as listing:
+            entries = sorted((entry.name, entry) for entry in listing
+                             if entry.name.endswith(".md") and not (entry.name.startswith("_") and not prefix))
+        for name, entry in entries:
+            yield _inspect(entry, prefix + name, root, real_folder)
 
     # Reading -------------------------------------------------------------------------------
 
@@ -307,15 +308,18 @@ class RoleStore:
         return roles, sorted(errors, key=lambda e: e.file)
 
 
-def _inspect(path: str, rel: str, root: str) -> ScannedFile:
-    """Where `path` really leads and what is there, without opening it."""
+def _inspect(entry: os.DirEntry[str], rel: str, root: str, real_folder: str) -> ScannedFile:
+    """Where a listed file really leads and what is there, without opening it (links are resolved;
+    a plain entry is in the folder's real path, so it costs no more than the listing's stat)."""
+    path, link = entry.path, False
     try:
-        real = os.path.realpath(path)
+        link = entry.is_symlink()
+        real = os.path.realpath(path) if link else os.path.join(real_folder, entry.name)
         if os.path.commonpath([real, root]) != root:
             return ScannedFile(rel, real, problem="the file is a symbolic link to outside the roles folder")
-        info = os.stat(real)
+        info = os.stat(real) if link else entry.stat(follow_symlinks=False)
     except FileNotFoundError:
-        return ScannedFile(rel, path, problem="the file is a symbolic link to nothing")
+        return ScannedFile(rel, path, problem="the file is a symbolic link to nothing" if link else "the file is gone")
     except (OSError, ValueError) as exc:
         return ScannedFile(rel, path, problem=f"cannot read the file: {getattr(exc, 'strerror', None) or exc}")
     if not stat.S_ISREG(info.st_mode):
