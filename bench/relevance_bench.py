@@ -60,10 +60,7 @@ def large_role() -> Role:
                 break
         copy += 1
 
-    def nothing(name: str) -> Role:
-        raise LookupError(name)
-
-    return build_role(parse_role_source("large", "large.md", "\n\n".join(sections)), nothing, lambda p: "")
+    return build_role(parse_role_source("large", "large.md", "\n\n".join(sections)))
 
 
 def median_ms(samples: list[float]) -> float:

@@ -54,11 +54,8 @@ class Result:
 
 
 def load_role(language: str) -> Role:
-    def nothing(name: str) -> Role:
-        raise LookupError(name)
-
     name = f"handbook-{language}"
-    return build_role(parse_role_source(name, f"{name}.md", role_text(language)), nothing, lambda p: "")
+    return build_role(parse_role_source(name, f"{name}.md", role_text(language)))
 
 
 def shuffled(role: Role, seed: int) -> Role:

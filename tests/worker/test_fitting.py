@@ -16,13 +16,7 @@ WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "東京", "
 
 
 def make_role(text: str, name: str = "r") -> Role:
-    def no_parent(parent: str) -> Role:
-        raise AssertionError(parent)
-
-    def no_partial(partial: str) -> str:
-        raise AssertionError(partial)
-
-    return build_role(parse_role_source(name, f"{name}.md", text), no_parent, no_partial)
+    return build_role(parse_role_source(name, f"{name}.md", text))
 
 
 sentences = st.lists(st.sampled_from(WORDS), min_size=1, max_size=8).map(

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from role_injector.errors import RoleInjectorError
-from role_injector.roles import fill_variables, resolve_variables
+from role_injector.roles import RoleLimits, fill_variables, resolve_variables
 from role_injector.store import RoleStore
 from tests.worker.conftest import BUNDLED_ROLES, RoleWriter
 
@@ -132,7 +132,7 @@ BROKEN = {
     "required-default": ("---\nvariables: {x: {required: true, default: a}}\n---\n{{x}}\n", "both required"),
     "missing-partial": ("{{> nowhere}}\n", "partial 'nowhere' not found"),
     "partial-cycle": ("{{> loop-a}}\n", "cycle: loop-a -> loop-b -> loop-a"),
-    "too-deep": ("{{> d1}}\n", "nested deeper than 5"),
+    "too-deep": ("{{> d1}}\n", "nest 6 deep: d1 -> d2 -> d3 -> d4 -> d5 -> d6: over the limit of 5"),
     "bad-attribute": ("## Title {priority=high}\nText.\n", "unknown attribute 'priority=high'"),
     "missing-parent": ("---\nextends: nobody\n---\nText.\n", "parent role 'nobody' not found"),
     "extends-cycle-a": ("---\nextends: extends-cycle-b\n---\nA.\n", "cycle"),
@@ -163,9 +163,9 @@ def test_every_kind_of_broken_file_is_reported_and_others_still_load(
 def test_files_over_the_size_limit_are_rejected(write_role: RoleWriter, roles_dir: Path) -> None:
     write_role("big", "x" * 2000)
     write_role("small", "small")
-    store = RoleStore(roles_dir, max_file_bytes=1000)
+    store = RoleStore(roles_dir, limits=RoleLimits(max_file_bytes=1000))
     assert set(store.current().roles) == {"small"}
-    assert "over the limit of 1000 bytes" in error_for(store, "big.md")
+    assert "is 2000 bytes: over the limit of 1000 (set by ROLE_INJECTOR_MAX_ROLE_BYTES)" in error_for(store, "big.md")
 
 
 def test_files_and_folders_starting_with_underscore_are_not_roles(write_role: RoleWriter, roles_dir: Path) -> None:

@@ -31,12 +31,15 @@ GGUF_MAGIC = b"GGUF"
 
 
 def open_store(directory: str) -> RoleStore:
-    return RoleStore(directory, max_file_bytes=Settings.from_env().max_role_bytes)
+    return RoleStore(directory, limits=Settings.from_env().role_limits)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
     store = open_store(args.dir)
     snapshot = store.current()
+    if snapshot.directory_error:
+        print(f"error: {snapshot.directory_error}", file=sys.stderr)
+        return 1
     tokenizers = [load_tokenizer(name) for name in VOCABULARIES]
     rows = [["role", "version", "sections", *(f"tokens ({t.name})" for t in tokenizers), "errors"]]
     for name, role in sorted(snapshot.roles.items()):

@@ -23,7 +23,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import re
+import sys
 import threading
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,11 +35,10 @@ from typing import Any, Literal, cast
 from role_injector.errors import BudgetTooSmall
 from role_injector.formats import neutralise
 from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
-from role_injector.roles import FENCE, Role, Section, fill_variables
+from role_injector.roles import FENCE, SEPARATOR, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
-SEPARATOR = "\n\n"
-SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*(?=\s)")
+SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*+(?=\s)")
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class MeasuredSection:
     tokenizer: Tokenizer = field(repr=False, compare=False)
 
     @cached_property
-    def cuts(self) -> tuple[int, ...]:
-        """Character offsets where the text may be cut, ascending."""
-        return tuple(cut_points(self.text, self.section.title is not None))
+    def cuts(self) -> array[int]:
+        """Character offsets where the text may be cut, ascending (4 bytes each: see `footprint`)."""
+        return array("i", cut_points(self.text, self.section.title is not None))
 
     @cached_property
     def joined_tokens(self) -> int:
@@ -62,7 +63,7 @@ class MeasuredSection:
         return self.tokenizer.count(self.text + SEPARATOR)
 
     @cached_property
-    def cut_tokens(self) -> tuple[int, ...]:
+    def cut_tokens(self) -> array[int]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
         Only a section that is cut pays for this, once (a request encodes only the cut section)."""
         tokens = self.tokenizer.encode(self.text)
@@ -73,7 +74,7 @@ class MeasuredSection:
             byte_offset += len(self.text[char_offset:cut].encode())
             char_offset = cut
             estimates.append(max(1, bisect.bisect_left(starts, byte_offset)))
-        return tuple(estimates)
+        return array("i", estimates)
 
 
 State = Literal["kept", "truncated", "dropped"]
@@ -248,27 +249,79 @@ def is_core(section: Section) -> bool:
     return not section.required and section.priority >= CORE_PRIORITY
 
 
+DEFAULT_FIT_CACHE_BYTES = 128 * 1024 * 1024  # per process (ROLE_INJECTOR_FIT_CACHE_BYTES)
+# What an entry costs besides its texts: the dict slot, key tuple, value object, small ints.
+ENTRY_BYTES = 256
+# A section's cut offsets and their token estimates, 4 bytes each, are made when it is first cut,
+# after it was cached: at most one cut per character, so the entry is counted with 8 bytes more
+# per character from the start.
+CUT_BYTES_PER_CHAR = 8
+# A BM25 index (bm25s: vocabulary, sparse scores) held at most ~35 bytes per character of section
+# text and ~2.2 KB per section, measured on the worst roles found (unique Russian words, thousands
+# of small titled sections; tests/security/test_cache_bounds.py checks these bounds).
+INDEX_BYTES_PER_CHAR = 48
+INDEX_BYTES_PER_SECTION = 4096
+
+
+def footprint(value: object) -> int:
+    """Bytes a key or value of the cache holds, estimated from above."""
+    if isinstance(value, str | bytes):
+        return sys.getsizeof(value)
+    if isinstance(value, tuple):
+        return sys.getsizeof(value) + sum(map(footprint, value))
+    if isinstance(value, MeasuredSection):
+        return ENTRY_BYTES + sys.getsizeof(value.text) + CUT_BYTES_PER_CHAR * len(value.text)
+    if isinstance(value, RolePlan):
+        return ENTRY_BYTES * len(value.sections) + sum(footprint(m) for m in value.sections if m is not None)
+    if isinstance(value, Fit):
+        # Per section: its kept characters, score, place in the walk and, made later, its report.
+        tuples = (value.kept, value.truncated, value.dropped, value.walk_order, value.layout, value.scores or ())
+        return (ENTRY_BYTES * (1 + 2 * len(value.outline.titles)) + sys.getsizeof(value.kept_chars)
+                + sys.getsizeof(value.system) + sum(map(sys.getsizeof, tuples)))
+    if isinstance(value, RelevanceIndex):
+        return INDEX_BYTES_PER_CHAR * value.characters + INDEX_BYTES_PER_SECTION * (1 + value.sections)
+    if isinstance(value, _Filled):  # a cut piece is a text of its own; whole ones are the sections'
+        return (ENTRY_BYTES * (1 + len(value.pieces)) + sys.getsizeof(value.pieces) + sys.getsizeof(value.system)
+                + sum(map(sys.getsizeof, value.pieces.values())))
+    return ENTRY_BYTES
+
+
 class FitCache:
     """What fitting remembers between requests: role plans, measured sections, token counts and whole
-    fits, in one bounded LRU that is safe across threads."""
+    fits, in one LRU that is safe across threads, bounded by the bytes its entries hold (estimated
+    from above by `footprint`; the texts of keys count too, since a key can hold a variable's value).
+    An entry bigger than the whole budget is not kept."""
 
-    def __init__(self, max_entries: int = 50_000) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[Hashable, object] = OrderedDict()
+    def __init__(self, max_bytes: int = DEFAULT_FIT_CACHE_BYTES) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0
+        self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
         self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, key: Hashable) -> object | None:
         with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            self._entries.move_to_end(key)
+            return found[0]
 
     def put(self, key: Hashable, value: object) -> None:
+        size = ENTRY_BYTES + footprint(key) + footprint(value)
         with self._lock:
-            self._entries[key] = value
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self.bytes -= old[1]
+            if size > self.max_bytes:
+                return
+            self._entries[key] = (value, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted
 
     def plan(self, role: Role, tokenizer: Tokenizer) -> RolePlan:
         key = (role.version, tokenizer.name, "plan")
@@ -313,7 +366,7 @@ class FitCache:
         return tokens
 
 
-DEFAULT_CACHE = FitCache()
+DEFAULT_CACHE = FitCache()  # for library callers; the web layer makes one of ROLE_INJECTOR_FIT_CACHE_BYTES
 
 
 def fit_budget(

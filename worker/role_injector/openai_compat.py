@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
-from role_injector.fitting import DEFAULT_CACHE
+from role_injector.fitting import DEFAULT_CACHE, FitCache
 from role_injector.injection import count_messages
 from role_injector.ollama_proxy import counted_turn
 from role_injector.profiles import Profiles
@@ -360,14 +360,14 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatCompletionRequest:
     return ChatCompletionRequest(model, stream, include_usage and stream, chat)
 
 
-def plain_chat(chat: Mapping[str, Any], profiles: Profiles) -> dict[str, Any]:
+def plain_chat(chat: Mapping[str, Any], profiles: Profiles, cache: FitCache = DEFAULT_CACHE) -> dict[str, Any]:
     """The /api/chat body for a plain model: `num_ctx` from its profile, once the conversation is known
     to fit it with the answer's reserve (else `ContextOverflow`, before anything is sent)."""
     model = chat["model"]
     profile = profiles.for_model(model)
     tokenizer = load_tokenizer(profile.tokenizer)
     turns = [counted_turn(m) for m in chat["messages"]]
-    needed = count_messages(profile.format, turns, tokenizer, DEFAULT_CACHE)
+    needed = count_messages(profile.format, turns, tokenizer, cache)
     tools = chat.get("tools")
     tool_tokens = tokenizer.count(json.dumps(tools, ensure_ascii=False)) if tools else 0
     window = profile.context_window

@@ -10,13 +10,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
-from role_injector.roles import NAME_PATTERN, SELECTIONS
+from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, MAX_BUDGET, NAME_PATTERN, SELECTIONS, RoleLimits
+from role_injector.store import read_regular_file
 from role_injector.tokens import VOCABULARIES
+from role_injector.yaml_input import YamlRefused, json_problem, load_yaml
 
 
 @dataclass(frozen=True)
@@ -72,8 +72,8 @@ class Profiles:
 
 
 def _positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ProfileError(f"{where} must be a positive whole number, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BUDGET:
+        raise ProfileError(f"{where} must be a positive whole number (at most {MAX_BUDGET}), not {value!r}")
     return value
 
 
@@ -97,8 +97,8 @@ def _parse_model(where: str, raw: Any) -> ModelProfile:
         raise ProfileError(f"{where}: margin must be a number from 1 to 4")
     context_window = _positive_int(f"{where}: context_window", raw.get("context_window", 8192))
     reserve_output = raw.get("reserve_output", 1024)
-    if isinstance(reserve_output, bool) or not isinstance(reserve_output, int) or reserve_output < 0:
-        raise ProfileError(f"{where}: reserve_output must be a whole number ≥ 0")
+    if isinstance(reserve_output, bool) or not isinstance(reserve_output, int) or not 0 <= reserve_output <= MAX_BUDGET:
+        raise ProfileError(f"{where}: reserve_output must be a whole number from 0 to {MAX_BUDGET}")
     return ModelProfile(
         match=raw["match"].lower(),
         tokenizer=tokenizer,
@@ -123,6 +123,8 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
     params = raw.get("params") or {}
     if not isinstance(params, dict):
         raise ProfileError(f"{where}: params must be a mapping of model options")
+    if problem := json_problem(params, "params"):
+        raise ProfileError(f"{where}: {problem}")
     variables = raw.get("variables") or {}
     if not isinstance(variables, dict) or not all(
         isinstance(v, str | int | float) and not isinstance(v, bool) for v in variables.values()
@@ -148,11 +150,13 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
     )
 
 
-def parse_profiles(text: str, source: str) -> tuple[list[ModelProfile], dict[str, VirtualModel]]:
+def parse_profiles(
+    text: str, source: str, limits: RoleLimits = DEFAULT_LIMITS
+) -> tuple[list[ModelProfile], dict[str, VirtualModel]]:
     try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ProfileError(f"{source} is not valid YAML: {exc}") from None
+        raw = load_yaml(text, limits.max_yaml_depth, LIMIT_VARIABLES["max_yaml_depth"]) or {}
+    except YamlRefused as exc:
+        raise ProfileError(f"{source}: {exc}") from None
     if not isinstance(raw, dict) or set(raw) - {"models", "virtual_models"}:
         raise ProfileError(f"{source} must be a mapping with 'models' and/or 'virtual_models'")
     models_raw = raw.get("models") or []
@@ -164,16 +168,24 @@ def parse_profiles(text: str, source: str) -> tuple[list[ModelProfile], dict[str
     return models, virtual
 
 
-def load_profiles(path: str | Path | None = None) -> Profiles:
-    """Defaults, with the entries of `path` (if given) taking precedence."""
+def load_profiles(path: str | Path | None = None, limits: RoleLimits = DEFAULT_LIMITS) -> Profiles:
+    """Defaults, with the entries of `path` (if given) taking precedence. The file is YAML, so it
+    has the limits of YAML in role files (size, depth, no aliases)."""
     defaults = resources.files("role_injector").joinpath("default_models.yaml").read_text("utf-8")
     models, virtual = parse_profiles(defaults, "default_models.yaml")
     if path:
         try:
-            text = Path(path).read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ProfileError(f"cannot read model profiles {path}: {exc}") from None
-        user_models, user_virtual = parse_profiles(text, str(path))
+            data, _, _ = read_regular_file(str(path), limits.max_yaml_bytes)
+        except OSError as exc:
+            raise ProfileError(f"cannot read model profiles {path}: {exc.strerror or exc}") from None
+        if len(data) > limits.max_yaml_bytes:
+            raise ProfileError(f"model profiles {path}: over the limit of {limits.max_yaml_bytes} bytes "
+                               f"(set by {LIMIT_VARIABLES['max_yaml_bytes']})")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ProfileError(f"model profiles {path} are not valid UTF-8 (byte {exc.start})") from None
+        user_models, user_virtual = parse_profiles(text, str(path), limits)
         models = user_models + models
         virtual = {**virtual, **user_virtual}
     return Profiles(models=tuple(models), virtual_models=virtual)

@@ -118,6 +118,8 @@ class RelevanceIndex:
         import bm25s
         import numpy as np
 
+        self.sections = len(sections)
+        self.characters = sum(len(section.text) for section in sections)  # for the cache's footprint
         documents = [_document(section) for section in sections]
         self._bm25: bm25s.BM25 | None = None
         if any(documents):  # bm25s cannot index a corpus without a single term

@@ -3,6 +3,10 @@
 A role file is `<name>.md`: YAML front matter between `---` lines, then Markdown. Sections start at
 level-1/2 headings; a heading may end in `{required}` or `{priority=N}`. Loading resolves partials
 and the parent role, so a `Role` is self-contained and immutable.
+
+One file can cost only so much to load (`RoleLimits`): every limit is a `RoleError` naming its
+environment variable, and every pattern here runs in linear time (no nested or adjacent
+quantifiers over the same characters: the parts a backtracking regex would try are split in Python).
 """
 
 from __future__ import annotations
@@ -10,31 +14,79 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-import yaml
-
 from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import InvalidRequest, RoleError, VariableError
+from role_injector.normalization import nfc
+from role_injector.yaml_input import YamlRefused, json_problem, load_yaml
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-PLACEHOLDER = re.compile(r"\{\{\s*(>?)\s*([^{}]*?)\s*\}\}")
-HEADING = re.compile(r"^(#{1,2})[ \t]+(.*?)[ \t]*$")
-ATTRIBUTES = re.compile(r"^(.*?)[ \t]*\{([^{}]*)\}$")
+PLACEHOLDER = re.compile(r"\{\{([^{}]*+)\}\}")  # `{{ name }}` or `{{> partial }}`: see `placeholder`
+HEADING = re.compile(r"(#{1,2})[ \t]+(.*)")  # the title's trailing blanks are stripped in Python
 FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
+FRONT_MATTER_END = re.compile(r"^---[ \t]*$", re.MULTILINE)
 
+SEPARATOR = "\n\n"  # between sections, in `Role.content` and in fitted text
 DEFAULT_PRIORITY = 50
 PREAMBLE_PRIORITY = 100
-MAX_PARTIAL_DEPTH = 5
+MAX_BUDGET = 100_000_000
 FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble",
                      "context_policy", "history_share", "selection"}
 # How sections beyond the required ones are chosen: by priority, or by relevance to the conversation.
 SELECTIONS = ("priority", "relevance")
+
+
+@dataclass(frozen=True)
+class RoleLimits:
+    """What loading one role may cost, whatever its files hold (README: Configuration)."""
+
+    max_file_bytes: int = 2 * 1024 * 1024  # one role or partial file
+    max_yaml_bytes: int = 64 * 1024  # front matter (and the model profile file)
+    max_yaml_depth: int = 16  # nested mappings and lists in YAML
+    max_resolved_bytes: int = 4 * 1024 * 1024  # the role after its partials and parents
+    max_sections: int = 10_000  # a book-sized role for relevance selection has thousands
+    max_extends_depth: int = 8  # parents above a role
+    max_partial_depth: int = 5  # partials inside partials
+    max_partial_expansions: int = 1_000  # `{{> name}}` replaced while resolving one role
+
+
+DEFAULT_LIMITS = RoleLimits()
+
+# The environment variable of each limit; `Settings` reads them, errors name them.
+LIMIT_VARIABLES = {
+    "max_file_bytes": "ROLE_INJECTOR_MAX_ROLE_BYTES",
+    "max_yaml_bytes": "ROLE_INJECTOR_MAX_YAML_BYTES",
+    "max_yaml_depth": "ROLE_INJECTOR_MAX_YAML_DEPTH",
+    "max_resolved_bytes": "ROLE_INJECTOR_MAX_RESOLVED_ROLE_BYTES",
+    "max_sections": "ROLE_INJECTOR_MAX_SECTIONS",
+    "max_extends_depth": "ROLE_INJECTOR_MAX_EXTENDS_DEPTH",
+    "max_partial_depth": "ROLE_INJECTOR_MAX_PARTIAL_DEPTH",
+    "max_partial_expansions": "ROLE_INJECTOR_MAX_PARTIAL_EXPANSIONS",
+}
+
+
+def over_limit(limits: RoleLimits, limit: str, what: str) -> RoleError:
+    value = getattr(limits, limit)
+    variable = LIMIT_VARIABLES[limit]
+    return RoleError(f"{what}: over the limit of {value} (set by {variable})",
+                     details={"limit": variable, "value": value})
+
+
+def placeholder(match: re.Match[str]) -> tuple[bool, str]:
+    """(whether it includes a partial, the name) of a PLACEHOLDER match: `{{ > name }}` → (True, "name")."""
+    inner = match.group(1).strip()
+    if inner.startswith(">"):
+        return True, inner[1:].strip()
+    return False, inner
+
+
+def normalise_text(text: str) -> str:
+    return nfc(text).replace("\r\n", "\n")
 
 
 @dataclass(frozen=True)
@@ -89,7 +141,7 @@ class Role:
     @property
     def content(self) -> str:
         """The whole role, variables unfilled, as the fitter would emit it with no budget."""
-        return "\n\n".join(section.text for section in self.sections)
+        return SEPARATOR.join(section.text for section in self.sections)
 
 
 @dataclass(frozen=True)
@@ -102,22 +154,25 @@ class RoleSource:
     body: str
 
 
-def parse_role_source(name: str, file: str, text: str) -> RoleSource:
+def parse_role_source(name: str, file: str, text: str, limits: RoleLimits = DEFAULT_LIMITS) -> RoleSource:
     """Split front matter from body and check the front matter's shape."""
     if not NAME_PATTERN.fullmatch(name):
         raise RoleError(f"role name {name!r} is not allowed: use [a-z0-9][a-z0-9._-]{{0,63}}")
-    text = unicodedata.normalize("NFC", text.lstrip("\ufeff")).replace("\r\n", "\n")
+    text = normalise_text(text.lstrip("\ufeff"))
     meta: Any = {}
     body = text
     if text.startswith("---\n") or text == "---":
-        end = re.search(r"^---[ \t]*$", text[4:], re.MULTILINE)
+        end = FRONT_MATTER_END.search(text, 4)
         if end is None:
             raise RoleError("front matter starts with '---' but has no closing '---' line")
+        yaml_text = text[4 : end.start()]
+        if len(yaml_text.encode()) > limits.max_yaml_bytes:
+            raise over_limit(limits, "max_yaml_bytes", f"front matter is {len(yaml_text.encode())} bytes")
         try:
-            meta = yaml.safe_load(text[4 : 4 + end.start()]) or {}
-        except yaml.YAMLError as exc:
-            raise RoleError(f"front matter is not valid YAML: {exc}") from None
-        body = text[4 + end.end() :].lstrip("\n")
+            meta = load_yaml(yaml_text, limits.max_yaml_depth, LIMIT_VARIABLES["max_yaml_depth"]) or {}
+        except YamlRefused as exc:
+            raise RoleError(f"front matter: {exc}") from None
+        body = text[end.end() :].lstrip("\n")
     if not isinstance(meta, dict):
         raise RoleError("front matter must be a YAML mapping of keys to values")
     unknown = sorted(str(key) for key in meta if key not in FRONT_MATTER_KEYS)
@@ -141,9 +196,9 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
     expect("tags", list, "a list of strings")
     expect("variables", dict, "a mapping of variable names to settings")
     if "budget" in meta and (
-        isinstance(meta["budget"], bool) or not isinstance(meta["budget"], int) or meta["budget"] <= 0
+        isinstance(meta["budget"], bool) or not isinstance(meta["budget"], int) or not 0 < meta["budget"] <= MAX_BUDGET
     ):
-        raise RoleError("front matter 'budget' must be a positive whole number of tokens")
+        raise RoleError(f"front matter 'budget' must be a positive whole number of tokens (at most {MAX_BUDGET})")
     try:
         policy_fields(meta)
     except PolicyFieldError as exc:
@@ -154,6 +209,9 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
         raise RoleError(f"front matter 'selection' must be one of {', '.join(SELECTIONS)}")
     if not all(isinstance(tag, str) for tag in meta.get("tags", [])):
         raise RoleError("front matter 'tags' must be a list of strings")
+    # Params go out as JSON (REST answers, Ollama options): refused here, not with a 500 there.
+    if problem := json_problem(meta.get("params"), "params"):
+        raise RoleError(f"front matter {problem}")
 
 
 def _parse_variables(raw: Mapping[str, Any]) -> dict[str, Variable]:
@@ -182,26 +240,66 @@ def _parse_variables(raw: Mapping[str, Any]) -> dict[str, Variable]:
     return variables
 
 
-def expand_partials(text: str, read_partial: Callable[[str], str], chain: tuple[str, ...] = ()) -> str:
-    """Replace `{{> name}}` with the partial's text, recursively; depth and cycles are bounded."""
-
-    def replace(match: re.Match[str]) -> str:
-        if not match.group(1):
-            return match.group(0)
-        name = match.group(2)
-        if not NAME_PATTERN.fullmatch(name):
-            raise RoleError(f"partial name {name!r} is not allowed")
-        if name in chain:
-            raise RoleError(f"partials include each other in a cycle: {' -> '.join([*chain, name])}")
-        if len(chain) >= MAX_PARTIAL_DEPTH:
-            raise RoleError(f"partials are nested deeper than {MAX_PARTIAL_DEPTH}: {' -> '.join([*chain, name])}")
-        partial = unicodedata.normalize("NFC", read_partial(name)).replace("\r\n", "\n").strip("\n")
-        return expand_partials(partial, read_partial, (*chain, name))
-
-    return PLACEHOLDER.sub(replace, text)
+def _no_partials(name: str) -> str:
+    raise RoleError(f"partial {name!r} not found")
 
 
-def split_sections(body: str, preamble_required: bool) -> list[Section]:
+class PartialExpander:
+    """Replaces `{{> name}}` with `_partials/name.md`, recursively, for the roles of one load.
+
+    Each partial is expanded once and reused (a cycle through it would have been found then), so
+    partials that include each other many times cost their inclusions counted, not their text
+    copied: the count and the size are checked as they grow, before the text is built."""
+
+    def __init__(self, read_partial: Callable[[str], str], limits: RoleLimits) -> None:
+        self.read_partial = read_partial
+        self.limits = limits
+        self._expanded: dict[str, tuple[str, int, int]] = {}  # name -> (text, inclusions in it, depth)
+
+    def expand(self, text: str) -> str:
+        return self._expand(text, ())[0]
+
+    def _expand(self, text: str, chain: tuple[str, ...]) -> tuple[str, int, int]:
+        limits = self.limits
+        inclusions, size, depth = 0, 0, 0
+
+        def replace(match: re.Match[str]) -> str:
+            nonlocal inclusions, size, depth
+            is_partial, name = placeholder(match)
+            if not is_partial:
+                return match.group(0)
+            if not NAME_PATTERN.fullmatch(name):
+                raise RoleError(f"partial name {name!r} is not allowed")
+            if name in chain:
+                raise RoleError(f"partials include each other in a cycle: {' -> '.join([*chain, name])}")
+            text, inner, below = self._partial(name, chain)
+            if len(chain) + below > limits.max_partial_depth:
+                raise over_limit(limits, "max_partial_depth",
+                                 f"partials nest {len(chain) + below} deep: {' -> '.join([*chain, name])} -> ...")
+            inclusions += 1 + inner
+            if inclusions > limits.max_partial_expansions:
+                raise over_limit(limits, "max_partial_expansions", f"partials are included {inclusions} times")
+            size += len(text)
+            if size > limits.max_resolved_bytes:
+                raise over_limit(limits, "max_resolved_bytes", f"partials add {size} characters")
+            depth = max(depth, below)
+            return text
+
+        return PLACEHOLDER.sub(replace, text), inclusions, depth
+
+    def _partial(self, name: str, chain: tuple[str, ...]) -> tuple[str, int, int]:
+        """The partial expanded: (text, inclusions inside it, how many partials deep it goes)."""
+        if name not in self._expanded:
+            if len(chain) >= self.limits.max_partial_depth:
+                raise over_limit(self.limits, "max_partial_depth",
+                                 f"partials nest {len(chain) + 1} deep: {' -> '.join([*chain, name])}")
+            raw = normalise_text(self.read_partial(name)).strip("\n")
+            text, inclusions, depth = self._expand(raw, (*chain, name))
+            self._expanded[name] = (text, inclusions, depth + 1)
+        return self._expanded[name]
+
+
+def split_sections(body: str, preamble_required: bool, limits: RoleLimits = DEFAULT_LIMITS) -> list[Section]:
     """Cut the body at level-1/2 headings outside code fences."""
     chunks: list[tuple[str | None, int, bool, list[str]]] = [
         (None, PREAMBLE_PRIORITY, preamble_required, [])
@@ -217,7 +315,9 @@ def split_sections(body: str, preamble_required: bool) -> list[Section]:
                 fence = None
         heading = HEADING.match(line) if fence is None else None
         if heading:
-            title, priority, required = _parse_heading(heading.group(2))
+            if len(chunks) > limits.max_sections:
+                raise over_limit(limits, "max_sections", f"the role has more than {limits.max_sections} sections")
+            title, priority, required = _parse_heading(heading.group(2).rstrip(" \t"))
             chunks.append((title, priority, required, [f"{heading.group(1)} {title}"]))
         else:
             chunks[-1][3].append(line)
@@ -231,11 +331,13 @@ def split_sections(body: str, preamble_required: bool) -> list[Section]:
 
 
 def _parse_heading(heading: str) -> tuple[str, int, bool]:
-    match = ATTRIBUTES.match(heading)
-    if not match:
+    """Title, priority and required of a heading's text: `Title {required priority=60}`."""
+    opening = heading.rfind("{")
+    attributes = heading[opening + 1 : -1]
+    if not heading.endswith("}") or opening < 0 or "}" in attributes:
         return heading, DEFAULT_PRIORITY, False
-    title, priority, required = match.group(1), DEFAULT_PRIORITY, False
-    for attribute in match.group(2).split():
+    title, priority, required = heading[:opening].rstrip(" \t"), DEFAULT_PRIORITY, False
+    for attribute in attributes.split():
         if attribute == "required":
             required = True
         elif re.fullmatch(r"priority=-?\d{1,6}", attribute):
@@ -250,41 +352,47 @@ def _parse_heading(heading: str) -> tuple[str, int, bool]:
 
 
 def _used_variables(text: str) -> frozenset[str]:
-    return frozenset(m.group(2) for m in PLACEHOLDER.finditer(text) if not m.group(1))
+    return frozenset(name for is_partial, name in map(placeholder, PLACEHOLDER.finditer(text)) if not is_partial)
 
 
 def merge_sections(parent: list[Section], child: list[Section]) -> list[Section]:
-    """Child sections replace the parent's of the same title (the preamble too); new ones follow."""
+    """Child sections replace the parent's of the same title (the first of that title; the preamble
+    too); new ones follow, and a new preamble goes first. Linear: titles are looked up in a dict."""
     merged = list(parent)
+    where: dict[str | None, int] = {}
+    for i, section in enumerate(merged):
+        where.setdefault(section.title, i)
+    preamble: list[Section] = []
     for section in child:
-        same = next((i for i, p in enumerate(merged) if p.title == section.title), None)
-        if same is None:
-            if section.title is None:
-                merged.insert(0, section)
-            else:
-                merged.append(section)
+        if section.title in where:
+            merged[where[section.title]] = section
+        elif section.title is None:
+            preamble = [section]  # split_sections makes at most one
         else:
-            merged[same] = section
-    return merged
+            where[section.title] = len(merged)
+            merged.append(section)
+    return preamble + merged
 
 
-def build_role(
-    source: RoleSource,
-    resolve_parent: Callable[[str], Role],
-    read_partial: Callable[[str], str],
-) -> Role:
-    """Resolve partials and the parent, check variables, and compute the version."""
+def build_role(source: RoleSource, parent: Role | None = None, partials: PartialExpander | None = None) -> Role:
+    """Resolve partials and merge the parent (the role `extends` names, already built), check
+    variables and limits, and compute the version. Without `partials`, none can be included."""
+    partials = partials or PartialExpander(_no_partials, DEFAULT_LIMITS)
+    limits = partials.limits
     meta = dict(source.meta)
-    body = expand_partials(source.body, read_partial)
-    sections = split_sections(body, meta.get("preamble") == "required")
+    body = partials.expand(source.body)
+    sections = split_sections(body, meta.get("preamble") == "required", limits)
     variables = _parse_variables(meta.get("variables") or {})
     params: dict[str, Any] = dict(meta.get("params") or {})
-    parent: Role | None = None
-    if "extends" in meta:
-        parent = resolve_parent(meta["extends"])
+    if parent is not None:
         sections = merge_sections(list(parent.sections), sections)
         variables = {**parent.variables, **variables}
         params = {**parent.params, **params}
+    if len(sections) > limits.max_sections:
+        raise over_limit(limits, "max_sections", f"the role has {len(sections)} sections")
+    size = sum(len(section.text.encode()) for section in sections) + len(SEPARATOR) * (len(sections) - 1)
+    if size > limits.max_resolved_bytes:
+        raise over_limit(limits, "max_resolved_bytes", f"the role is {size} bytes after partials and extends")
     for section in sections:
         undeclared = sorted(section.variables - variables.keys())
         if undeclared:
@@ -309,7 +417,7 @@ def build_role(
     selection = meta.get("selection", parent.selection if parent else "priority")
     if selection != "priority":  # only then, so roles that do not use it keep their versions
         resolved["selection"] = selection
-    canonical = json.dumps(resolved, ensure_ascii=False, sort_keys=True, default=str)
+    canonical = json.dumps(resolved, ensure_ascii=False, sort_keys=True)
     return Role(
         name=source.name,
         version="sha256:" + hashlib.sha256(canonical.encode()).hexdigest(),
@@ -356,4 +464,9 @@ def resolve_variables(role: Role, given: Mapping[str, str]) -> dict[str, str]:
 
 def fill_variables(text: str, values: Mapping[str, str]) -> str:
     """Insert values literally in one pass, so a value is never expanded again."""
-    return PLACEHOLDER.sub(lambda m: values[m.group(2)] if not m.group(1) else m.group(0), text)
+
+    def value(match: re.Match[str]) -> str:
+        is_partial, name = placeholder(match)
+        return match.group(0) if is_partial else values[name]
+
+    return PLACEHOLDER.sub(value, text)

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from role_injector.errors import ConfigError
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
+from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
 
 @dataclass(frozen=True)
@@ -17,7 +19,8 @@ class Settings:
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
-    max_role_bytes: int = 2 * 1024 * 1024
+    role_limits: RoleLimits = DEFAULT_LIMITS  # README: Configuration, one variable per limit
+    fit_cache_bytes: int = DEFAULT_FIT_CACHE_BYTES
     reload_interval: float = 0.5
     upstream_timeout: float = 300.0
     log_prompts: bool = False
@@ -45,7 +48,10 @@ class Settings:
             "models_file": env.get("ROLE_INJECTOR_MODELS") or None,
             "max_body_bytes": number("ROLE_INJECTOR_MAX_BODY_BYTES", cls.max_body_bytes),
             "max_proxy_body_bytes": number("ROLE_INJECTOR_MAX_PROXY_BODY_BYTES", cls.max_proxy_body_bytes),
-            "max_role_bytes": number("ROLE_INJECTOR_MAX_ROLE_BYTES", cls.max_role_bytes),
+            "role_limits": RoleLimits(**{
+                limit: number(variable, getattr(cls.role_limits, limit)) for limit, variable in LIMIT_VARIABLES.items()
+            }),
+            "fit_cache_bytes": number("ROLE_INJECTOR_FIT_CACHE_BYTES", cls.fit_cache_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},

@@ -2,20 +2,28 @@
 
 Each vocabulary file is checked against a pinned sha256 before use, so a changed or corrupted
 file is refused instead of silently miscounting.
+
+Any text the body limit admits is counted exactly, as the unsplit `encode_ordinary` would, in
+bounded time: tiktoken's regex engine gives up (a Rust panic, which escapes `except Exception`) on
+a run of about 1,000,000 blanks, so long runs of blanks are cut out of the text where the split
+pattern necessarily cuts them and encoded as the one piece the pattern would make of them
+(`long_blank_tails`); NFC is done in O(n log n) (`normalization.nfc`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import threading
-import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 
 import tiktoken
 
 from role_injector.errors import VocabularyError
+from role_injector.normalization import marks, nfc
 
 # Qwen2/Qwen2.5/Qwen3 pre-tokenizer split pattern (single digits, unlike cl100k's 1-3).
 QWEN_PATTERN = (
@@ -31,6 +39,48 @@ CL100K_PATTERN = (
     r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+"""
     r"""|\s++$|\s*[\r\n]|\s+(?!\S)|\s"""
 )
+
+
+# `\s` of the split patterns (Unicode White_Space, as Rust's regex has it) without \r and \n.
+BLANK = "\t\x0b\x0c \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+BLANK_CHAR = re.compile(f"[{BLANK}]")
+BLANK_RUN = re.compile(f"[{BLANK}]*+")
+# Runs of blanks at least this long are encoded by `long_blank_tails`; the regex engine's own
+# limit (fancy-regex's backtracking stack) is about 1,000,000.
+LONG_BLANK_RUN = 1024
+
+
+def long_blank_tails(text: str, min_run: int = LONG_BLANK_RUN) -> Iterator[tuple[int, int]]:
+    r"""Spans [start, end) of `text` that the split pattern makes one piece of, for each maximal
+    run of at least `min_run` blanks that is not followed by \r or \n. Encoding the text before a
+    span, the span as a single piece and the text after it, separately, gives the tokens of the
+    whole text. Why, for each of the three patterns (they share their white-space alternatives
+    `\s*[\r\n]+ | \s+(?!\S) | \s+`, cl100k with `\s++$` first and `\s*[\r\n]`, `\s`):
+
+    - A match ends at the run's start s: before it stands a starter of no other alternative that
+      can go on into blanks (letters, digits and punctuation runs stop at a blank), or a \r/\n
+      that ends a white-space match (`\s*[\r\n]+` reaches the last newline before the run and
+      stops; at the end of the cut text it, or `\s++$`, ends at the same place). Nothing before s
+      looks past it other than to see that a class ends, which the end of the text also says.
+    - From s the run of blanks (n ≥ 2 of them, no newline) followed by a non-blank: no alternative
+      but white space starts with two blanks, `\s*[\r\n]+` finds no newline, `\s+(?!\S)` takes
+      all blanks but the last. So [s, e - 1) is one piece, and so is the whole span at the end of
+      the text (`\s+(?!\S)`, `\s++$`). That last blank is left to the text after the span, where
+      it may lead the next word (` ?` and `[^\r\n\p{L}\p{N}]?`), as it does in the whole text.
+
+    Cost: one strided slice finds the candidates (every run of `min_run` holds a sampled character)."""
+    if len(text) < min_run or not BLANK_CHAR.search(text[min_run - 1 :: min_run]):
+        return
+    done = 0
+    for sample in range(min_run - 1, len(text), min_run):
+        if sample < done or not BLANK_CHAR.match(text, sample):
+            continue
+        end = BLANK_RUN.match(text, sample).end()
+        behind = BLANK_RUN.match(text[max(done, sample - min_run) : sample + 1][::-1]).end()
+        start = sample + 1 - behind
+        done = end
+        if end - start >= min_run and text[end : end + 1] not in ("\r", "\n"):
+            yield start, end if end == len(text) else end - 1
 
 
 @dataclass(frozen=True)
@@ -91,13 +141,29 @@ class Tokenizer:
     encoding: tiktoken.Encoding
     nfc: bool
     token_bytes: list[int] = field(repr=False)
+    long_blank_run: int = LONG_BLANK_RUN
+
+    def __post_init__(self) -> None:
+        specials = sorted(self.encoding.special_tokens_set, key=len, reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials)))
 
     def _normalise(self, text: str) -> str:
-        return unicodedata.normalize("NFC", text) if self.nfc else text
+        return nfc(text) if self.nfc else text
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        tokens: list[int] = []
+        done = 0
+        for start, end in long_blank_tails(text, self.long_blank_run):
+            tokens += self.encoding.encode_ordinary(text[done:start])
+            tokens += self.encoding._encode_single_piece(text[start:end].encode())
+            done = end
+        if not done:
+            return self.encoding.encode_ordinary(text)
+        return tokens + self.encoding.encode_ordinary(text[done:])
 
     def encode(self, text: str) -> list[int]:
         """Tokens of plain text: special-token strings inside it count as text."""
-        return self.encoding.encode_ordinary(self._normalise(text))
+        return self._encode_ordinary(self._normalise(text))
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
@@ -106,8 +172,16 @@ class Tokenizer:
         return token in self.encoding.special_tokens_set
 
     def count_prompt(self, prompt: str) -> int:
-        """Tokens of a rendered prompt, where the format's control tokens are real specials."""
-        return len(self.encoding.encode(self._normalise(prompt), allowed_special="all"))
+        """Tokens of a rendered prompt, where the format's control tokens are real specials: what
+        `encoding.encode(prompt, allowed_special="all")` counts, which encodes the text between
+        special tokens as ordinary text, piece by piece."""
+        text = self._normalise(prompt)
+        tokens = 0
+        done = 0
+        for special in self._specials.finditer(text):
+            tokens += len(self._encode_ordinary(text[done : special.start()])) + 1
+            done = special.end()
+        return tokens + len(self._encode_ordinary(text[done:]))
 
 
 def read_vocabulary(vocabulary: Vocabulary) -> bytes:
@@ -158,4 +232,6 @@ def load_tokenizer(name: str) -> Tokenizer:
                 raise VocabularyError(f"unknown tokenizer {name!r}; known: {', '.join(sorted(VOCABULARIES))}")
             vocabulary = VOCABULARIES[name]
             _loaded[name] = build_tokenizer(vocabulary, read_vocabulary(vocabulary))
+            if vocabulary.nfc:
+                marks()  # NFC's table, built here too: `serve` loads tokenizers before forking
         return _loaded[name]

@@ -32,7 +32,7 @@ from role_injector.errors import (
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body
 from role_injector.web.ollama import DROPPED_HEADER, _chunks, _context_policy, _upstream_json, proxy_body, send
-from role_injector.web.state import profiles, roles, settings
+from role_injector.web.state import cache, profiles, roles, settings
 
 openai = Blueprint("openai", __name__)
 
@@ -143,7 +143,7 @@ def chat_completions() -> Response:
     headers: dict[str, str] = {}
     if virtual is None:
         g.log.update(model=asked.model)
-        chat = compat.plain_chat(asked.chat, profiles())
+        chat = compat.plain_chat(asked.chat, profiles(), cache())
     else:
         g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
         with metrics.injection(virtual.role) as record:  # the context policy as on the Ollama proxy

@@ -74,8 +74,12 @@ def injection_json(result: Injection) -> dict[str, Any]:
 
 
 @rest.get("/healthz")
-def healthz() -> dict[str, Any]:
-    return {"status": "ok", "roles": len(roles().roles)}
+def healthz() -> tuple[dict[str, Any], int]:
+    """503 while the roles folder cannot be read (the roles loaded before keep serving)."""
+    snapshot = roles()
+    if snapshot.directory_error is not None:
+        return {"status": "error", "roles": len(snapshot.roles), "error": snapshot.directory_error}, 503
+    return {"status": "ok", "roles": len(snapshot.roles)}, 200
 
 
 @rest.get("/v1/roles")

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from role_injector.fitting import DEFAULT_CACHE, FitCache
+from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
@@ -29,10 +29,9 @@ class AppState:
 def install(app: Flask, settings: Settings) -> AppState:
     state = AppState(
         settings=settings,
-        store=RoleStore(settings.roles_dir, max_file_bytes=settings.max_role_bytes,
-                        check_interval=settings.reload_interval),
-        profiles=load_profiles(settings.models_file),
-        cache=DEFAULT_CACHE,
+        store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
+        profiles=load_profiles(settings.models_file, settings.role_limits),
+        cache=FitCache(settings.fit_cache_bytes),
     )
     app.extensions[EXTENSION] = state
     return state

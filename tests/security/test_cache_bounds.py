@@ -1,0 +1,174 @@
+"""The fit cache is bounded in bytes, not only in entries (issue 9, item 7): distinct ~900 KB
+variable values used to grow each worker by ~200 MB per 300 requests, never released. Entries
+are sized from above (`footprint`) and the least recently used go first.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import sys
+import tracemalloc
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from role_injector.fitting import ENTRY_BYTES, FitCache, fit_budget, footprint, measure_section
+from role_injector.formats import Message
+from role_injector.injection import InjectRequest, inject
+from role_injector.profiles import load_profiles
+from role_injector.relevance import Query, RelevanceIndex
+from role_injector.roles import Section, resolve_variables
+from role_injector.settings import Settings
+from role_injector.store import RoleStore
+from role_injector.tokens import load_tokenizer
+from tests.security.hostile_roles import serve_roles
+from tests.security.test_tokenizer_input import worker_pids
+from tests.servers import REPO
+
+ROLE = "---\nvariables: {notes: {required: true}}\n---\n## Mission {required}\nHelp.\n\n## Notes\n{{notes}}\n"
+values = st.one_of(st.text(max_size=300), st.integers(), st.tuples(st.text(max_size=50), st.text(max_size=50)))
+operations = st.lists(st.tuples(st.sampled_from(["put", "get"]), st.integers(0, 15), values), max_size=60)
+
+
+@settings(max_examples=300)
+@given(st.integers(200, 4_000), operations)
+def test_the_cache_never_holds_more_bytes_than_its_budget_and_drops_the_least_recent(
+    budget: int, steps: list[tuple[str, int, object]]
+) -> None:
+    cache = FitCache(max_bytes=budget)
+    model: OrderedDict[int, tuple[object, int]] = OrderedDict()  # what an LRU bounded in bytes holds
+    for operation, key, value in steps:
+        if operation == "get":
+            assert cache.get(key) == (model[key][0] if key in model else None)
+            if key in model:
+                model.move_to_end(key)
+            continue
+        cache.put(key, value)
+        model.pop(key, None)
+        size = ENTRY_BYTES + footprint(key) + footprint(value)
+        if size <= budget:
+            model[key] = (value, size)
+        while sum(size for _, size in model.values()) > budget:
+            model.popitem(last=False)
+        assert cache.bytes == sum(size for _, size in model.values()) <= budget
+        assert len(cache) == len(model)
+
+
+text_with_many_cuts = st.lists(st.sampled_from(["A.", " ", "b!", "\n\n", "c", "«d.»", "\n", "Ж?"]), max_size=400)
+
+
+@settings(max_examples=100, deadline=None)
+@given(text_with_many_cuts.map("".join), st.booleans())
+def test_a_measured_section_is_counted_with_at_least_the_bytes_it_holds_once_cut(text: str, heading: bool) -> None:
+    text = ("## Title\n" if heading else "") + text
+    section = Section("Title" if heading else None, text, 50, False, frozenset())
+    measured = measure_section(0, section, text, load_tokenizer("qwen"))
+    held_before_cut = sys.getsizeof(measured.text)
+    cuts, estimates = measured.cuts, measured.cut_tokens  # made lazily, after the entry was sized
+    held = held_before_cut + sys.getsizeof(cuts) + sys.getsizeof(estimates) + sys.getsizeof(measured)
+    assert footprint(measured) >= held
+
+
+@pytest.mark.parametrize("query", [None, "how do we review code and deploy on friday"])
+@pytest.mark.parametrize("budget", [300, 3_000, 30_000])
+def test_a_fit_is_counted_with_at_least_the_bytes_it_holds_once_reported(query: str | None, budget: int) -> None:
+    role = RoleStore(REPO / "roles").current().roles["manifest"]
+    values = resolve_variables(role, {name: "Keel" for name in role.variables})
+    fit = fit_budget(role, values, budget, load_tokenizer("qwen"), FitCache(),
+                     None if query is None else Query.from_text(query))
+    fit.report()  # makes the per-section reports, after the fit was cached
+    objects = [fit, *fit.sections]
+    tuples = (fit.kept, fit.truncated, fit.dropped, fit.walk_order, fit.layout, fit.scores or ())
+    held = (sum(sys.getsizeof(o) + sys.getsizeof(vars(o)) for o in objects) + sys.getsizeof(fit.system)
+            + sys.getsizeof(fit.kept_chars) + sum(map(sys.getsizeof, tuples)) + 32 * len(fit.scores or ()))
+    assert footprint(fit) >= held
+
+
+def unique_words(count: int, letters: str, length: int, seed: int) -> str:
+    chosen = random.Random(seed)
+    return " ".join("".join(chosen.choice(letters) for _ in range(length)) for _ in range(count))
+
+
+INDEX_SHAPES = {
+    "unique Latin words": lambda: [Section(f"S{i}", f"## S{i}\n" + unique_words(2_000, string.ascii_lowercase, 5, i),
+                                           50, False, frozenset()) for i in range(100)],
+    "unique Russian words": lambda: [Section(f"S{i}", f"## S{i}\n" + unique_words(2_000, RUSSIAN, 5, i),
+                                             50, False, frozenset()) for i in range(100)],
+    "many small titled sections": lambda: [
+        Section(f"W{i} " + unique_words(3, string.ascii_lowercase, 5, i),
+                f"## W{i}\n" + unique_words(5, string.ascii_lowercase, 5, -i), 50, False, frozenset())
+        for i in range(2_000)],
+    "the manifest": lambda: list(RoleStore(REPO / "roles").current().roles["manifest"].sections),
+}
+RUSSIAN = "абвгдежзийклмнопрстуфхцчшщыэюя"
+
+
+@pytest.mark.parametrize("shape", INDEX_SHAPES)
+def test_a_relevance_index_is_counted_with_at_least_the_bytes_it_holds(shape: str) -> None:
+    sections = INDEX_SHAPES[shape]()
+    RelevanceIndex(sections[:1])  # imports and their caches, before measuring
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        index = RelevanceIndex(sections)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert footprint(index) >= held
+
+
+def test_distinct_large_variable_values_stay_within_the_budget(tmp_path: Path) -> None:
+    (tmp_path / "notes.md").write_text(ROLE)
+    snapshot = RoleStore(tmp_path).current()
+    cache = FitCache(max_bytes=8 * 1024 * 1024)
+    profiles = load_profiles()
+    for i in range(12):
+        notes = f"Note {i}. " + "lorem ipsum dolor sit amet " * 33_000  # ~900 KB, a new value each time
+        request = InjectRequest(role="notes", turns=(Message("user", "hi"),), variables={"notes": notes},
+                                model="qwen3:8b", context_window=2_000_000)
+        inject(snapshot, profiles, request, cache)
+        assert cache.bytes <= cache.max_bytes
+    assert len(cache) > 0
+
+
+def test_the_budget_is_a_setting() -> None:
+    assert Settings.from_env({"ROLE_INJECTOR_FIT_CACHE_BYTES": "1048576"}).fit_cache_bytes == 1024 * 1024
+    assert Settings.from_env({}).fit_cache_bytes == FitCache().max_bytes
+
+
+def rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_worker_does_not_grow_with_distinct_large_variable_values(tmp_path: Path) -> None:
+    """The attack against a real gunicorn worker: 90 requests, each with a new ~900 KB value, with
+    a 16 MiB cache. Before, the worker kept every one (~2 MB each)."""
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "notes.md").write_text(ROLE)
+    budget = 16 * 1024 * 1024
+    with serve_roles(roles, tmp_path, ROLE_INJECTOR_FIT_CACHE_BYTES=str(budget)) as server:
+        (worker,) = worker_pids(server.process.pid)
+        session = requests.Session()
+
+        def send(i: int) -> None:
+            notes = f"Note {i}. " + "lorem ipsum dolor sit amet " * 33_000
+            reply = session.post(server.url + "/v1/inject", timeout=120, json={
+                "role": "notes", "variables": {"notes": notes}, "prompt": "hi", "context_window": 2_000_000})
+            assert reply.status_code == 200, reply.text
+
+        for i in range(10):  # warm up: allocator arenas, the tokenizer's own buffers
+            send(i)
+        before = rss(worker)
+        for i in range(10, 100):
+            send(i)
+        grown = rss(worker) - before
+        assert grown < 4 * budget, f"the worker grew by {grown / 2**20:.0f} MiB"
