@@ -76,10 +76,9 @@ export class RoleInjector implements INodeType {
 					returnData.push({ json: { error: (error as Error).message }, pairedItem: { item: i } });
 					continue;
 				}
-				// Both constructors hand back an error of their own class unchanged (its itemIndex is set).
-				if (error instanceof NodeApiError) {
-					throw new NodeApiError(this.getNode(), error as unknown as JsonObject, { itemIndex: i });
-				}
+				// The node's own errors were made with their itemIndex, and wrapping one in its own class
+				// hands it back unchanged (n8n-workflow); only a foreign error gets the itemIndex here.
+				if (error instanceof NodeApiError) throw new NodeApiError(this.getNode(), error as unknown as JsonObject);
 				throw new NodeOperationError(this.getNode(), error as Error, { itemIndex: i });
 			}
 		}
