@@ -364,8 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for piece in _split(text, fault.chunks) if text or not calls else ():
                 self._write_chunk(chunk(piece, done=False))
-                if fault.chunk_delay:
-                    time.sleep(fault.chunk_delay)
+                if fault.chunk_delay and self._client_left_within(fault.chunk_delay):
+                    raise BrokenPipeError  # noticed during the pause, as Ollama notices a cancelled request
             if calls:  # Ollama streams the calls whole, in a chunk of their own, before the last line
                 self._write_chunk(chunk("", done=False, tool_calls=calls))
             self._write_chunk(chunk("", done=True))
@@ -377,9 +377,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _client_left_within(self, seconds: float) -> bool:
         """Wait `seconds`, unless the client closes its connection first (then True)."""
         deadline = time.monotonic() + seconds
+        poll = select.poll()  # (select.select cannot take descriptors above 1023)
+        poll.register(self.connection, select.POLLIN)
         while (left := deadline - time.monotonic()) > 0:
-            readable, _, _ = select.select([self.connection], [], [], left)
-            if readable:
+            if poll.poll(left * 1000):
                 try:
                     if not self.connection.recv(1, socket.MSG_PEEK):
                         return True

@@ -22,7 +22,7 @@ from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body, stream_body
 from role_injector.web.state import profiles, roles, settings
 from role_injector.web.studio import wants_page
-from role_injector.web.upstream import Answer, api_path, forward_headers, relay, send
+from role_injector.web.upstream import api_path, forward_headers, relay, send
 
 ollama = Blueprint("ollama", __name__)
 log = logging.getLogger("role_injector.ollama")
@@ -58,13 +58,6 @@ def forward(method: str, path: str, body: Any = None, content_type: str | None =
 
 def proxy_body() -> bytes:
     return read_body(settings().max_proxy_body_bytes)  # larger than the REST limit: images
-
-
-def json_answer(answer: Answer, what: str) -> Any | None:
-    """Ollama's JSON answer, or None when it is not a 200 (then relay it as it is)."""
-    if answer.status != 200:
-        return None
-    return answer.json(what)
 
 
 # --- routes ---------------------------------------------------------------------------------------
@@ -129,21 +122,19 @@ def show() -> Response:
         return forward("POST", "/api/show", raw)
     answer = send("POST", "/api/show", encode_json(proxy.rewrite_show(body, virtual)),
                   forward_headers("application/json"))
-    shown = json_answer(answer, "/api/show")
-    if shown is None:
-        return relay(answer)
-    return Response(json.dumps(proxy.show_response(shown, roles(), profiles(), virtual), ensure_ascii=False),
-                    200, mimetype="application/json")
+    if answer.status != 200:
+        return relay(answer)  # Ollama's own error, as it is
+    shown = proxy.show_response(answer.json("/api/show"), roles(), profiles(), virtual)
+    return Response(json.dumps(shown, ensure_ascii=False), 200, mimetype="application/json")
 
 
 @ollama.get("/api/tags")
 def tags() -> Response:
     answer = send("GET", "/api/tags", headers=forward_headers())
-    listed = json_answer(answer, "/api/tags")
-    if listed is None:
+    if answer.status != 200:
         return relay(answer)
-    return Response(json.dumps(proxy.tags_response(listed, roles(), profiles()), ensure_ascii=False), 200,
-                    mimetype="application/json")
+    listed = proxy.tags_response(answer.json("/api/tags"), roles(), profiles())
+    return Response(json.dumps(listed, ensure_ascii=False), 200, mimetype="application/json")
 
 
 @ollama.route("/", methods=["GET", "HEAD"])
