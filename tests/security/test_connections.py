@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.ollama_standin import OllamaStandin
-from tests.security.conftest import open_socket, read_until_closed
+from tests.security.conftest import address, open_socket, read_until_closed
 from tests.servers import WorkerProcess
 
 HELD = 1000
@@ -120,12 +120,16 @@ def test_idle_and_slow_header_connections_are_closed_after_the_read_timeout(guar
     assert requests.get(guarded.url + "/healthz", timeout=10).status_code == 200
 
 
+@pytest.mark.parametrize("framing", ["length", "chunked"])
 @pytest.mark.parametrize(("path", "shape"), [("/v1/count", "rest"), ("/api/chat", "ollama")])
 def test_a_stalled_body_is_408_and_the_connection_closed(guarded: WorkerProcess, standin: OllamaStandin,
-                                                         path: str, shape: str) -> None:
+                                                         path: str, shape: str, framing: str) -> None:
     sock = open_socket(guarded)
-    sock.sendall(f"POST {path} HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
-                 "Content-Length: 1000\r\n\r\n{\"text\": ".encode())
+    head = f"POST {path} HTTP/1.1\r\nHost: worker\r\nContent-Type: application/json\r\n"
+    if framing == "length":
+        sock.sendall(f"{head}Content-Length: 1000\r\n\r\n{{\"text\": ".encode())
+    else:
+        sock.sendall(f"{head}Transfer-Encoding: chunked\r\n\r\n9\r\n{{\"text\": \r\n".encode())
     answer = read_until_closed(sock)  # the server answers, then closes
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408"), answer
@@ -149,7 +153,7 @@ def test_clients_that_never_read_a_large_answer_are_dropped(guarded: WorkerProce
     for _ in range(40):
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(open_socket(guarded).getpeername())
+        sock.connect(address(guarded))
         sock.sendall(b"GET /api/ps HTTP/1.1\r\nHost: worker\r\n\r\n")
         sockets.append(sock)
     assert requests.get(guarded.url + "/healthz", timeout=10).status_code == 200
