@@ -233,7 +233,7 @@ class Answer:
         """The body in pieces of at most 64 KiB, each passed on as soon as it arrives."""
         complete = False
         try:
-            while True:
+            while self.response.length_remaining != 0:  # (None: chunked, or a body that ends at close)
                 with self._watch.waiting():
                     piece = self.response.read1(PIECE)
                 if not piece:
