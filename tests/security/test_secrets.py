@@ -119,3 +119,12 @@ def test_raw_targets_do_not_show_the_secret(guarded: WorkerProcess) -> None:
     answer = raw_request(guarded, "GET", "/api/%2e%2e/x")
     assert answer.status == 400
     assert_no_secret(answer.body.decode())
+
+
+def test_settings_never_show_the_secrets_in_a_repr() -> None:
+    from role_injector.settings import Settings
+
+    settings = Settings.from_env({"ROLE_INJECTOR_OLLAMA_URL": with_userinfo("http://127.0.0.1:11434"),
+                                  "ROLE_INJECTOR_API_KEY": "the-api-key-itself"})
+    assert_no_secret(repr(settings))
+    assert "the-api-key-itself" not in repr(settings)

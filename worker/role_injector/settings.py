@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
@@ -14,8 +14,8 @@ from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 @dataclass(frozen=True)
 class Settings:
     roles_dir: str = "./roles"
-    api_key: str | None = None
-    ollama_url: str = "http://localhost:11434"
+    api_key: str | None = field(default=None, repr=False)  # secrets: never in a repr (logs, tracebacks)
+    ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
