@@ -128,3 +128,6 @@ def test_settings_never_show_the_secrets_in_a_repr() -> None:
                                   "ROLE_INJECTOR_API_KEY": "the-api-key-itself"})
     assert_no_secret(repr(settings))
     assert "the-api-key-itself" not in repr(settings)
+    from role_injector.web.upstream import Upstream
+
+    assert_no_secret(repr(Upstream.parse(with_userinfo("http://127.0.0.1:11434"))))

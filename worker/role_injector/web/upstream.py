@@ -34,7 +34,7 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import IncompleteRead
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -81,7 +81,7 @@ class Upstream:
     host: str
     port: int
     base_path: str  # '' or '/prefix', without a trailing slash
-    authorization: str | None  # Basic credentials from the URL's userinfo
+    authorization: str | None = field(repr=False)  # Basic credentials from the URL's userinfo
     shown: str  # the URL without its userinfo: the only form that appears in messages and logs
 
     @classmethod
