@@ -71,11 +71,20 @@ def test_no_answer_metric_or_log_line_shows_the_secret(place: Path) -> None:
             requests.post(server.url + "/api/show", json={"model": "guarded"}, timeout=10),
             requests.post(server.url + "/api/blobs/sha256:" + "0" * 64, data=b"x" * 100, timeout=10),
         ]
+        other_shapes = [  # the OpenAI route and the REST route that creates an Ollama model
+            requests.get(server.url + "/v1/models", timeout=10),
+            requests.post(server.url + "/v1/chat/completions", json=CHAT, timeout=10),
+            requests.post(server.url + "/v1/chat/completions", json={**CHAT, "stream": True}, timeout=10),
+            requests.post(server.url + "/v1/roles/guarded/ollama-model", json={"base": "qwen3:8b"}, timeout=30),
+        ]
         for answer in answers[:1] + answers[2:]:
             assert answer.status_code == 502, answer.text
             message = answer.json()["error"]
             assert message.startswith("cannot reach Ollama at http://***@127.0.0.1:"), message
             assert "/base" in message
+            assert_no_secret(answer.text)
+        for answer in other_shapes:
+            assert "cannot reach Ollama at http://***@127.0.0.1:" in answer.text, answer.text
             assert_no_secret(answer.text)
         for answer in answers:
             assert_no_secret(json.dumps(dict(answer.headers)))
@@ -128,6 +137,20 @@ def test_settings_never_show_the_secrets_in_a_repr() -> None:
                                   "ROLE_INJECTOR_API_KEY": "the-api-key-itself"})
     assert_no_secret(repr(settings))
     assert "the-api-key-itself" not in repr(settings)
-    from role_injector.web.upstream import Upstream
+    from role_injector.ollama_url import OllamaUrl
 
-    assert_no_secret(repr(Upstream.parse(with_userinfo("http://127.0.0.1:11434"))))
+    assert_no_secret(repr(OllamaUrl.parse(with_userinfo("http://127.0.0.1:11434"))))
+
+
+def test_the_cli_sends_the_userinfo_as_basic_auth_and_never_shows_it(place: Path, standin: OllamaStandin) -> None:
+    def ollama_list(url: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(ROLE_INJECTOR), "ollama", "list", "--roles", str(place / "roles"),
+                               "--ollama-url", url], env={**os.environ, **CLEAN_ENV}, capture_output=True,
+                              text=True, timeout=60)
+
+    listed = ollama_list(with_userinfo(standin.url))
+    assert listed.returncode == 0, listed.stderr
+    assert {r.headers.get("Authorization") for r in standin.requests} == {BASIC}
+    down = ollama_list(with_userinfo(f"http://127.0.0.1:{free_port()}"))
+    assert down.returncode != 0 and "***@127.0.0.1" in down.stderr
+    assert_no_secret(down.stdout + down.stderr)

@@ -162,10 +162,10 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
+    from role_injector.ollama_url import OllamaUrl
     from role_injector.settings import Settings
     from role_injector.tokens import VOCABULARIES, load_tokenizer
     from role_injector.web import create_app
-    from role_injector.web.upstream import Upstream
 
     try:
         settings = Settings.from_env(roles_dir=roles_dir)
@@ -180,7 +180,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
         print(EXPOSED_WITHOUT_KEY.format(host=host), file=sys.stderr, end="", flush=True)
     raise_file_limit(2 * settings.max_connections + 256)
     log.info("role-injector: roles from %s; the Ollama proxy forwards to %s", settings.roles_dir,
-             Upstream.parse(settings.ollama_url).shown)
+             OllamaUrl.parse(settings.ollama_url).shown)
 
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess

@@ -15,6 +15,7 @@ from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
 from role_injector.errors import KINDS, ConfigError, RoleInjectorError, Unauthorized
+from role_injector.ollama_url import OllamaUrl
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
 
@@ -76,9 +77,7 @@ def check_api_key(api_key: str | None) -> None:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     check_api_key(settings.api_key)
-    from role_injector.web.upstream import Upstream
-
-    Upstream.parse(settings.ollama_url)  # a wrong URL stops the start, not the first request
+    OllamaUrl.parse(settings.ollama_url)  # a wrong URL stops the start, not the first request
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)

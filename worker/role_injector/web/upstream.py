@@ -6,9 +6,8 @@ other route that answers with Ollama's help).
     return relay(answer)                                # streamed through as it arrives
     data = answer.json("/api/tags")                     # or: read a JSON answer, bounded
 
-- `Upstream.parse(url)` reads ROLE_INJECTOR_OLLAMA_URL once: http(s), a host, an optional base path
-  (every path is sent under it); userinfo (`http://user:pass@host`) is sent as Basic auth and never
-  shown: `shown` is the URL for messages and logs.
+- `upstream()`: ROLE_INJECTOR_OLLAMA_URL as an `OllamaUrl` (`role_injector.ollama_url`): every path is
+  sent under its base path, its userinfo as Basic auth, and only `shown` appears in messages and logs.
 - `send` raises `UpstreamUnreachable` (502), `UpstreamTimeout` (504) or `ClientClosed` (the client
   went away meanwhile: 499, logged only); each blueprint shows these in its own error shape.
 - `Answer.chunks()` yields the body in pieces of at most 64 KiB as they arrive (never the whole body
@@ -26,7 +25,6 @@ connection to Ollama is closed at once, which tells Ollama to stop.
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import logging
@@ -34,10 +32,8 @@ import os
 import re
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from http.client import IncompleteRead
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import urllib3
 from flask import Response, request
@@ -45,13 +41,13 @@ from urllib3.exceptions import NewConnectionError
 
 from role_injector.errors import (
     ClientClosed,
-    ConfigError,
     InvalidRequest,
     RoleInjectorError,
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from role_injector.ollama_url import SEGMENT, OllamaUrl
 from role_injector.web.client_watch import ClientGone, ClientWatch
 from role_injector.web.state import settings
 
@@ -66,70 +62,26 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 NOT_SENT_UP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
 NOT_SENT_DOWN = HOP_BY_HOP | {"date", "server"}  # gunicorn sets its own
 OUR_AUTH = frozenset({"authorization", "x-api-key"})
-# A path segment as Ollama's API has them (`chat`, `blobs`, `sha256:…`): no '%' escapes, no '\', not
-# empty, not '.' or '..' (nothing starting with a dot).
-SEGMENT = re.compile(r"[A-Za-z0-9_:~-][A-Za-z0-9._:~-]*")
 ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 
 # --- where Ollama is -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Upstream:
-    scheme: str
-    host: str
-    port: int
-    base_path: str  # '' or '/prefix', without a trailing slash
-    authorization: str | None = field(repr=False)  # Basic credentials from the URL's userinfo
-    shown: str  # the URL without its userinfo: the only form that appears in messages and logs
-
-    @classmethod
-    def parse(cls, url: str) -> Upstream:
-        parts = urlsplit(url.strip())
-        netloc = parts.netloc.rpartition("@")[2]
-        shown = f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{netloc}{parts.path}"
-        problem = None
-        try:
-            port = parts.port
-        except ValueError:
-            port, problem = None, "its port is not a number from 0 to 65535"
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            problem = "it must start with http:// or https:// and name a host"
-        elif parts.query or parts.fragment:
-            problem = "it may not have a query or a fragment"
-        elif parts.path and not all(SEGMENT.fullmatch(s) for s in parts.path.strip("/").split("/")):
-            problem = "its path may only have plain segments (no '.', '..', '%' escapes or empty segments)"
-        if problem:
-            raise ConfigError(f"ROLE_INJECTOR_OLLAMA_URL {shown!r} is not usable: {problem}")
-        authorization = None
-        if "@" in parts.netloc:
-            credentials = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}"
-            authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
-        return cls(
-            scheme=parts.scheme,
-            host=parts.hostname or "",
-            port=port or (443 if parts.scheme == "https" else 80),
-            base_path=parts.path.rstrip("/"),
-            authorization=authorization,
-            shown=shown.rstrip("/"),
-        )
-
-
-_parsed: dict[str, Upstream] = {}
-_pools: dict[tuple[int, Upstream], urllib3.HTTPConnectionPool] = {}
+_parsed: dict[str, OllamaUrl] = {}
+_pools: dict[tuple[int, OllamaUrl], urllib3.HTTPConnectionPool] = {}
 _pools_lock = threading.Lock()
 
 
-def upstream() -> Upstream:
+def upstream() -> OllamaUrl:
     url = settings().ollama_url
     found = _parsed.get(url)
     if found is None:
-        found = _parsed[url] = Upstream.parse(url)
+        found = _parsed[url] = OllamaUrl.parse(url)
     return found
 
 
-def _pool(target: Upstream) -> urllib3.HTTPConnectionPool:
+def _pool(target: OllamaUrl) -> urllib3.HTTPConnectionPool:
     """Keep-alive connections to Ollama, per process (gunicorn forks after loading the app).
 
     urllib3 directly, not `requests` on top of it: `requests` costs 1-2 ms of CPU per forwarded request
@@ -208,7 +160,7 @@ def _reason(exc: BaseException) -> str:
 class Answer:
     """Ollama's answer: status and headers; the body not read yet."""
 
-    def __init__(self, response: urllib3.BaseHTTPResponse, target: Upstream, path: str,
+    def __init__(self, response: urllib3.BaseHTTPResponse, target: OllamaUrl, path: str,
                  watch: ClientWatch, read_timeout: float) -> None:
         self.response = response
         self.status = response.status
