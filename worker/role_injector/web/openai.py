@@ -88,13 +88,21 @@ def _lines(answer: Answer) -> Iterator[dict[str, Any]]:
 def _events(lines: Iterator[dict[str, Any]], stream: compat.ChatStream) -> Iterator[bytes]:
     """SSE events as Ollama's lines arrive. Closing this (the client went away) closes the upstream
     connection."""
+    last = b""
     with closing(lines):
         for line in lines:  # read to the end even after the last line: the connection is then reused
-            events = b"" if stream.answer.done else stream.events(line)
-            if events:
+            if stream.answer.done:
+                continue
+            events = stream.events(line)
+            if stream.answer.done:
+                # Held until Ollama's answer is read to its end: its connection is back in the pool
+                # before the client, which stops reading at [DONE], can send its next request.
+                last = events
+            elif events:
                 yield events
         if not stream.answer.done:
             raise UpstreamError(INCOMPLETE)
+    yield last
 
 
 def _error_event(exc: RoleInjectorError) -> bytes:
