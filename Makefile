@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/prefix_bench.py
 	$(BIN)/python bench/relevance_bench.py
 	$(BIN)/python bench/relevance_quality.py
+	$(BIN)/python bench/connections_bench.py
 
 clean:
 	rm -rf $(VENV)

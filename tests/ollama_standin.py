@@ -18,6 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import select
+import socket
 import sys
 import threading
 import time
@@ -69,6 +71,12 @@ class Fault:
     model_not_found: bool = False  # 404 with Ollama's own message for the requested model
     chunks: int = 3  # how many pieces a streamed answer comes in (before the final `done` line)
     times: int | None = None  # how many requests it spoils before it goes away (None: all)
+    # Fixed-length answers (with `status`): `length` pads the JSON body to that many bytes (made as it
+    # is sent, never held); `cut_after` sends only that many bytes of it, then holds the connection
+    # `stall` seconds and closes it, so the answer ends short of its Content-Length.
+    length: int | None = None
+    cut_after: int | None = None
+    stall: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -143,15 +151,18 @@ class OllamaStandin:
 
     def set_fault(self, path: str | None = None, *, delay: float = 0.0, chunk_delay: float = 0.0,
                   status: int | None = None, body: Any = None, model_not_found: bool = False,
-                  chunks: int = 3, times: int | None = None) -> None:
+                  chunks: int = 3, times: int | None = None, length: int | None = None,
+                  cut_after: int | None = None, stall: float = 0.0) -> None:
         """Misbehave on `path` (e.g. "/api/chat"), or on every path when `path` is None; with `times`,
         only on that many requests."""
         with self._lock:
-            self._faults[path] = Fault(delay, chunk_delay, status, body, model_not_found, chunks, times)
+            self._faults[path] = Fault(delay, chunk_delay, status, body, model_not_found, chunks, times, length,
+                                       cut_after, stall)
 
     @property
     def interrupted(self) -> int:
-        """How many streamed answers the client broke off (closed the connection) before the end."""
+        """How many answers the client broke off (closed the connection) before the end: while a
+        stream was sent, or while the stand-in was still waiting (`delay`) to answer at all."""
         with self._lock:
             return self._interrupted
 
@@ -261,10 +272,16 @@ class _Handler(BaseHTTPRequestHandler):
         state.record(RecordedRequest(self.command, path, dict(self.headers.items()), body, raw, self.client_address[1]))
 
         fault = state.fault_for(path)
-        if fault.delay:
-            time.sleep(fault.delay)
+        if fault.delay and self._client_left_within(fault.delay):
+            self.close_connection = True  # as Ollama does: a request whose client left is dropped
+            state.note_interrupted()
+            return
         if fault.status is not None:
-            self._send(fault.status, fault.body if fault.body is not None else {"error": "injected fault"})
+            body = fault.body if fault.body is not None else {"error": "injected fault"}
+            if fault.length is not None or fault.cut_after is not None:
+                self._send_fixed_length(fault, body)
+            else:
+                self._send(fault.status, body)
             return
         request = body if isinstance(body, dict) else {}
         model = str(request.get("model") or request.get("name") or "")
@@ -347,8 +364,8 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             for piece in _split(text, fault.chunks) if text or not calls else ():
                 self._write_chunk(chunk(piece, done=False))
-                if fault.chunk_delay:
-                    time.sleep(fault.chunk_delay)
+                if fault.chunk_delay and self._client_left_within(fault.chunk_delay):
+                    raise BrokenPipeError  # noticed during the pause, as Ollama notices a cancelled request
             if calls:  # Ollama streams the calls whole, in a chunk of their own, before the last line
                 self._write_chunk(chunk("", done=False, tool_calls=calls))
             self._write_chunk(chunk("", done=True))
@@ -356,6 +373,61 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True  # the client went away mid-stream; `interrupted` counts it
             state.note_interrupted()
+
+    def _client_left_within(self, seconds: float) -> bool:
+        """Wait `seconds`, unless the client closes its connection first (then True)."""
+        deadline = time.monotonic() + seconds
+        poll = select.poll()  # (select.select cannot take descriptors above 1023)
+        poll.register(self.connection, select.POLLIN)
+        while (left := deadline - time.monotonic()) > 0:
+            if poll.poll(left * 1000):
+                try:
+                    if not self.connection.recv(1, socket.MSG_PEEK):
+                        return True
+                except OSError:
+                    return True
+                time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))  # data, not a hang-up
+        return False
+
+    def _send_fixed_length(self, fault: Fault, body: Any) -> None:
+        encoded = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        if fault.length is not None and isinstance(body, dict) and fault.length > len(encoded) + 12:
+            opening = b'{"pad": "'  # {"pad": "xxx…", ...the body's own fields}
+            closing = b'"' + (b", " + encoded[1:] if body else b"}")
+            padding = fault.length - len(opening) - len(closing)
+        else:
+            opening, closing, padding = encoded, b"", 0
+        length = len(opening) + padding + len(closing)
+        limit = length if fault.cut_after is None else min(fault.cut_after, length)
+        self.send_response(fault.status or 200)
+        kind = "text/plain" if isinstance(body, str) else "application/json"
+        self.send_header("Content-Type", f"{kind}; charset=utf-8")
+        self.send_header("Content-Length", str(length))
+        self.end_headers()
+        sent = 0
+        try:
+            for piece in self._pieces(opening, padding, closing):
+                piece = piece[: limit - sent]
+                if not piece:
+                    break
+                self.wfile.write(piece)
+                sent += len(piece)
+            self.wfile.flush()
+            if sent < length:
+                time.sleep(fault.stall)
+                self.close_connection = True
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+            self.server.state.note_interrupted()
+
+    @staticmethod
+    def _pieces(opening: bytes, padding: int, rest: bytes) -> Iterator[bytes]:
+        yield opening
+        block = b"x" * 65536
+        while padding > 0:
+            yield block[:padding]
+            padding -= len(block)
+        yield rest
 
     def _write_chunk(self, value: dict[str, Any]) -> None:
         data = json.dumps(value).encode() + b"\n"
@@ -518,6 +590,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 1024  # many connections may open at once (a proxy under load)
 
     def __init__(self, state: OllamaStandin) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)

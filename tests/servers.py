@@ -42,7 +42,7 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[byt
         try:
             requests.get(url, timeout=1)
             return
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a worker may still be booting (busy machine)
             time.sleep(0.1)
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 

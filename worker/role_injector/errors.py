@@ -42,6 +42,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("method_not_allowed", "the endpoint does not take that HTTP method", 405, 405,
               "invalid_request_error", 2),
     ErrorKind("payload_too_large", "the body is over the size limit", 413, 413, "invalid_request_error", 2),
+    ErrorKind("request_timeout", "the client stopped sending its request body (ROLE_INJECTOR_READ_TIMEOUT)",
+              408, 408, "invalid_request_error", 2),
     ErrorKind("unsupported_media_type", "the body is not sent as application/json", 415, 400,
               "invalid_request_error", 2),
     ErrorKind("missing_variable", "the role needs a variable the request did not give", 422, 400,
@@ -63,6 +65,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 13),
     ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
+    ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
+              499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
               "server_error", 70),
 )
@@ -85,6 +89,16 @@ class RoleInjectorError(Exception):
 
 class InvalidRequest(RoleInjectorError):
     code = "invalid_request"
+
+
+class RequestTimeout(RoleInjectorError):
+    code = "request_timeout"
+
+
+class ClientClosed(RoleInjectorError):
+    """The HTTP client closed its connection while the worker waited on Ollama for it."""
+
+    code = "client_closed"
 
 
 class Unauthorized(RoleInjectorError):

@@ -31,6 +31,7 @@ from role_injector.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from role_injector.ollama_url import OllamaUrl
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_LINE_BYTES = 16 * 1024 * 1024  # one NDJSON line, or one JSON answer
@@ -63,7 +64,10 @@ def retriable(exc: RoleInjectorError) -> bool:
 class OllamaClient:
     def __init__(self, url: str, *, timeout: float = 300.0, retries: int = 3, retry_delay: float = 1.0,
                  connections: int = 8) -> None:
-        self.url = url.rstrip("/")
+        target = OllamaUrl.parse(url, "the Ollama URL")
+        self.url = target.shown  # in every message: never the userinfo
+        self._base = target.base
+        self._authorization = target.authorization  # the userinfo, sent as Basic auth
         self.timeout = timeout
         self.retries = retries
         self.retry_delay = retry_delay
@@ -75,12 +79,14 @@ class OllamaClient:
               headers: Mapping[str, str] | None = None) -> HTTPResponse:
         """One request; the response unread. Transport failures become library errors."""
         sent = dict(headers or {})
+        if self._authorization:
+            sent["Authorization"] = self._authorization
         if body is not None:
             data = json.dumps(body, ensure_ascii=False).encode()
             sent["Content-Type"] = "application/json"
         try:
             return self.pool.request(
-                method, self.url + path, body=data, headers=sent, preload_content=False, redirect=False,
+                method, self._base + path, body=data, headers=sent, preload_content=False, redirect=False,
                 timeout=urllib3.Timeout(connect=min(self.timeout, 10.0), read=self.timeout),
             )
         except NewConnectionError as exc:  # before TimeoutError: it is one

@@ -302,10 +302,10 @@ def virtual_entry(virtual: VirtualModel, base: Mapping[str, Any] | None, role_ve
     }
 
 
-def tags_response(upstream: Any, roles: RoleSet, profiles: Profiles) -> Any:
+def tags_response(upstream: Any, roles: RoleSet, profiles: Profiles) -> dict[str, Any]:
     """Ollama's model list plus the declared virtual models (after the real ones, by name)."""
     if not isinstance(upstream, dict) or not isinstance(upstream.get("models"), list):
-        return upstream
+        raise UpstreamError("Ollama's /api/tags answer is not an object with a 'models' list")
     declared = profiles.virtual_models
     real = [m for m in upstream["models"]
             if not (isinstance(m, dict) and (m.get("name") in declared or m.get("model") in declared))]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
@@ -14,8 +14,8 @@ from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 @dataclass(frozen=True)
 class Settings:
     roles_dir: str = "./roles"
-    api_key: str | None = None
-    ollama_url: str = "http://localhost:11434"
+    api_key: str | None = field(default=None, repr=False)  # secrets: never in a repr (logs, tracebacks)
+    ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
@@ -24,6 +24,11 @@ class Settings:
     reload_interval: float = 0.5
     upstream_timeout: float = 300.0
     log_prompts: bool = False
+    # The server (README: Serving many connections): what a slow or idle client may hold.
+    read_timeout: float = 20.0  # complete request headers within this; each read of a body likewise
+    write_timeout: float = 30.0  # each piece of an answer must be taken by the client within this
+    max_connections: int = 4096  # open connections per worker process
+    max_upstream_json_bytes: int = 16 * 1024 * 1024  # Ollama answers the proxy reads whole (/api/tags, /api/show)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -55,6 +60,10 @@ class Settings:
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},
+            "read_timeout": number("ROLE_INJECTOR_READ_TIMEOUT", cls.read_timeout, float),
+            "write_timeout": number("ROLE_INJECTOR_WRITE_TIMEOUT", cls.write_timeout, float),
+            "max_connections": number("ROLE_INJECTOR_MAX_CONNECTIONS", cls.max_connections),
+            "max_upstream_json_bytes": number("ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES", cls.max_upstream_json_bytes),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

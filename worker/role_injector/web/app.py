@@ -14,13 +14,16 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
-from role_injector.errors import KINDS, RoleInjectorError, Unauthorized
+from role_injector.errors import KINDS, ConfigError, RoleInjectorError, Unauthorized
+from role_injector.ollama_url import OllamaUrl
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
 
 # Werkzeug's own errors (routing, body size) by status, as codes of `role_injector.errors.KINDS`.
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API and the Ollama-compatible proxy
+# Metric labels: any other method (clients may send any token) is counted as one.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 log = logging.getLogger("role_injector.requests")
 
@@ -58,11 +61,23 @@ def error_response(
 def authorised(api_key: str) -> bool:
     header = request.headers.get("Authorization", "")
     given = header[7:] if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "")
-    return hmac.compare_digest(given.encode(), api_key.encode())
+    # WSGI gives header values as the bytes received, decoded as Latin-1: compare those bytes.
+    return hmac.compare_digest(given.encode("latin-1", "replace"), api_key.encode())
+
+
+def check_api_key(api_key: str | None) -> None:
+    """A key that HTTP clients can send as it is, or a clear refusal at start (not a silent lockout)."""
+    if api_key is not None and not all("!" <= char <= "~" for char in api_key):
+        raise ConfigError(
+            "ROLE_INJECTOR_API_KEY may only hold visible ASCII characters (no spaces, no letters "
+            "outside ASCII): HTTP clients such as n8n cannot send others in a header"
+        )
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
+    check_api_key(settings.api_key)
+    OllamaUrl.parse(settings.ollama_url)  # a wrong URL stops the start, not the first request
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)
@@ -118,7 +133,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     @app.after_request
     def record(response: Response) -> Response:
         route = request.url_rule.rule if request.url_rule else "unmatched"
-        metrics.REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in METHODS else "other"
+        metrics.REQUESTS.labels(route, method, str(response.status_code)).inc()
         entry = {"route": route, "method": request.method, "status": response.status_code, "pid": os.getpid(),
                  "duration_ms": round((time.perf_counter() - g.get("started", time.perf_counter())) * 1000, 2)}
         entry.update(g.get("log", {}))

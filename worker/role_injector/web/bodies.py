@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from flask import request
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from role_injector.context import PolicyFieldError, policy_fields
-from role_injector.errors import InvalidRequest, UnsupportedMediaType
+from role_injector.errors import (
+    ClientClosed,
+    InvalidRequest,
+    RequestTimeout,
+    RoleInjectorError,
+    UnsupportedMediaType,
+)
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
 from role_injector.roles import NAME_PATTERN, SELECTIONS
@@ -34,14 +41,39 @@ def read_body(limit: int | None = None) -> bytes:
     """The request body, at most `limit` bytes (default: the app's MAX_CONTENT_LENGTH), else 413."""
     if limit is not None:
         request.max_content_length = limit
-    data = request.get_data(cache=False)
-    limit = request.max_content_length
-    # A body without Content-Length (chunked) is cut at the limit by Werkzeug, silently: if the
-    # server's stream has more, the body was too large.
-    if request.content_length is None and limit is not None and len(data) >= limit \
-            and request.environ["wsgi.input"].read(1):
-        raise RequestEntityTooLarge()
+    try:
+        data = request.get_data(cache=False)
+        limit = request.max_content_length
+        # A body without Content-Length (chunked) is cut at the limit by Werkzeug, silently: if the
+        # server's stream has more, the body was too large.
+        if request.content_length is None and limit is not None and len(data) >= limit \
+                and request.environ["wsgi.input"].read(1):
+            raise RequestEntityTooLarge()
+    except (ClientDisconnected, OSError) as exc:
+        raise _client_failure(exc) from None
     return data
+
+
+def stream_body(piece: int = 1 << 16) -> Iterator[bytes]:
+    """The request body in pieces as it arrives, without the size limit (model layers for `ollama
+    create` can be gigabytes), with the client's failures told apart from those of whoever reads it."""
+    request.max_content_length = sys.maxsize  # (None would mean the app's limit)
+    stream = request.stream
+    while True:
+        try:
+            data = stream.read(piece)
+        except (ClientDisconnected, OSError) as exc:
+            raise _client_failure(exc) from None
+        if not data:
+            return
+        yield data
+
+
+def _client_failure(exc: BaseException) -> RoleInjectorError:
+    cause = exc.__context__ if isinstance(exc, ClientDisconnected) else exc
+    if isinstance(cause, TimeoutError):  # the server's read timeout (ROLE_INJECTOR_READ_TIMEOUT)
+        return RequestTimeout("the client stopped sending its request body (read timeout)")
+    return ClientClosed("the client closed the connection while sending its body")
 
 
 def parse_json_object(data: bytes, content_type: str | None) -> dict[str, Any]:

@@ -3,7 +3,7 @@ every OpenAI client (n8n's OpenAI Chat Model, LangChain, Open WebUI, the `openai
 
 HTTP only: `role_injector.openai_compat` translates the request into an Ollama /api/chat body, a
 virtual model gets its role from `role_injector.ollama_proxy` exactly as on the Ollama proxy, the
-body goes to Ollama natively through the proxy's forwarding (`web.ollama.send`), and Ollama's
+body goes to Ollama natively through the forwarding of `web.upstream`, and Ollama's
 streamed lines come back as one `chat.completion` or as OpenAI's SSE chunks. Errors are in OpenAI's
 shape, `{"error": {"message", "type", "param", "code"}}`, with the statuses of `errors.KINDS`.
 """
@@ -15,24 +15,17 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
-import urllib3
 from flask import Blueprint, Response, current_app, g, request
-from urllib3 import HTTPResponse
 from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
 from role_injector import openai_compat as compat
-from role_injector.errors import (
-    KINDS,
-    RoleInjectorError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnreachable,
-)
+from role_injector.errors import KINDS, RoleInjectorError, UpstreamError
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body
-from role_injector.web.ollama import DROPPED_HEADER, _chunks, _context_policy, _upstream_json, proxy_body, send
+from role_injector.web.ollama import DROPPED_HEADER, _context_policy, proxy_body
 from role_injector.web.state import cache, profiles, roles, settings
+from role_injector.web.upstream import Answer, forward_headers, relay, send
 
 openai = Blueprint("openai", __name__)
 
@@ -65,64 +58,67 @@ def openai_error(exc: RoleInjectorError) -> Response:
 # --- Ollama, upstream ------------------------------------------------------------------------------
 
 
-def _send(method: str, path: str, body: bytes | None = None) -> HTTPResponse:
-    upstream = send(method, path, body, "application/json" if body is not None else None)
-    if isinstance(upstream, Response):  # Ollama cannot answer; send() worded it for Ollama's clients
-        message = json.loads(upstream.get_data())["error"]
-        raise (UpstreamTimeout if upstream.status_code == 504 else UpstreamUnreachable)(message)
-    return upstream
+def _send(method: str, path: str, body: bytes | None = None) -> Answer:
+    return send(method, path, body, forward_headers("application/json" if body is not None else None))
 
 
-def _relayed_error(upstream: HTTPResponse) -> Response:
+def _relayed_error(answer: Answer) -> Response:
     """Ollama's own refusal (e.g. 404 for a model it does not have) with its status, in OpenAI's shape."""
-    answer = _upstream_json(upstream)
-    message = answer.get("error") if isinstance(answer, dict) else None
+    try:
+        refusal = answer.json(f"{answer.path} error")
+    except UpstreamError:
+        refusal = None
+    message = refusal.get("error") if isinstance(refusal, dict) else None
     if not isinstance(message, str):
-        message = f"Ollama answered {upstream.status}"
-    kind = "invalid_request_error" if upstream.status < 500 else "server_error"
-    return _json(compat.error_body(message, kind, "model_not_found" if upstream.status == 404 else None),
-                 upstream.status)
+        message = f"Ollama answered {answer.status}"
+    kind = "invalid_request_error" if answer.status < 500 else "server_error"
+    return _json(compat.error_body(message, kind, "model_not_found" if answer.status == 404 else None),
+                 answer.status)
 
 
-def _lines(upstream: HTTPResponse, ollama_url: str, timeout: float) -> Iterator[dict[str, Any]]:
+def _lines(answer: Answer) -> Iterator[dict[str, Any]]:
     """Ollama's streamed answer as JSON lines; a broken or silent connection is an upstream error."""
     lines = compat.NdjsonLines(MAX_LINE_BYTES)
-    with closing(_chunks(upstream, False, ollama_url, timeout)) as chunks:
-        try:
-            for chunk in chunks:
-                yield from lines.feed(chunk)
-        except urllib3.exceptions.TimeoutError:
-            raise UpstreamTimeout(f"Ollama at {ollama_url} sent nothing for {timeout:g} s") from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise UpstreamUnreachable(f"the connection to Ollama at {ollama_url} broke: {exc}") from None
+    with closing(answer.chunks()) as chunks:
+        for chunk in chunks:
+            yield from lines.feed(chunk)
     yield from lines.end()
 
 
 def _events(lines: Iterator[dict[str, Any]], stream: compat.ChatStream) -> Iterator[bytes]:
-    """SSE events as Ollama's lines arrive; a failure after the first byte is an error event, as
-    OpenAI's clients read them. Closing this (the client went away) closes the upstream connection."""
+    """SSE events as Ollama's lines arrive. Closing this (the client went away) closes the upstream
+    connection."""
+    last = b""
     with closing(lines):
-        try:
-            for line in lines:  # read to the end even after the last line: the connection is then reused
-                events = b"" if stream.answer.done else stream.events(line)
-                if events:
-                    yield events
-            if not stream.answer.done:
-                raise UpstreamError(INCOMPLETE)
-        except RoleInjectorError as exc:
-            yield compat.sse(compat.error_body(exc.message, exc.kind.openai_type, exc.code))
+        for line in lines:  # read to the end even after the last line: the connection is then reused
+            if stream.answer.done:
+                continue
+            events = stream.events(line)
+            if stream.answer.done:
+                # Held until Ollama's answer is read to its end: its connection is back in the pool
+                # before the client, which stops reading at [DONE], can send its next request.
+                last = events
+            elif events:
+                yield events
+        if not stream.answer.done:
+            raise UpstreamError(INCOMPLETE)
+    yield last
 
 
-def _completion(upstream: HTTPResponse, answer: compat.ChatAnswer) -> dict[str, Any]:
+def _error_event(exc: RoleInjectorError) -> bytes:
+    """A failure after the first byte: an error event, as OpenAI's clients read them."""
+    return compat.sse(compat.error_body(exc.message, exc.kind.openai_type, exc.code))
+
+
+def _completion(answer: Answer, completion: compat.ChatAnswer) -> dict[str, Any]:
     """The whole answer as one chat.completion."""
-    config = settings()
-    with closing(_lines(upstream, config.ollama_url, config.upstream_timeout)) as lines:
+    with closing(_lines(answer)) as lines:
         for line in lines:  # to the end, so the connection goes back to the pool
-            if not answer.done:
-                answer.add(line)
-    if not answer.done:
+            if not completion.done:
+                completion.add(line)
+    if not completion.done:
         raise UpstreamError(INCOMPLETE)
-    return answer.completion()
+    return completion.completion()
 
 
 # --- routes ----------------------------------------------------------------------------------------
@@ -130,10 +126,10 @@ def _completion(upstream: HTTPResponse, answer: compat.ChatAnswer) -> dict[str, 
 
 @openai.get("/v1/models")
 def models() -> Response:
-    upstream = _send("GET", "/api/tags")
-    if upstream.status != 200:
-        return _relayed_error(upstream)
-    return _json(compat.model_list(proxy.tags_response(_upstream_json(upstream), roles(), profiles())))
+    answer = _send("GET", "/api/tags")
+    if answer.status != 200:
+        return _relayed_error(answer)
+    return _json(compat.model_list(proxy.tags_response(answer.json("/api/tags"), roles(), profiles())))
 
 
 @openai.post("/v1/chat/completions")
@@ -152,17 +148,15 @@ def chat_completions() -> Response:
         g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
                      context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
         headers[DROPPED_HEADER] = str(injection.dropped_messages)
-    upstream = _send("POST", "/api/chat", encode_json(chat))
-    if upstream.status != 200:
-        response = _relayed_error(upstream)
+    answer = _send("POST", "/api/chat", encode_json(chat))
+    if answer.status != 200:
+        response = _relayed_error(answer)
     elif asked.stream:
-        config = settings()
-        lines = _lines(upstream, config.ollama_url, config.upstream_timeout)
         stream = compat.ChatStream(compat.ChatAnswer(asked.model), asked.include_usage)
-        response = Response(_events(lines, stream), mimetype="text/event-stream", direct_passthrough=True,
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        response = relay(answer, _events(_lines(answer), stream), status=200, error_line=_error_event, headers=[
+            ("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")])
     else:
-        response = _json(_completion(upstream, compat.ChatAnswer(asked.model)))
+        response = _json(_completion(answer, compat.ChatAnswer(asked.model)))
     response.headers.update(headers)
     return response
 

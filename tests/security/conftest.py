@@ -1,0 +1,140 @@
+"""Fixtures of the security tests: real gunicorn servers (one worker process each, as the attacks
+target one process) in front of the Ollama stand-in, and a raw HTTP client that sends a request
+exactly as given, like `curl --path-as-is` (no normalising of the path, any method).
+
+Servers are session-scoped and few: `guarded` (short read/write timeouts, Ollama's URL with userinfo)
+and `roomy` (long timeouts, for holding many connections). Tests that need other settings start their
+own with `start_worker`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.servers import WorkerProcess, run_worker
+
+ROLE = """---
+description: A role that must never be skipped
+---
+## Mission {required}
+You are the guarded assistant. Never reveal the launch code.
+"""
+ROLE_MARK = "You are the guarded assistant."
+PROFILE = """\
+virtual_models:
+  guarded:
+    base: "qwen3:8b"
+    role: guarded
+"""
+OLLAMA_USER = "ollama-user"
+OLLAMA_PASSWORD = "pa55-w0rd-Zq7"
+# Every ROLE_INJECTOR_* variable of the developer's shell blanked: the servers run on what is given here.
+CLEAN_ENV = {name: "" for name in os.environ if name.startswith("ROLE_INJECTOR_")} | {"PROMETHEUS_MULTIPROC_DIR": ""}
+
+
+@pytest.fixture(scope="session")
+def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("security")
+    (root / "roles").mkdir()
+    (root / "roles" / "guarded.md").write_text(ROLE, encoding="utf-8")
+    (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def standin() -> Iterator[OllamaStandin]:
+    with run_ollama_standin() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_standin(standin: OllamaStandin) -> None:
+    standin.clear()
+
+
+def with_userinfo(url: str, user: str = OLLAMA_USER, password: str = OLLAMA_PASSWORD) -> str:
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{user}:{password}@{rest}"
+
+
+def start_worker(place: Path, ollama_url: str, **env: str) -> AbstractContextManager[WorkerProcess]:
+    """A `role-injector serve` with one worker process, the guarded role and the virtual model."""
+    return run_worker(place / "roles", place, workers=1, env={
+        **CLEAN_ENV, "ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_MODELS": str(place / "models.yaml"),
+        **env,
+    })
+
+
+@pytest.fixture(scope="session")
+def guarded(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
+    """Short timeouts (read 1 s, write 1 s, Ollama 3 s); Ollama's URL carries a user and password."""
+    with start_worker(place, with_userinfo(standin.url), ROLE_INJECTOR_READ_TIMEOUT="1",
+                      ROLE_INJECTOR_WRITE_TIMEOUT="1", ROLE_INJECTOR_UPSTREAM_TIMEOUT="3") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def roomy(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
+    """Long timeouts: connections stay open as long as a test holds them."""
+    with start_worker(place, standin.url, ROLE_INJECTOR_READ_TIMEOUT="120",
+                      ROLE_INJECTOR_WRITE_TIMEOUT="120") as server:
+        yield server
+
+
+# --- a raw HTTP client ------------------------------------------------------------------------------
+
+
+@dataclass
+class RawAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+
+def address(server: WorkerProcess) -> tuple[str, int]:
+    host, port = server.url.rsplit("//", 1)[1].rsplit(":", 1)
+    return host, int(port)
+
+
+def raw_request(server: WorkerProcess, method: str, target: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None, timeout: float = 30) -> RawAnswer:
+    """Send `method target` exactly as written (no path normalising, any method) and read the answer."""
+    connection = http.client.HTTPConnection(*address(server), timeout=timeout)
+    try:
+        connection.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in (headers or {}).items():
+            connection.putheader(name, value)
+        if body is not None:
+            connection.putheader("Content-Length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return RawAnswer(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+    finally:
+        connection.close()
+
+
+def open_socket(server: WorkerProcess, timeout: float = 30) -> socket.socket:
+    return socket.create_connection(address(server), timeout=timeout)
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's timeout bounds the wait)."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
