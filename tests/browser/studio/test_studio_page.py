@@ -187,7 +187,7 @@ def test_the_page_follows_the_files(watched: Watched, studio: WorkerProcess, stu
 
         # A broken edit: the worker keeps serving the last good version and says why.
         fresh.write_text("---\ndescription: [unclosed\n---\nBroken now.\n", encoding="utf-8")
-        expect(page.locator("#broken-list")).to_contain_text("fresh.md: front matter is not valid YAML",
+        expect(page.locator("#broken-list")).to_contain_text("fresh.md: front matter: not valid YAML",
                                                              timeout=15_000)
         expect(button.locator(".warning")).to_have_text("Its file does not load: this is the last good version")
         expect(page.locator('#messages [data-code="invalid_role"]')).to_contain_text("fresh.md: front matter")
