@@ -137,7 +137,12 @@ class Fit:
         return tuple(reports)
 
     def report(self) -> dict[str, Any]:
-        """The trim report as JSON-ready data (REST `trim`, the CLI)."""
+        """The trim report as JSON-ready data (REST `trim`, the CLI); callers copy before adding keys."""
+        return self._report
+
+    @cached_property
+    def _report(self) -> dict[str, Any]:
+        # Built once per fit: fits are cached, and listing a large role's sections costs more than the fit.
         return {
             "trimmed": self.trimmed,
             "kept": list(self.kept),
