@@ -1,11 +1,12 @@
-"""The one table of errors: the contract's statuses, and every error class has a row."""
+"""The one table of errors: the contract's statuses, every error class has a row, the README's copy."""
 
 from __future__ import annotations
 
 import role_injector.errors as errors
 from role_injector.errors import KINDS, RoleInjectorError
+from tests.worker.conftest import REPO
 
-# The REST contract (DESIGN's error codes) that the node, the workflows and users rely on.
+# The REST contract (the founding design's error codes) that the node, the workflows and users rely on.
 CONTRACT = {
     "invalid_request": 400,
     "unauthorized": 401,
@@ -41,3 +42,22 @@ def test_openai_clients_get_no_422() -> None:
     """OpenAI answers a context overflow with 400, and LangChain retries a 422 as if it could pass."""
     assert 422 not in {kind.openai_status for kind in KINDS.values()}
     assert KINDS["context_overflow"].openai_status == 400
+
+
+def readme_error_rows() -> dict[str, list[str]]:
+    text = (REPO / "README.md").read_text("utf-8")
+    table = text[text.index("| code | meaning | REST |"):].split("\n\n")[0].splitlines()[2:]
+    rows = {}
+    for line in table:
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0].strip("`")] = cells[1:]
+    return rows
+
+
+def test_the_readme_lists_every_error_as_the_table_says() -> None:
+    expected = {
+        code: [kind.meaning, str(kind.rest_status), str(kind.ollama_status),
+               f"{kind.openai_status} `{kind.openai_type}`", str(kind.exit_code)]
+        for code, kind in KINDS.items()
+    }
+    assert readme_error_rows() == expected
