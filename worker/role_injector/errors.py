@@ -72,6 +72,16 @@ KINDS: dict[str, ErrorKind] = _kinds(
 )
 
 
+# The HTTP framework's own errors (routing, body size) by status: which code of KINDS each is.
+HTTP_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+                     415: "unsupported_media_type"}
+
+
+def code_of_status(status: int) -> str:
+    """The code of KINDS for an error the HTTP framework raised with `status`."""
+    return HTTP_STATUS_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+
+
 class RoleInjectorError(Exception):
     """Base error: a stable `code` (a key of `KINDS`), a message for people, details for programs."""
 

@@ -14,13 +14,11 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 from werkzeug.exceptions import HTTPException
 
-from role_injector.errors import KINDS, ConfigError, RoleInjectorError, Unauthorized
+from role_injector.errors import KINDS, ConfigError, RoleInjectorError, Unauthorized, code_of_status
 from role_injector.ollama_url import OllamaUrl
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
 
-# Werkzeug's own errors (routing, body size) by status, as codes of `role_injector.errors.KINDS`.
-HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type"}
 PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API and the Ollama-compatible proxy
 # Metric labels: any other method (clients may send any token) is counted as one.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -118,7 +116,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if openai.serves(request.path):  # a routing error on one of OpenAI's paths
             return openai.http_error(exc)
         status = exc.code or 500
-        code = HTTP_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
+        code = code_of_status(status)
         message = {
             404: f"no such endpoint: {request.method} {request.path}",
             413: f"the body is larger than {settings.max_body_bytes} bytes",

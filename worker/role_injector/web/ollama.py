@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from flask import Blueprint, Response, current_app, g, redirect, request
@@ -17,6 +18,7 @@ from werkzeug.exceptions import HTTPException
 from role_injector import ollama_proxy as proxy
 from role_injector.context import policy_name
 from role_injector.errors import InvalidRequest, RoleInjectorError
+from role_injector.injection import Injection
 from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body, stream_body
@@ -70,14 +72,15 @@ def plain_path() -> None:
         api_path()
 
 
-def _virtual(body: dict[str, Any]) -> VirtualModel | None:
-    virtual = proxy.resolve_virtual(profiles(), body.get(proxy.model_field(body)))
+def virtual_model(name: Any) -> VirtualModel | None:
+    """The virtual model a request names (logged), or None for a plain model."""
+    virtual = proxy.resolve_virtual(profiles(), name)
     if virtual is not None:
         g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
     return virtual
 
 
-def _context_policy() -> str | None:
+def context_policy_header() -> str | None:
     value = request.headers.get(POLICY_HEADER)
     if value is None:
         return None
@@ -87,17 +90,29 @@ def _context_policy() -> str | None:
         raise InvalidRequest(f"header {POLICY_HEADER} {exc}", details={"header": POLICY_HEADER}) from None
 
 
-def _completion(path: str, rewrite: Any) -> Response:
-    raw = proxy_body()
-    body = parse_ollama_body(raw)
-    virtual = _virtual(body)
-    if virtual is None:
-        return forward("POST", path, raw)  # a plain model: the client's bytes, untouched
+Rewrite = Callable[..., tuple[dict[str, Any], Injection]]
+
+
+def rewrite_for_virtual(
+    rewrite: Rewrite, body: dict[str, Any], virtual: VirtualModel
+) -> tuple[dict[str, Any], Injection]:
+    """The body to send upstream with the role in it, as on every route that serves virtual models:
+    the context policy header, the injection metrics and the log line's figures."""
     with metrics.injection(virtual.role) as record:
-        upstream_body, injection = rewrite(body, roles(), profiles(), virtual, _context_policy())
+        upstream_body, injection = rewrite(body, roles(), profiles(), virtual, context_policy_header())
         record(injection)
     g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
                  context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
+    return upstream_body, injection
+
+
+def _completion(path: str, rewrite: Rewrite) -> Response:
+    raw = proxy_body()
+    body = parse_ollama_body(raw)
+    virtual = virtual_model(body.get(proxy.model_field(body)))
+    if virtual is None:
+        return forward("POST", path, raw)  # a plain model: the client's bytes, untouched
+    upstream_body, injection = rewrite_for_virtual(rewrite, body, virtual)
     response = forward("POST", path, encode_json(upstream_body), "application/json")
     response.headers[DROPPED_HEADER] = str(injection.dropped_messages)
     return response
@@ -117,7 +132,7 @@ def generate() -> Response:
 def show() -> Response:
     raw = proxy_body()
     body = parse_ollama_body(raw)
-    virtual = _virtual(body)
+    virtual = virtual_model(body.get(proxy.model_field(body)))
     if virtual is None:
         return forward("POST", "/api/show", raw)
     answer = send("POST", "/api/show", encode_json(proxy.rewrite_show(body, virtual)),

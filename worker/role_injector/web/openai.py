@@ -20,10 +20,9 @@ from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
 from role_injector import openai_compat as compat
-from role_injector.errors import KINDS, RoleInjectorError, UpstreamError
-from role_injector.web import metrics
+from role_injector.errors import KINDS, RoleInjectorError, UpstreamError, code_of_status
 from role_injector.web.bodies import encode_json, parse_ollama_body
-from role_injector.web.ollama import DROPPED_HEADER, _context_policy, proxy_body
+from role_injector.web.ollama import DROPPED_HEADER, proxy_body, rewrite_for_virtual, virtual_model
 from role_injector.web.state import cache, profiles, roles, settings
 from role_injector.web.upstream import Answer, forward_headers, relay, send
 
@@ -135,18 +134,13 @@ def models() -> Response:
 @openai.post("/v1/chat/completions")
 def chat_completions() -> Response:
     asked = compat.parse_chat_request(parse_ollama_body(proxy_body()))
-    virtual = proxy.resolve_virtual(profiles(), asked.model)
+    virtual = virtual_model(asked.model)
     headers: dict[str, str] = {}
     if virtual is None:
         g.log.update(model=asked.model)
         chat = compat.plain_chat(asked.chat, profiles(), cache())
-    else:
-        g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
-        with metrics.injection(virtual.role) as record:  # the context policy as on the Ollama proxy
-            chat, injection = proxy.rewrite_chat(asked.chat, roles(), profiles(), virtual, _context_policy())
-            record(injection)
-        g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
-                     context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
+    else:  # the role, the context policy and what is logged, as on the Ollama proxy
+        chat, injection = rewrite_for_virtual(proxy.rewrite_chat, asked.chat, virtual)
         headers[DROPPED_HEADER] = str(injection.dropped_messages)
     answer = _send("POST", "/api/chat", encode_json(chat))
     if answer.status != 200:
@@ -173,8 +167,7 @@ def library_error(exc: RoleInjectorError) -> Response:
 def http_error(exc: HTTPException) -> Response:
     """Werkzeug's errors (also routing errors on OpenAI's paths, which the app hands here)."""
     status = exc.code or 500
-    code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}.get(
-        status, "invalid_request" if status < 500 else "internal_error")
+    code = code_of_status(status)
     message = {
         404: NOT_SERVED.get(request.path, f"no such endpoint: {request.method} {request.path}"),
         413: f"the body is larger than {settings().max_proxy_body_bytes} bytes",
