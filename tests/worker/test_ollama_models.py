@@ -117,9 +117,16 @@ def test_params_ollama_does_not_know_are_a_role_error(write_role: RoleWriter, ro
         plan_role_model(roles_of(roles_dir), PROFILES, "thinker")
 
 
-def test_a_larger_num_ctx_of_the_role_is_kept(write_role: RoleWriter, roles_dir: Path) -> None:
-    write_role("wide", "---\nmodel: qwen3:8b\nparams: {num_ctx: 32768, num_keep: 1}\n---\nWide.")
+@pytest.mark.parametrize("asked", ["32768", "32768.0"])  # a whole float counts, as the proxy reads it
+def test_a_larger_num_ctx_of_the_role_is_kept(write_role: RoleWriter, roles_dir: Path, asked: str) -> None:
+    write_role("wide", f"---\nmodel: qwen3:8b\nparams: {{num_ctx: {asked}, num_keep: 1}}\n---\nWide.")
     assert plan_role_model(roles_of(roles_dir), PROFILES, "wide").parameters == {"num_ctx": 32768, "num_keep": 1}
+
+
+def test_a_num_ctx_that_is_no_number_of_tokens_is_a_role_error(write_role: RoleWriter, roles_dir: Path) -> None:
+    write_role("odd", "---\nmodel: qwen3:8b\nparams: {num_ctx: 1.5}\n---\nOdd.")
+    with pytest.raises(RoleError, match="num_ctx in the params of role 'odd'"):
+        plan_role_model(roles_of(roles_dir), PROFILES, "odd")
 
 
 def test_a_role_without_a_model_needs_a_base(write_role: RoleWriter, roles_dir: Path) -> None:

@@ -73,6 +73,10 @@ class OllamaClient:
         self.retry_delay = retry_delay
         self.pool = urllib3.PoolManager(num_pools=2, maxsize=connections, retries=False)
 
+    def close(self) -> None:
+        """Close the pooled connections to Ollama (a client made for one task)."""
+        self.pool.clear()
+
     # --- plumbing -----------------------------------------------------------------------------
 
     def _open(self, method: str, path: str, body: Any = None, *, data: Any = None,

@@ -24,6 +24,7 @@ from role_injector.fitting import Fit
 from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
 from role_injector.ollama_client import OllamaClient
+from role_injector.ollama_proxy import num_ctx_option
 from role_injector.profiles import Profiles
 from role_injector.roles import NAME_PATTERN, Role
 from role_injector.store import RoleSet
@@ -133,11 +134,12 @@ def _base_and_window(role: Role, profiles: Profiles, base: str | None) -> tuple[
     if base is None:
         raise InvalidRequest(f"name the base model: role {role.name!r} has no 'model'", details={"field": "base"})
     check_model_name(base, "the base model")
-    asked = role.params.get("num_ctx")
-    window = profiles.for_model(base).context_window
-    if isinstance(asked, int) and not isinstance(asked, bool) and asked > window:
-        window = asked
-    return base, window
+    # The window as the proxy takes it for `base@role`: the profile's, or the role's num_ctx if larger.
+    try:
+        asked = num_ctx_option(role.params.get("num_ctx"), f"num_ctx in the params of role {role.name!r}")
+    except InvalidRequest as exc:
+        raise RoleError(exc.message, details=exc.details) from None
+    return base, max(profiles.for_model(base).context_window, asked or 0)
 
 
 def _fitted(roles: RoleSet, profiles: Profiles, role: Role, base: str, window: int, budget: int | None,

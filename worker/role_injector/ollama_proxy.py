@@ -68,7 +68,8 @@ def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     return options
 
 
-def _num_ctx(value: Any, where: str) -> int | None:
+def num_ctx_option(value: Any, where: str) -> int | None:
+    """A `num_ctx` option as a whole number of tokens (whole floats too), or None when it is not set."""
     if value is None:
         return None
     if isinstance(value, float) and value.is_integer():
@@ -101,7 +102,7 @@ def _inject_virtual(
         where = f"num_ctx in the params of virtual model {virtual.name!r}"
     else:
         where = f"num_ctx in the params of role {role.name!r}"
-    asked = _num_ctx(options.get("num_ctx"), where)
+    asked = num_ctx_option(options.get("num_ctx"), where)
     profile = profiles.for_model(virtual.base)
     window = max(profile.context_window, asked or 0)
     request = InjectRequest(
@@ -139,7 +140,8 @@ def _inject_virtual(
     return injection, options
 
 
-def _count_json(profiles: Profiles, model: str, value: Any) -> int:
+def count_json(profiles: Profiles, model: str, value: Any) -> int:
+    """Tokens of a JSON value (tool definitions) in the model's vocabulary."""
     tokenizer = load_tokenizer(profiles.for_model(model).tokenizer)
     return tokenizer.count(json.dumps(value, ensure_ascii=False))
 
@@ -187,7 +189,7 @@ def rewrite_chat(
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", field="tools")
-    tool_tokens = _count_json(profiles, virtual.base, tools) if tools else 0
+    tool_tokens = count_json(profiles, virtual.base, tools) if tools else 0
     # An exchange starts at a user message; tool results belong to the exchange before them.
     starts = frozenset(i for i, m in enumerate(turns) if m["role"] == "user")
     injection, options = _inject_virtual(roles, profiles, virtual, [counted_turn(m) for m in turns], client_options,

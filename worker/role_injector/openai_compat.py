@@ -36,7 +36,7 @@ from typing import Any
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
 from role_injector.fitting import DEFAULT_CACHE, FitCache
 from role_injector.injection import count_messages
-from role_injector.ollama_proxy import counted_turn
+from role_injector.ollama_proxy import count_json, counted_turn
 from role_injector.profiles import Profiles
 from role_injector.tokens import load_tokenizer
 
@@ -369,7 +369,7 @@ def plain_chat(chat: Mapping[str, Any], profiles: Profiles, cache: FitCache = DE
     turns = [counted_turn(m) for m in chat["messages"]]
     needed = count_messages(profile.format, turns, tokenizer, cache)
     tools = chat.get("tools")
-    tool_tokens = tokenizer.count(json.dumps(tools, ensure_ascii=False)) if tools else 0
+    tool_tokens = count_json(profiles, model, tools) if tools else 0
     window = profile.context_window
     if needed + tool_tokens + profile.reserve_output > profile.usable_window(window):
         extra = f" plus {tool_tokens} for the tool definitions" if tool_tokens else ""

@@ -45,11 +45,16 @@ class OrjsonProvider(JSONProvider):
         )
 
 
+def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The REST error envelope."""
+    return {"error": {"code": code, "message": message, "details": details or {}}}
+
+
 def error_response(
     code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
 ) -> Response:
-    body = {"error": {"code": code, "message": message, "details": details or {}}}
-    response = Response(json.dumps(body, ensure_ascii=False), status or KINDS[code].rest_status,
+    response = Response(json.dumps(error_body(code, message, details), ensure_ascii=False),
+                        status or KINDS[code].rest_status,
                         mimetype="application/json")
     if code == "unauthorized":
         response.headers["WWW-Authenticate"] = "Bearer"

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, g, request
 from role_injector.errors import RoleInjectorError
 from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import create_role_model, plan_role_model
+from role_injector.web.app import error_body
 from role_injector.web.bodies import check_role_name, parse_json_object, parse_role_model, read_body
 from role_injector.web.state import profiles, roles, settings
 
@@ -29,17 +30,18 @@ def line(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode() + b"\n"
 
 
-def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[bytes]:
-    yield line(first)
+def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]], client: OllamaClient) -> Iterator[bytes]:
     try:
+        yield line(first)
         for item in rest:
             yield line(item)
     except RoleInjectorError as exc:
-        yield line({"error": {"code": exc.code, "message": exc.message, "details": exc.details}})
+        yield line(error_body(exc.code, exc.message, exc.details))
     except Exception:
         log.exception("creating an Ollama model failed")
-        yield line({"error": {"code": "internal_error", "message": "internal error; see the worker's log",
-                              "details": {}}})
+        yield line(error_body("internal_error", "internal error; see the worker's log"))
+    finally:
+        client.close()
 
 
 @role_models.post("/v1/roles/<path:name>/ollama-model")
@@ -48,6 +50,11 @@ def create_ollama_model(name: str) -> Response:
     model = plan_role_model(roles(), profiles(), check_role_name(name, "name"), **options)
     g.log.update(role=model.role.name, model=model.name, base=model.base)
     config = settings()
-    lines = create_role_model(OllamaClient(config.ollama_url, timeout=config.upstream_timeout, retries=1), model)
-    first = next(lines)  # errors before Ollama's first line are answered as errors
-    return Response(stream(first, lines), mimetype="application/x-ndjson")
+    client = OllamaClient(config.ollama_url, timeout=config.upstream_timeout, retries=1)
+    lines = create_role_model(client, model)
+    try:
+        first = next(lines)  # errors before Ollama's first line are answered as errors
+    except BaseException:
+        client.close()
+        raise
+    return Response(stream(first, lines, client), mimetype="application/x-ndjson")
