@@ -169,17 +169,12 @@ class SectionFit:
     text: str  # as fitted: variables filled, control tokens neutralised
     kept_chars: int  # characters kept from the start of `text`: all when kept, none when dropped
     kept_tokens: int  # exact count of those characters
+    state: State  # the words of the trim report (see SectionReport)
     reason: Reason  # why it stood where it did in the walk (see SectionReport)
     # Relevance selection: one of the core, kept whatever the question (its reason says "priority").
     core: bool
     score: float | None  # relevance score against the query; None in priority selection
     position: int | None  # 0-based place of the kept text among the pieces of `system`; None when dropped
-
-    @property
-    def state(self) -> Literal["kept", "truncated", "dropped"]:  # the words of the trim report
-        if self.kept_chars == 0:
-            return "dropped"
-        return "kept" if self.kept_chars == len(self.text) else "truncated"
 
 
 def cut_points(text: str, has_heading: bool) -> list[int]:
@@ -234,19 +229,18 @@ class RolePlan:
             None if section.variables else measure_section(i, section, neutralise(section.text), tokenizer)
             for i, section in enumerate(role.sections)
         )
+        required = tuple(i for i, s in enumerate(role.sections) if s.required)
+        core = tuple(i for i in role.walk_order if is_core(role.sections[i]))
         return cls(
             sections=sections,
             dynamic=tuple(i for i, m in enumerate(sections) if m is None),
-            required=tuple(i for i, s in enumerate(role.sections) if s.required),
+            required=required,
             walk=tuple(i for i in role.walk_order if not role.sections[i].required),
-            core=tuple(i for i in role.walk_order if is_core(role.sections[i])),
+            core=core,
             labels=tuple(s.label for s in role.sections),
             static_full_tokens=sum(m.tokens + m.separator_tokens for m in sections if m is not None),
-            outline=Outline(
-                titles=tuple(s.title for s in role.sections),
-                required=frozenset(i for i, s in enumerate(role.sections) if s.required),
-                core=frozenset(i for i, s in enumerate(role.sections) if is_core(s)),
-            ),
+            outline=Outline(titles=tuple(s.title for s in role.sections), required=frozenset(required),
+                            core=frozenset(core)),
         )
 
 
@@ -601,7 +595,7 @@ def section_fits(
         report.append(SectionFit(
             index=m.index, label=m.section.label, title=m.section.title, required=m.section.required,
             priority=m.section.priority, order=order[m.index], tokens=m.tokens, text=m.text,
-            kept_chars=kept, kept_tokens=kept_tokens, reason=why.reason,
+            kept_chars=kept, kept_tokens=kept_tokens, state=why.state, reason=why.reason,
             core=fit.scores is not None and m.index in fit.outline.core, score=why.score,
             position=position.get(m.index),
         ))
