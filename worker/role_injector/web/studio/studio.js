@@ -81,9 +81,7 @@ function say(source, error) {
   const text = el("p", { className: "message-text" });
   text.dataset.code = error.code || "error";
   if (error.code) text.append(el("code", { textContent: error.code }), " ");
-  text.append(error.message || String(error));
-  const suggestions = error.details?.suggestions;
-  if (Array.isArray(suggestions) && suggestions.length) text.append(` (close names: ${suggestions.join(", ")})`);
+  text.append(error.message || String(error)); // an unknown role's message already names close ones
   const close = el("button", { type: "button", textContent: "Dismiss" });
   close.setAttribute("aria-label", "Dismiss this message");
   close.addEventListener("click", () => say(source, null));
@@ -247,9 +245,14 @@ function drawRole(role, keepInputs) {
     setBudget(role.budget || role.tokens, false); // until the worker answers with the real budget
   }
   drawVariables(role, keepInputs);
-  drawSections(role.sections.map((section, index) => ({
+  drawSections(unplannedSections(role));
+}
+
+/** A role's sections as the bars draw them while there is no fit to show. */
+function unplannedSections(role) {
+  return role.sections.map((section, index) => ({
     ...section, index, label: section.title ?? "(preamble)", state: "unknown", kept_chars: 0,
-  })));
+  }));
 }
 
 function drawVariables(role, keepInputs) {
@@ -450,9 +453,7 @@ function drawNoPlan(error, body) {
   summary.replaceChildren();
   summary.append(el("strong", { className: "over", textContent: "No fit: " }), error.message);
   $("total-fill").style.width = "0";
-  drawSections(state.role.sections.map((section, index) => ({
-    ...section, index, label: section.title ?? "(preamble)", state: "unknown", kept_chars: 0,
-  })));
+  drawSections(unplannedSections(state.role));
   drawPicks([]);
   $("fitted").replaceChildren();
   $("prompt").textContent = "";
