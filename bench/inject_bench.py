@@ -130,8 +130,7 @@ def main() -> int:
         url = args.url
         if url is None:
             scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="inject-bench-")))
-            env = {"ROLE_INJECTOR_API_KEY": "", "ROLE_INJECTOR_LOG_PROMPTS": "", "ROLE_INJECTOR_MODELS": "",
-                   "PROMETHEUS_MULTIPROC_DIR": str(scratch)}
+            env = {"PROMETHEUS_MULTIPROC_DIR": str(scratch)}  # run_worker blanks the shell's ROLE_INJECTOR_*
             server = stack.enter_context(run_worker(REPO / "roles", scratch, env=env, workers=args.workers))
             url = server.url
         host = urlsplit(url).netloc

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +16,10 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE_INJECTOR = Path(sys.executable).parent / "role-injector"
+# Whatever the developer's shell exports, a server under test starts from the defaults: every
+# ROLE_INJECTOR_* variable is blanked (an empty value means "the default" in Settings.from_env) and
+# no metrics folder is shared (`serve` makes and removes its own). Callers add what they test.
+CLEAN_ENV = {name: "" for name in os.environ if name.startswith("ROLE_INJECTOR_")} | {"PROMETHEUS_MULTIPROC_DIR": ""}
 
 
 def free_port() -> int:
@@ -64,10 +68,10 @@ def run_worker(
     env: Mapping[str, str] | None = None,
     workers: int = 2,
 ) -> Iterator[WorkerProcess]:
-    """Start `role-injector serve` (gunicorn) and stop it afterwards."""
+    """Start `role-injector serve` (gunicorn) on CLEAN_ENV plus `env`, and stop it afterwards."""
     port = free_port()
     log_path = log_dir / f"worker-{port}.log"
-    full_env = {**os.environ, **(env or {})}
+    full_env = {**os.environ, **CLEAN_ENV, **(env or {})}
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(ROLE_INJECTOR), "serve", "--host", "127.0.0.1", "--port", str(port),
@@ -80,3 +84,11 @@ def run_worker(
         yield WorkerProcess(url=url, process=process, log_path=log_path)
     finally:
         stop_process(process, timeout=15)
+
+
+def run_worker_at(place: Path, ollama_url: str, **env: str) -> AbstractContextManager[WorkerProcess]:
+    """One worker process serving `place/roles` with the profile file `place/models.yaml`, its proxy
+    forwarding to `ollama_url`."""
+    return run_worker(place / "roles", place, workers=1, env={
+        "ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), **env,
+    })

@@ -4,16 +4,14 @@ exactly as given, like `curl --path-as-is` (no normalising of the path, any meth
 
 Servers are session-scoped and few: `guarded` (short read/write timeouts, Ollama's URL with userinfo)
 and `roomy` (long timeouts, for holding many connections). Tests that need other settings start their
-own with `start_worker`.
+own with `tests.servers.run_worker_at`.
 """
 
 from __future__ import annotations
 
 import http.client
-import os
 import socket
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from typing import Any
 import pytest
 
 from tests.ollama_standin import OllamaStandin, run_ollama_standin
-from tests.servers import WorkerProcess, run_worker
+from tests.servers import WorkerProcess, run_worker_at
 
 ROLE = """---
 description: A role that must never be skipped
@@ -38,8 +36,6 @@ virtual_models:
 """
 OLLAMA_USER = "ollama-user"
 OLLAMA_PASSWORD = "pa55-w0rd-Zq7"
-# Every ROLE_INJECTOR_* variable of the developer's shell blanked: the servers run on what is given here.
-CLEAN_ENV = {name: "" for name in os.environ if name.startswith("ROLE_INJECTOR_")} | {"PROMETHEUS_MULTIPROC_DIR": ""}
 
 
 @pytest.fixture(scope="session")
@@ -67,18 +63,10 @@ def with_userinfo(url: str, user: str = OLLAMA_USER, password: str = OLLAMA_PASS
     return f"{scheme}://{user}:{password}@{rest}"
 
 
-def start_worker(place: Path, ollama_url: str, **env: str) -> AbstractContextManager[WorkerProcess]:
-    """A `role-injector serve` with one worker process, the guarded role and the virtual model."""
-    return run_worker(place / "roles", place, workers=1, env={
-        **CLEAN_ENV, "ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_MODELS": str(place / "models.yaml"),
-        **env,
-    })
-
-
 @pytest.fixture(scope="session")
 def guarded(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     """Short timeouts (read 1 s, write 1 s, Ollama 3 s); Ollama's URL carries a user and password."""
-    with start_worker(place, with_userinfo(standin.url), ROLE_INJECTOR_READ_TIMEOUT="1",
+    with run_worker_at(place, with_userinfo(standin.url), ROLE_INJECTOR_READ_TIMEOUT="1",
                       ROLE_INJECTOR_WRITE_TIMEOUT="1", ROLE_INJECTOR_UPSTREAM_TIMEOUT="3") as server:
         yield server
 
@@ -86,7 +74,7 @@ def guarded(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
 @pytest.fixture(scope="session")
 def roomy(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     """Long timeouts: connections stay open as long as a test holds them."""
-    with start_worker(place, standin.url, ROLE_INJECTOR_READ_TIMEOUT="120",
+    with run_worker_at(place, standin.url, ROLE_INJECTOR_READ_TIMEOUT="120",
                       ROLE_INJECTOR_WRITE_TIMEOUT="120") as server:
         yield server
 

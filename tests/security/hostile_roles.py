@@ -13,7 +13,6 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tests.servers import WorkerProcess, run_worker
-from tests.worker.rest.support import CLEAN_ENV
 
 MIB = 1024 * 1024
 GOOD = "---\ndescription: A good role next to hostile ones\n---\nYou are fine.\n\n## Rules\nBe kind.\n"
@@ -125,6 +124,6 @@ def loading_roles(folder: Path) -> set[str]:
 def serve_roles(folder: Path, scratch: Path, workers: int = 1, **env: str) -> Iterator[WorkerProcess]:
     """`role-injector serve` (gunicorn) on `folder`, with exactly these settings."""
     (scratch / "metrics").mkdir(exist_ok=True)
-    full_env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"), **env}
+    full_env = {"PROMETHEUS_MULTIPROC_DIR": str(scratch / "metrics"), **env}
     with run_worker(folder, scratch, env=full_env, workers=workers) as server:
         yield server

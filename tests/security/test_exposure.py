@@ -17,8 +17,8 @@ import pytest
 import requests
 import yaml
 
-from tests.security.conftest import CLEAN_ENV, raw_request
-from tests.servers import REPO, ROLE_INJECTOR, WorkerProcess, free_port, stop_process, wait_for_http
+from tests.security.conftest import raw_request
+from tests.servers import CLEAN_ENV, REPO, ROLE_INJECTOR, WorkerProcess, free_port, stop_process, wait_for_http
 
 
 def series(metrics: str, name: str) -> list[str]:

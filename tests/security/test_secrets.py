@@ -17,14 +17,12 @@ import requests
 
 from tests.ollama_standin import OllamaStandin
 from tests.security.conftest import (
-    CLEAN_ENV,
     OLLAMA_PASSWORD,
     OLLAMA_USER,
     raw_request,
-    start_worker,
     with_userinfo,
 )
-from tests.servers import ROLE_INJECTOR, WorkerProcess, free_port
+from tests.servers import CLEAN_ENV, ROLE_INJECTOR, WorkerProcess, free_port, run_worker_at
 
 BASIC = "Basic " + base64.b64encode(f"{OLLAMA_USER}:{OLLAMA_PASSWORD}".encode()).decode()
 CHAT = {"model": "guarded", "messages": [{"role": "user", "content": "hi"}]}
@@ -52,14 +50,14 @@ def test_userinfo_is_sent_as_basic_auth(guarded: WorkerProcess, standin: OllamaS
 
 
 def test_escaped_userinfo_is_decoded_for_basic_auth(place: Path, standin: OllamaStandin) -> None:
-    with start_worker(place, with_userinfo(standin.url, "us%40er", "p%3Ass%2Fword")) as server:
+    with run_worker_at(place, with_userinfo(standin.url, "us%40er", "p%3Ass%2Fword")) as server:
         requests.get(server.url + "/api/version", timeout=10).raise_for_status()
     assert standin.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"us@er:p:ss/word").decode()
 
 
 def test_no_answer_metric_or_log_line_shows_the_secret(place: Path) -> None:
     nowhere = with_userinfo(f"http://127.0.0.1:{free_port()}/base")
-    with start_worker(place, nowhere) as server:
+    with run_worker_at(place, nowhere) as server:
         answers = [
             requests.get(server.url + "/", timeout=10),
             requests.head(server.url + "/", timeout=10),

@@ -16,7 +16,7 @@ import requests
 
 from role_injector.tokens import load_tokenizer
 from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, run_ollama_standin
-from tests.servers import WorkerProcess, free_port, run_worker
+from tests.servers import WorkerProcess, free_port, run_worker_at
 from tests.worker.chat_templates.render_reference import render_reference
 
 EXAMPLES = "\n\n".join(f"Example {i}: before blaming the compiler, check the edge case with an empty input."
@@ -125,15 +125,9 @@ def standin() -> Iterator[OllamaStandin]:
         yield server
 
 
-def start_worker(place: Path, ollama_url: str, **env: str) -> Any:
-    return run_worker(place / "roles", place, workers=1, env={
-        "ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), **env,
-    })
-
-
 @pytest.fixture(scope="module")
 def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
-    with start_worker(place, standin.url) as process:
+    with run_worker_at(place, standin.url) as process:
         yield process
 
 
@@ -545,7 +539,7 @@ def test_client_disconnect_stops_the_upstream_stream(worker: WorkerProcess, stan
 
 def test_upstream_down_is_502_naming_the_url(place: Path) -> None:
     nowhere = f"http://127.0.0.1:{free_port()}"
-    with start_worker(place, nowhere) as process:
+    with run_worker_at(place, nowhere) as process:
         client = ollama.Client(host=process.url)
         for call in (lambda: client.chat(model="engineer", messages=[{"role": "user", "content": "hi"}]),
                      lambda: client.chat(model="qwen3:8b", messages=[{"role": "user", "content": "hi"}]),
@@ -558,7 +552,7 @@ def test_upstream_down_is_502_naming_the_url(place: Path) -> None:
 
 
 def test_slow_upstream_is_504_and_a_stalled_stream_ends_in_an_error_line(place: Path, standin: OllamaStandin) -> None:
-    with start_worker(place, standin.url, ROLE_INJECTOR_UPSTREAM_TIMEOUT="0.5") as process:
+    with run_worker_at(place, standin.url, ROLE_INJECTOR_UPSTREAM_TIMEOUT="0.5") as process:
         client = ollama.Client(host=process.url)
         standin.set_fault("/api/chat", delay=2.0)
         started = time.monotonic()
@@ -597,7 +591,7 @@ def test_upstream_errors_pass_through(client: ollama.Client, worker: WorkerProce
 
 
 def test_api_key_guards_the_proxy_in_ollama_shape(place: Path, standin: OllamaStandin) -> None:
-    with start_worker(place, standin.url, ROLE_INJECTOR_API_KEY="s3cret") as process:
+    with run_worker_at(place, standin.url, ROLE_INJECTOR_API_KEY="s3cret") as process:
         with pytest.raises(ollama.ResponseError) as error:
             ollama.Client(host=process.url).chat(model="engineer", messages=[{"role": "user", "content": "hi"}])
         assert error.value.status_code == 401 and "API key" in error.value.error
@@ -626,7 +620,7 @@ def test_blob_uploads_stream_through_without_the_body_limit(worker: WorkerProces
 
 
 def test_too_large_a_body_is_413_in_ollama_shape(place: Path, standin: OllamaStandin) -> None:
-    with start_worker(place, standin.url, ROLE_INJECTOR_MAX_PROXY_BODY_BYTES="1000") as process:
+    with run_worker_at(place, standin.url, ROLE_INJECTOR_MAX_PROXY_BODY_BYTES="1000") as process:
         response = requests.post(process.url + "/api/chat", timeout=10, json={
             "model": "engineer", "messages": [{"role": "user", "content": "x" * 2000}],
         })

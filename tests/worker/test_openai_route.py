@@ -20,8 +20,8 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
-from tests.servers import WorkerProcess, free_port
-from tests.worker.test_ollama_proxy import LONG_TEXT, MISSION, start_worker, write_place
+from tests.servers import WorkerProcess, free_port, run_worker_at
+from tests.worker.test_ollama_proxy import LONG_TEXT, MISSION, write_place
 
 HI = [{"role": "user", "content": "hi"}]
 KEY = "s3cret-for-openai"
@@ -42,14 +42,14 @@ def standin() -> Iterator[OllamaStandin]:
 
 @pytest.fixture(scope="module")
 def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
-    with start_worker(place, standin.url) as process:
+    with run_worker_at(place, standin.url) as process:
         yield process
 
 
 @pytest.fixture(scope="module")
 def strict_worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     """An API key, a short upstream timeout and a small body limit."""
-    with start_worker(place, standin.url, ROLE_INJECTOR_API_KEY=KEY, ROLE_INJECTOR_UPSTREAM_TIMEOUT="0.5",
+    with run_worker_at(place, standin.url, ROLE_INJECTOR_API_KEY=KEY, ROLE_INJECTOR_UPSTREAM_TIMEOUT="0.5",
                       ROLE_INJECTOR_MAX_PROXY_BODY_BYTES="4000") as process:
         yield process
 
@@ -57,7 +57,7 @@ def strict_worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess
 @pytest.fixture(scope="module")
 def down_worker(place: Path) -> Iterator[WorkerProcess]:
     """Pointed at a port where no Ollama listens."""
-    with start_worker(place, f"http://127.0.0.1:{free_port()}") as process:
+    with run_worker_at(place, f"http://127.0.0.1:{free_port()}") as process:
         yield process
 
 

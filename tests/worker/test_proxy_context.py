@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from role_injector.tokens import load_tokenizer
 from tests.ollama_standin import OllamaStandin, run_ollama_standin
-from tests.servers import WorkerProcess, run_worker
+from tests.servers import WorkerProcess, run_worker_at
 from tests.worker.chat_templates.render_reference import render_reference
 
 QWEN = load_tokenizer("qwen")
@@ -55,9 +55,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandin) -> 
     (root / "roles").mkdir()
     (root / "roles" / "tester.md").write_text(ROLE, encoding="utf-8")
     (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
-    with run_worker(root / "roles", root, workers=1, env={
-        "ROLE_INJECTOR_OLLAMA_URL": standin.url, "ROLE_INJECTOR_MODELS": str(root / "models.yaml"),
-    }) as process:
+    with run_worker_at(root, standin.url) as process:
         yield process
 
 

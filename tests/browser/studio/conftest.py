@@ -15,7 +15,7 @@ from playwright.sync_api import Page
 
 from tests.browser.studio.support import Watched
 from tests.servers import WorkerProcess, run_worker
-from tests.worker.rest.support import API_KEY, CLEAN_ENV, write_fixture_roles
+from tests.worker.rest.support import API_KEY, write_fixture_roles
 
 # Text a browser would run if the page ever inserted role text as HTML.
 MARKUP = """\
@@ -39,7 +39,7 @@ def studio_roles(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start(roles: Path, tmp_path_factory: pytest.TempPathFactory, **env: str) -> Iterator[WorkerProcess]:
     logs = tmp_path_factory.mktemp("studio-logs")
-    full_env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("studio-metrics")),
+    full_env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("studio-metrics")),
                 "ROLE_INJECTOR_RELOAD_INTERVAL": "0.2", **env}
     with run_worker(roles, logs, env=full_env, workers=1) as server:
         yield server

@@ -24,7 +24,7 @@ from tests.browser.studio.support import (
     wait_for_plan,
 )
 from tests.servers import WorkerProcess, run_worker
-from tests.worker.rest.support import API_KEY, CLEAN_ENV
+from tests.worker.rest.support import API_KEY
 
 pytestmark = pytest.mark.browser
 
@@ -340,7 +340,7 @@ def test_every_control_has_a_name_and_works_from_the_keyboard(watched: Watched, 
 def test_when_the_worker_goes_away_the_page_says_so(watched: Watched, studio_roles: Path,
                                                     tmp_path: Path) -> None:
     page = watched.page
-    with run_worker(studio_roles, tmp_path, env=CLEAN_ENV, workers=1) as worker:
+    with run_worker(studio_roles, tmp_path, workers=1) as worker:
         open_studio(page, worker.url, "plain")
     # The roles poll finds nobody there: a message, and the page it had stays.
     expect(page.locator('#messages [data-code="unreachable"]')).to_contain_text("cannot reach the worker",

@@ -16,7 +16,6 @@ import pytest
 
 from tests.browser.studio.support import Watched, open_studio, wait_for_plan
 from tests.servers import REPO, WorkerProcess, run_worker
-from tests.worker.rest.support import CLEAN_ENV
 
 pytestmark = pytest.mark.browser
 
@@ -28,7 +27,7 @@ NARROW = {"width": 390, "height": 844}
 @pytest.fixture(scope="module")
 def bundled_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     """The bundled roles only, as a user sees them after `make run`."""
-    with run_worker(REPO / "roles", tmp_path_factory.mktemp("screenshot-logs"), env=CLEAN_ENV, workers=1) as worker:
+    with run_worker(REPO / "roles", tmp_path_factory.mktemp("screenshot-logs"), workers=1) as worker:
         yield worker
 
 

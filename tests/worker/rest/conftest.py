@@ -22,7 +22,6 @@ from tests.ollama_standin import OllamaStandin, run_ollama_standin
 from tests.servers import WorkerProcess, run_worker
 from tests.worker.rest.support import (
     API_KEY,
-    CLEAN_ENV,
     Api,
     FlaskApi,
     HttpApi,
@@ -59,7 +58,7 @@ def start_server(rest_roles: Path, tmp_path_factory: pytest.TempPathFactory, res
                  workers: int, **env: str) -> Iterator[WorkerProcess]:
     logs = tmp_path_factory.mktemp("server-logs")
     metrics_dir = tmp_path_factory.mktemp("server-metrics")
-    full_env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
+    full_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                 "ROLE_INJECTOR_OLLAMA_URL": rest_ollama.url, **env}
     with run_worker(rest_roles, logs, env=full_env, workers=workers) as server:
         yield server

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -24,9 +23,6 @@ from tests.servers import WorkerProcess
 REPO = Path(__file__).resolve().parents[3]
 BUNDLED_ROLES = REPO / "roles"
 API_KEY = "s3cret-Key-for-tests-0123456789"
-# Whatever the developer's shell exports, the servers under test start from the defaults: every
-# ROLE_INJECTOR_* variable is blanked (an empty value means "the default" in Settings.from_env).
-CLEAN_ENV = {name: "" for name in os.environ if name.startswith("ROLE_INJECTOR_")}
 
 # A role with a required variable, a defaulted one, a partial, a {required} section and
 # prioritised sections. Walk order: Mission (required), preamble (100), Style (60), Examples (10).

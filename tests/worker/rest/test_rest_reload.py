@@ -17,7 +17,6 @@ import pytest
 
 from tests.servers import WorkerProcess, run_worker
 from tests.worker.rest.support import (
-    CLEAN_ENV,
     HttpApi,
     LogCursor,
     Reply,
@@ -50,7 +49,7 @@ class ReloadServer:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReloadServer]:
     roles = write_roles(tmp_path_factory.mktemp("reload-roles"), {"alpha": ALPHA_1, **CONCURRENT_ROLES[0]},
                         {"shared": SHARED_1, **CONCURRENT_PARTIALS[0]})
-    env = {**CLEAN_ENV, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("reload-metrics"))}
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path_factory.mktemp("reload-metrics"))}
     with run_worker(roles, tmp_path_factory.mktemp("reload-logs"), env=env, workers=WORKERS) as worker:
         yield ReloadServer(worker, roles, worker_pids(worker, WORKERS))
 
