@@ -28,9 +28,7 @@ import http.client
 import json
 import multiprocessing
 import os
-import resource
 import socket
-import statistics
 import sys
 import tempfile
 import time
@@ -38,6 +36,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
+
+from figures import percentile
+
+from role_injector.server import raise_file_limit
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 100.0
@@ -50,17 +52,14 @@ virtual_models:
 MIX = {"idle": 200, "slow headers": 200, "slow body": 200, "stream": 200, "not reading": 100, "leaves": 100}
 
 
-def raise_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < 8192:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(8192, hard), hard))
+FILES = 8192  # descriptors this process and the stand-in's may open (server.raise_file_limit)
 
 
 # --- the stand-in, in its own process --------------------------------------------------------------
 
 
 def standin_process(conn: Connection) -> None:
-    raise_file_limit()
+    raise_file_limit(FILES)
     sys.path.insert(0, str(REPO))
     from tests.ollama_standin import run_ollama_standin
 
@@ -144,7 +143,7 @@ async def hold(host: str, port: int, mix: dict[str, int], conn: Connection) -> N
 
 
 def load_process(host: str, port: int, mix: dict[str, int], conn: Connection) -> None:
-    raise_file_limit()
+    raise_file_limit(FILES)
     asyncio.run(hold(host, port, mix, conn))
 
 
@@ -171,22 +170,10 @@ def probe(host: str, port: int, seconds: float) -> dict[str, list[float]]:
     return samples
 
 
-def percentile(values: list[float], p: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[p - 1]
-
-
-def worker_pid(master_pid: int) -> int:
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == master_pid:
-                return int(stat.parent.name)
-        except (OSError, IndexError, ValueError):
-            continue
-    raise RuntimeError("no worker process")
-
-
 def rss_mib(pid: int) -> float:
-    return int(Path(f"/proc/{pid}/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    from tests.servers import proc_status_kib
+
+    return proc_status_kib(pid, "VmRSS") / 1024
 
 
 def cpu_seconds(pid: int) -> float:
@@ -209,7 +196,7 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every kind of connection")
     args = parser.parse_args()
     mix = {kind: max(1, round(count * args.scale)) for kind, count in MIX.items()}
-    raise_file_limit()
+    raise_file_limit(FILES)
     sys.path.insert(0, str(REPO))
     from tests.servers import run_worker
 
@@ -231,7 +218,7 @@ def main() -> int:
                "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "900"}
         with run_worker(REPO / "roles", Path(tmp), env=env, workers=1) as worker:
             host, port = worker.url.rsplit("//", 1)[1].rsplit(":", 1)
-            pid = worker_pid(worker.process.pid)
+            (pid,) = worker.worker_pids()
             idle = probe(host, int(port), 5.0)
             rss_idle = rss_mib(pid)
 

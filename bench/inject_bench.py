@@ -25,6 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from figures import percentile
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
@@ -98,11 +100,8 @@ def measure(url: str, request: bytes, connections: int, warmup: float, duration:
         raise SystemExit(f"{len(failures)} requests failed, statuses {sorted(set(failures))}")
     latencies.sort()
 
-    def percentile(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000
-
-    return {"requests": len(latencies), "rps": len(latencies) / duration, "p50": percentile(0.50),
-            "p99": percentile(0.99)}
+    return {"requests": len(latencies), "rps": len(latencies) / duration, "p50": percentile(latencies, 50) * 1000,
+            "p99": percentile(latencies, 99) * 1000}
 
 
 def check_inject(url: str) -> dict:

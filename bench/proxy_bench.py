@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
+from figures import percentile
 
 REPO = Path(__file__).resolve().parent.parent
 TARGET_MS = 2.0
@@ -50,10 +50,6 @@ def standin_process(conn: Connection) -> None:
     with run_ollama_standin(answer="a short answer, in a few stream chunks") as standin:
         conn.send(standin.url)
         conn.recv()  # anything: stop
-
-
-def percentile(samples: list[float], p: int) -> float:
-    return statistics.quantiles(samples, n=100, method="inclusive")[p - 1]
 
 
 def timed_post(session: requests.Session, url: str, body: dict[str, Any]) -> float:

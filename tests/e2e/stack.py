@@ -27,7 +27,7 @@ import requests
 
 from tests.e2e.n8n import N8n, N8nError
 from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
-from tests.servers import REPO, ROLE_INJECTOR, free_port, stop_process, wait_for_http
+from tests.servers import REPO, ROLE_INJECTOR, child_pids, free_port, stop_process, wait_for_http
 
 WORKFLOWS = REPO / "workflows"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -162,15 +162,13 @@ class LocalRun:
 
     def worker_pid(self) -> int | None:
         """The worker (`role-injector serve`, gunicorn's master) that the script started."""
-        for status in Path("/proc").glob("[0-9]*/stat"):
+        for pid in child_pids(self.process.pid):
             try:
-                fields = status.read_text().rsplit(")", 1)[1].split()
-                cmdline = (status.parent / "cmdline").read_bytes().split(b"\0")
-            except OSError:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:  # gone meanwhile
                 continue
-            if int(fields[1]) == self.process.pid and b"serve" in cmdline and any(
-                    part.endswith(b"role-injector") for part in cmdline):
-                return int(status.parent.name)
+            if b"serve" in cmdline and any(part.endswith(b"role-injector") for part in cmdline):
+                return pid
         return None
 
     def wait_for(self, text: str, timeout: float) -> None:

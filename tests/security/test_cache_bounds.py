@@ -27,8 +27,7 @@ from role_injector.settings import Settings
 from role_injector.store import RoleStore
 from role_injector.tokens import load_tokenizer
 from tests.security.hostile_roles import serve_roles
-from tests.security.test_tokenizer_input import worker_pids
-from tests.servers import REPO
+from tests.servers import REPO, proc_status_kib
 
 ROLE = "---\nvariables: {notes: {required: true}}\n---\n## Mission {required}\nHelp.\n\n## Notes\n{{notes}}\n"
 values = st.one_of(st.text(max_size=300), st.integers(), st.tuples(st.text(max_size=50), st.text(max_size=50)))
@@ -141,13 +140,6 @@ def test_the_budget_is_a_setting() -> None:
     assert Settings.from_env({}).fit_cache_bytes == FitCache().max_bytes
 
 
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_a_worker_does_not_grow_with_distinct_large_variable_values(tmp_path: Path) -> None:
     """The attack against a real gunicorn worker: 90 requests, each with a new ~900 KB value, with
     a 16 MiB cache. Before, the worker kept every one (~2 MB each)."""
@@ -156,7 +148,7 @@ def test_a_worker_does_not_grow_with_distinct_large_variable_values(tmp_path: Pa
     (roles / "notes.md").write_text(ROLE)
     budget = 16 * 1024 * 1024
     with serve_roles(roles, tmp_path, ROLE_INJECTOR_FIT_CACHE_BYTES=str(budget)) as server:
-        (worker,) = worker_pids(server.process.pid)
+        (worker,) = server.worker_pids()
         session = requests.Session()
 
         def send(i: int) -> None:
@@ -167,8 +159,8 @@ def test_a_worker_does_not_grow_with_distinct_large_variable_values(tmp_path: Pa
 
         for i in range(10):  # warm up: allocator arenas, the tokenizer's own buffers
             send(i)
-        before = rss(worker)
+        before = proc_status_kib(worker, "VmRSS") * 1024
         for i in range(10, 100):
             send(i)
-        grown = rss(worker) - before
+        grown = proc_status_kib(worker, "VmRSS") * 1024 - before
         assert grown < 4 * budget, f"the worker grew by {grown / 2**20:.0f} MiB"

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from role_injector.normalization import LONG_MARK_RUN, marks, nfc
 from role_injector.tokens import VOCABULARIES, Tokenizer, load_tokenizer
-from tests.ollama_standin import run_ollama_standin
+from tests.ollama_standin import OllamaStandin
 from tests.security.hostile_roles import GOOD, MIB, serve_roles
 
 TOKENIZERS = list(VOCABULARIES)
@@ -141,19 +141,7 @@ def test_a_mebibyte_of_marks_in_falling_class_is_normalised(tmp_path: Path) -> N
 # --- against a real gunicorn: the request that killed a worker --------------------------------
 
 
-def worker_pids(master: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master:
-            found.add(int(stat.parent.name))
-    return found
-
-
-def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path) -> None:
+def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path, standin: OllamaStandin) -> None:
     roles = tmp_path / "roles"
     roles.mkdir()
     (roles / "fine.md").write_text(GOOD)
@@ -161,8 +149,8 @@ def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path) -> N
     blanks = " " * 1_000_000
     marks_text = "a" + "\u0345\u0301" * 240_000
     qwen = load_tokenizer("qwen")
-    with run_ollama_standin() as ollama, serve_roles(roles, tmp_path, ROLE_INJECTOR_OLLAMA_URL=ollama.url) as server:
-        workers = worker_pids(server.process.pid)
+    with serve_roles(roles, tmp_path, ROLE_INJECTOR_OLLAMA_URL=standin.url) as server:  # the session's stand-in
+        workers = set(server.worker_pids())
         assert len(workers) == 1
         healthy: list[int] = []
         stop = threading.Event()
@@ -193,11 +181,11 @@ def test_a_mebibyte_of_blanks_is_counted_and_no_worker_dies(tmp_path: Path) -> N
                     "messages": [{"role": "user", "content": blanks}]}
             reply = requests.post(server.url + "/api/chat", json=chat, timeout=300)
             assert reply.status_code == 200, reply.text
-            (forwarded,) = ollama.requests_to("/api/chat")
+            (forwarded,) = standin.requests_to("/api/chat")
             assert forwarded.body["messages"][-1]["content"] == blanks
         finally:
             stop.set()
             prober.join()
         assert healthy and set(healthy) == {200}
-        assert worker_pids(server.process.pid) == workers
+        assert set(server.worker_pids()) == workers
         assert "PanicException" not in server.log() and "Traceback" not in server.log()

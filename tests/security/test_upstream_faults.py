@@ -10,7 +10,6 @@ its status on each surface.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +22,10 @@ from role_injector.settings import Settings
 from role_injector.web import create_app
 from tests.ollama_standin import OllamaStandin
 from tests.security.conftest import raw_request
-from tests.servers import WorkerProcess
+from tests.servers import WorkerProcess, proc_status_kib
 
 MiB = 1024 * 1024
 CHAT = {"model": "guarded", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
-
-
-def worker_pids(server: WorkerProcess) -> list[int]:
-    """The gunicorn worker processes: children of the master."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == server.process.pid:
-            pids.append(int(stat.parent.name))
-    return pids
-
-
-def peak_memory_kib(pid: int) -> int:
-    found = re.search(r"^VmHWM:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text(), re.MULTILINE)
-    assert found
-    return int(found.group(1))
 
 
 def logged_statuses(server: WorkerProcess, route: str) -> list[int]:
@@ -58,9 +38,9 @@ def logged_statuses(server: WorkerProcess, route: str) -> list[int]:
 
 def test_a_huge_fixed_length_answer_is_relayed_without_being_held(guarded: WorkerProcess,
                                                                    standin: OllamaStandin) -> None:
-    (pid,) = worker_pids(guarded)
+    (pid,) = guarded.worker_pids()
     requests.get(guarded.url + "/api/ps", timeout=10)  # warm: the pool, the first request's allocations
-    before = peak_memory_kib(pid)
+    before = proc_status_kib(pid, "VmHWM")
     size = 400 * MiB
     standin.set_fault("/api/ps", status=200, body={"models": []}, length=size)
     received = 0
@@ -69,19 +49,19 @@ def test_a_huge_fixed_length_answer_is_relayed_without_being_held(guarded: Worke
         for piece in response.iter_content(MiB):
             received += len(piece)
     assert received == size
-    assert peak_memory_kib(pid) - before < 64 * 1024  # pieces, not 400 MiB
+    assert proc_status_kib(pid, "VmHWM") - before < 64 * 1024  # pieces, not 400 MiB
 
 
 @pytest.mark.parametrize(("path", "body"), [("/api/tags", None), ("/api/show", {"model": "guarded"})])
 def test_json_the_proxy_reads_is_bounded(guarded: WorkerProcess, standin: OllamaStandin, path: str,
                                          body: Any) -> None:
-    (pid,) = worker_pids(guarded)
-    before = peak_memory_kib(pid)
+    (pid,) = guarded.worker_pids()
+    before = proc_status_kib(pid, "VmHWM")
     standin.set_fault(path, status=200, body={"models": []}, length=400 * MiB)
     answer = requests.request("POST" if body else "GET", guarded.url + path, json=body, timeout=60)
     assert answer.status_code == 502
     assert "ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES" in answer.json()["error"]
-    assert peak_memory_kib(pid) - before < 64 * 1024
+    assert proc_status_kib(pid, "VmHWM") - before < 64 * 1024
     assert logged_statuses(guarded, path)[-1] == 502
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,13 @@ import pytest
 
 from role_injector.ollama_client import OllamaClient
 from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.servers import CLEAN_ENV, ROLE_INJECTOR
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLED_ROLES = REPO / "roles"
 
 RoleWriter = Callable[..., Path]
 
-CLI = str(Path(sys.executable).parent / "role-injector")
 # A role for the Ollama and bake commands: a required variable, params, sections of each kind.
 ENGINEER = """---
 description: Finds bugs
@@ -40,9 +39,9 @@ Find the bug before it finds the users.
 
 
 def run_cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
-    """`role-injector ARGS` of this venv, with no profile file from the developer's shell."""
-    env = {**os.environ, "ROLE_INJECTOR_MODELS": ""}
-    return subprocess.run([CLI, *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
+    """`role-injector ARGS` of this venv, with none of the developer's ROLE_INJECTOR_* settings."""
+    env = {**os.environ, **CLEAN_ENV}
+    return subprocess.run([str(ROLE_INJECTOR), *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
                           check=False, env=env)
 
 

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 from role_injector.errors import KINDS
-from tests.worker.conftest import BUNDLED_ROLES, RoleWriter
-
-CLI = [str(Path(sys.executable).parent / "role-injector")]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=120, check=False)
+from tests.worker.conftest import BUNDLED_ROLES, RoleWriter, run_cli
 
 
 def test_lint_of_the_bundled_roles_is_clean() -> None:
-    result = run("lint", str(BUNDLED_ROLES))
+    result = run_cli("lint", str(BUNDLED_ROLES))
     assert result.returncode == 0, result.stdout + result.stderr
     header, *rows = result.stdout.splitlines()
     assert header.split() == ["role", "version", "sections", "tokens", "(qwen)", "tokens", "(qwen3.5)",
@@ -32,14 +24,14 @@ def test_lint_of_the_bundled_roles_is_clean() -> None:
 def test_lint_reports_broken_files_and_fails(write_role: RoleWriter, roles_dir: Path) -> None:
     write_role("good", "Fine.")
     write_role("bad", "Hello {{nobody}}.")
-    result = run("lint", str(roles_dir))
+    result = run_cli("lint", str(roles_dir))
     assert result.returncode == 1
     assert "bad.md" in result.stdout and "undeclared variable(s) nobody" in result.stdout
     assert any(line.startswith("good ") for line in result.stdout.splitlines())
 
 
 def test_render_prints_the_fitted_prompt_and_the_report() -> None:
-    result = run("render", "agi-engineer", "--roles", str(BUNDLED_ROLES), "--budget", "500",
+    result = run_cli("render", "agi-engineer", "--roles", str(BUNDLED_ROLES), "--budget", "500",
                  "--var", "user_name=Анна", "--model", "qwen3:8b")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("Ты — инженер AGI.")
@@ -49,7 +41,7 @@ def test_render_prints_the_fitted_prompt_and_the_report() -> None:
 
 
 def test_render_with_a_query_selects_by_relevance_and_reports_each_section_on_a_line() -> None:
-    result = run("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
+    result = run_cli("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
                  "--query", "What went wrong with invoices around daylight saving time?")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stderr)
@@ -64,13 +56,13 @@ def test_render_with_a_query_selects_by_relevance_and_reports_each_section_on_a_
     assert "## Lessons from past incidents" in result.stdout and "## Non-negotiables" not in result.stdout
     lines = result.stderr.splitlines()
     assert sum(line.strip().startswith('{"title"') for line in lines) == len(trim["sections"])
-    by_priority = json.loads(run("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
+    by_priority = json.loads(run_cli("render", "manifest", "--roles", str(BUNDLED_ROLES), "--budget", "900",
                                  "--query", "invoices", "--selection", "priority").stderr)
     assert by_priority["trim"]["selection"] == "priority"
 
 
 def test_render_with_a_prompt_prints_the_whole_formatted_prompt() -> None:
-    result = run("render", "general-assistant", "--roles", str(BUNDLED_ROLES), "--prompt", "Hi",
+    result = run_cli("render", "general-assistant", "--roles", str(BUNDLED_ROLES), "--prompt", "Hi",
                  "--format", "llama3", "--model", "llama3.2")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>")
@@ -78,6 +70,6 @@ def test_render_with_a_prompt_prints_the_whole_formatted_prompt() -> None:
 
 
 def test_render_errors_are_clear() -> None:
-    result = run("render", "agi-engineer", "--roles", str(BUNDLED_ROLES))
+    result = run_cli("render", "agi-engineer", "--roles", str(BUNDLED_ROLES))
     assert result.returncode == KINDS["missing_variable"].exit_code
     assert "missing_variable" in result.stderr and "user_name" in result.stderr
