@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint test-worker test-node test-e2e test-browser docs-screenshots bench clean
+.PHONY: run test lint engine test-worker test-node test-e2e test-browser docs-screenshots bench clean
 
 $(STAMP): worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,12 @@ test-worker: $(STAMP)
 test-node: $(STAMP)
 	bash scripts/test-n8n-node.sh
 
+# A real engine and model for the tests: llama.cpp's tools built once into the tools folder, SmolLM2-135M.
+engine:
+	bash scripts/engine-toolchain.sh install >/dev/null
+
 # Everything: lint, the n8n node (lint, build, tests), then all Python tests incl. the e2e suite.
-test: lint test-node
+test: lint test-node engine
 	$(BIN)/pytest
 
 # A real n8n with the packed node (one per session): the e2e and the browser tests.

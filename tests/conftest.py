@@ -23,6 +23,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from tests.e2e.stack import Stack, run_stack
+from tests.engine import LlamaServer, run_llama_server
 from tests.servers import REPO
 
 INSTALL_CHROMIUM = REPO / "scripts" / "install-chromium.sh"
@@ -119,3 +120,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.failed and isinstance(stack, Stack):
         report.sections.append(("n8n logs", stack.n8n.logs()))
         report.sections.append(("worker log", stack.worker.log()[-20000:]))
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
+    """One real llama-server with SmolLM2-135M for the session (tests/engine.py), started on first use."""
+    with run_llama_server(tmp_path_factory.mktemp("llama")) as server:
+        yield server
