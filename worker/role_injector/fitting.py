@@ -66,8 +66,7 @@ class MeasuredSection:
     def cut_tokens(self) -> array[int]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
         Only a section that is cut pays for this, once (a request encodes only the cut section)."""
-        tokens = self.tokenizer.encode(self.text)
-        starts = list(itertools.accumulate(map(self.tokenizer.token_bytes.__getitem__, tokens), initial=0))
+        starts = self.tokenizer.token_boundaries(self.text)
         estimates = []
         byte_offset, char_offset = 0, 0
         for cut in self.cuts:
@@ -522,6 +521,25 @@ def _pick(
     return _Filled(pieces, system, tokens, cut_piece[0] if cut_piece else None, cut_piece is None)
 
 
+def _pick_ranked(
+    order: Sequence[int],
+    measured: Sequence[MeasuredSection],
+    stable: _Filled,
+    budget: int,
+    tokenizer: Tokenizer,
+    cache: FitCache,
+) -> _Filled:
+    """The ranked sections after the stable part: counts added up where the tokenizer's split pattern
+    makes them add up (`_pick`), else the same walk verified by encoding the result (`_fill`)."""
+    if tokenizer.heading_joins_add_up:
+        return _pick(order, measured, stable, budget, tokenizer, cache)
+
+    def after_stable(pieces: dict[int, str]) -> str:
+        return SEPARATOR.join(([stable.system] if stable.system else []) + [pieces[i] for i in sorted(pieces)])
+
+    return _fill(order, measured, budget - stable.tokens, bool(stable.system), after_stable, budget, tokenizer)
+
+
 def _compute_fit(
     role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache, ranking: Ranking | None
 ) -> Fit:
@@ -552,7 +570,7 @@ def _compute_fit(
             found = _fill(plan.core, measured, budget - used, bool(required), in_document_order, budget, tokenizer)
             cache.put(key, found)
         stable = filled = found
-        picked = _pick(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
+        picked = _pick_ranked(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
         if picked is not None and picked.pieces:
             filled = picked
 
