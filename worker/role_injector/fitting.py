@@ -481,7 +481,14 @@ def _pick(
     with it; after a letter or digit they form their own pre-token), and '#' composes with nothing under
     NFC. So count(a + SEP + b) = count(a + SEP) + count(b) whenever b starts with '#', and the result's
     count is count(stable + SEP) plus each piece's count with its separator, the last piece in document
-    order without it. Section counts with a separator are cached; only a cut piece is encoded."""
+    order without it. Section counts with a separator are cached; only a cut piece is encoded.
+    A tokenizer for which this is not proved (`heading_joins_add_up`, false for an engine's) walks the
+    same order with `_fill`, which verifies by encoding the result."""
+    if not tokenizer.heading_joins_add_up:
+        def after_stable(pieces: dict[int, str]) -> str:
+            return SEPARATOR.join(([stable.system] if stable.system else []) + [pieces[i] for i in sorted(pieces)])
+
+        return _fill(order, measured, budget - stable.tokens, bool(stable.system), after_stable, budget, tokenizer)
     head = 0
     if stable.system:
         head = cache.count(("stable+separator", stable.system), stable.system + SEPARATOR, tokenizer)
@@ -521,25 +528,6 @@ def _pick(
     return _Filled(pieces, system, tokens, cut_piece[0] if cut_piece else None, cut_piece is None)
 
 
-def _pick_ranked(
-    order: Sequence[int],
-    measured: Sequence[MeasuredSection],
-    stable: _Filled,
-    budget: int,
-    tokenizer: Tokenizer,
-    cache: FitCache,
-) -> _Filled:
-    """The ranked sections after the stable part: counts added up where the tokenizer's split pattern
-    makes them add up (`_pick`), else the same walk verified by encoding the result (`_fill`)."""
-    if tokenizer.heading_joins_add_up:
-        return _pick(order, measured, stable, budget, tokenizer, cache)
-
-    def after_stable(pieces: dict[int, str]) -> str:
-        return SEPARATOR.join(([stable.system] if stable.system else []) + [pieces[i] for i in sorted(pieces)])
-
-    return _fill(order, measured, budget - stable.tokens, bool(stable.system), after_stable, budget, tokenizer)
-
-
 def _compute_fit(
     role: Role, values: Mapping[str, str], budget: int, tokenizer: Tokenizer, cache: FitCache, ranking: Ranking | None
 ) -> Fit:
@@ -570,7 +558,7 @@ def _compute_fit(
             found = _fill(plan.core, measured, budget - used, bool(required), in_document_order, budget, tokenizer)
             cache.put(key, found)
         stable = filled = found
-        picked = _pick_ranked(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
+        picked = _pick(ranking.order, measured, stable, budget, tokenizer, cache) if stable.whole else None
         if picked is not None and picked.pieces:
             filled = picked
 
