@@ -31,7 +31,7 @@ WEBUI_JINJA.globals["raise_exception"] = _raise_exception
 
 
 def load_character(user_data: Path, character: str) -> tuple[str, str]:
-    """(name, context) as `load_character` (modules/chat.py, lines 2017-2059) finds and reads them."""
+    """(name, context) as `load_character` (modules/chat.py, lines 2017-2061) finds and reads them."""
     for extension in ["yml", "yaml", "json"]:
         path = user_data / "characters" / f"{character}.{extension}"
         if path.exists():

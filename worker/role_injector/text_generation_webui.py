@@ -6,8 +6,8 @@ Two files under its `user_data` folder, as its loaders read them (oobabooga/text
 
 - `characters/<role>.yaml` with `name` and `context` (the fitted role), the keys `load_character` reads
   with `yaml.safe_load` from `user_data/characters/<name>.{yml,yaml,json}` (modules/chat.py, lines
-  2017-2059); `context` is stripped there and becomes the system message in the chat and chat-instruct
-  modes, after `{{user}}`, `{{char}}`, `<USER>` and `<BOT>` are replaced by the names (lines 389-391, 1991).
+  2017-2061); `context` is stripped there and becomes the system message in the chat and chat-instruct
+  modes, after `{{user}}`, `{{char}}`, `<USER>` and `<BOT>` are replaced by the names (lines 389-391, 1991-1993).
 - `instruction-templates/<role>.yaml` with `instruction_template`: a Jinja template, the key
   `load_template_by_name` reads (modules/models_settings.py, lines 400-425), rendered with `messages`
   and `add_generation_prompt` in a sandbox with `trim_blocks` and `lstrip_blocks` (modules/chat.py,
