@@ -141,9 +141,12 @@ class Tokenizer(Protocol):
     """What fitting (`fitting.py`) and injection (`injection.py`) need of a model's vocabulary."""
 
     name: str  # what caches key counts by: one name, one way of counting
-    # count(a + "\n\n" + b) == count(a + "\n\n") + count(b) whenever b starts with "#", so relevance
-    # selection may add up section counts (docs/architecture.md, Relevance selection); else it encodes.
-    heading_joins_add_up: bool
+
+    @property
+    def heading_joins_add_up(self) -> bool:
+        """count(a + "\n\n" + b) == count(a + "\n\n") + count(b) whenever b starts with "#", so relevance
+        selection may add up section counts (docs/architecture.md, Relevance selection); else it encodes."""
+        ...
 
     def count(self, text: str) -> int:
         """Tokens of `text` where it stands in a prompt's content."""
