@@ -92,9 +92,15 @@ def test_a_jinja_string_reads_back_as_the_text(text: str) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(text=st.text())
+@given(text=st.text() | st.lists(st.sampled_from(["a", " ", "\n", "\r", "\x85", "\u2028", "\u2029", "\t", "#",
+                                                   ":", "'", '"', "\ufeff", "\u200b"])).map("".join))
 def test_a_character_reads_back_as_the_fitted_text(text: str) -> None:
     assert yaml.safe_load(to_yaml({"name": "r", "context": text})) == {"name": "r", "context": text}
+
+
+def test_yaml_line_breaks_are_kept_in_quotes() -> None:
+    assert yaml.safe_load(to_yaml({"context": "a\x85b\nc"})) == {"context": "a\x85b\nc"}
+    assert to_yaml({"context": "a\nb"}) == "context: |-\n  a\n  b\n"  # readable where it can be
 
 
 def test_export_writes_the_files_text_generation_webui_reads(tmp_path: Path, write_role: RoleWriter,

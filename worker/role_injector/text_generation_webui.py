@@ -116,8 +116,14 @@ class _BlockDumper(yaml.SafeDumper):
     back to a quoted scalar where a block cannot hold the text exactly."""
 
 
+# YAML 1.1 reads these as line breaks and folds them in any unquoted scalar (PyYAML offers a block or a
+# plain scalar for them all the same): only a double-quoted scalar (escapes \N, \L, \P) keeps them.
+YAML_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+
+
 def _represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|" if "\n" in data else None)
+    style = '"' if any(c in data for c in YAML_LINE_BREAKS) else "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
 
 _BlockDumper.add_representer(str, _represent_str)
