@@ -5,14 +5,17 @@ run time). Each server listens on a free loopback port and logs to a file of the
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import requests
 
+from role_injector.engine_tokens import PostJson
+from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
 from tests.servers import REPO, free_port, stop_process
 
 TOOLCHAIN = REPO / "scripts" / "engine-toolchain.sh"
@@ -72,6 +75,29 @@ def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 12
     raise TimeoutError(f"{url}/health was not ok within {timeout}s")
 
 
+def post_json(url: str, timeout: float = 30.0) -> PostJson:
+    """The library's `PostJson` for an engine at `url`, on requests, with its error contract (the
+    worker's own transport is the engine layer's; tests need only this)."""
+    session = requests.Session()
+
+    def post(path: str, body: Mapping[str, Any]) -> Any:
+        try:
+            response = session.post(url + path, json=body, timeout=timeout)
+        except requests.Timeout:
+            raise UpstreamTimeout(f"{url} did not answer {path} within {timeout:g} s") from None
+        except requests.ConnectionError as exc:
+            raise UpstreamUnreachable(f"cannot reach {url}: {exc}") from None
+        if response.status_code >= 400:
+            raise UpstreamRefused(f"{url}{path} answered {response.status_code}: {response.text[:200]}",
+                                  details={"status": response.status_code})
+        try:
+            return response.json()
+        except ValueError:
+            raise UpstreamError(f"{url}{path} answered with something that is not JSON") from None
+
+    return post
+
+
 @contextmanager
 def run_llama_server(
     log_dir: Path,
@@ -86,7 +112,7 @@ def run_llama_server(
     log_path = log_dir / f"llama-server-{port}.log"
     binary = llama_bin() / "llama-server"
     command = [str(binary), "-m", str(model or smollm2()), "--host", "127.0.0.1", "--port", str(port),
-               "-c", str(context), "-np", str(slots), "-t", "2", "--no-webui", *extra]
+               "-c", str(context), "-np", str(slots), "-t", "2", "--no-ui", *extra]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={"LD_LIBRARY_PATH": str(binary.parent), "PATH": "/usr/bin:/bin"})

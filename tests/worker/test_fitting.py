@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from role_injector.fitting import BudgetTooSmall, FitCache, cut_points, fit_budget
 from role_injector.roles import Role, build_role, parse_role_source
-from role_injector.tokens import Tokenizer, load_tokenizer
+from role_injector.tokens import Tokenizer, VocabularyTokenizer, load_tokenizer
 
 WORDS = ["alpha", "beta", "gamma", "дельта", "эпсилон", "東京", "naïve", "x1", "42", "über", "résumé", "—"]
 
@@ -137,8 +137,8 @@ def test_cut_points_skip_code_fences_and_headings() -> None:
     ]
 
 
-class CountingTokenizer(Tokenizer):
-    def __init__(self, base: Tokenizer) -> None:
+class CountingTokenizer(VocabularyTokenizer):
+    def __init__(self, base: VocabularyTokenizer) -> None:
         super().__init__(base.name, base.encoding, base.nfc, base.token_bytes)
         self.encoded_chars = 0
 

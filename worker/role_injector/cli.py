@@ -1,5 +1,6 @@
 """Command line: `lint`, `render`, `serve`; `ollama create|modelfile|list` (a role as an Ollama
-model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md).
+model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md); `export` (a role as
+another program's files: text-generation-webui's character and instruction template).
 
 Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
 `role_injector.errors.KINDS` (2 for a wrong command line).
@@ -16,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO
 
-from role_injector import bake, ollama_models
+from role_injector import bake, ollama_models, text_generation_webui
 from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
@@ -255,6 +256,21 @@ def cmd_bake_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    export = text_generation_webui.export_role(current_roles(args), load_profiles(Settings.from_env().models_file),
+                                               args.role, model=args.model, budget=args.budget,
+                                               variables=parse_vars(args.var))
+    try:
+        written = export.write(Path(args.out))
+    except OSError as exc:
+        raise InvalidRequest(f"cannot write into {args.out}: {exc.strerror or exc}",
+                             details={"out": args.out}) from None
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    print_json(export.summary())
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from role_injector.server import serve  # gunicorn is only needed here
 
@@ -346,6 +362,16 @@ def build_parser() -> argparse.ArgumentParser:
     baked.add_argument("--reminder-budget", type=int, metavar="TOKENS",
                        help="also set SYSTEM to the role fitted to this many tokens")
     baked.set_defaults(run=cmd_bake_create)
+
+    export = commands.add_parser("export", help="write the fitted role as another program's files")
+    role_options(export, ollama=False)
+    export.add_argument("--to", required=True, choices=["text-generation-webui"],
+                        help="text-generation-webui: a character and an instruction template")
+    export.add_argument("--model", help="the model the role is fitted for (default: the role's)")
+    export.add_argument("--budget", type=int, help="tokens for the role (default: as `ollama create`)")
+    export.add_argument("--out", default="user_data", metavar="DIR",
+                        help="text-generation-webui's user_data folder (default: ./user_data)")
+    export.set_defaults(run=cmd_export)
     return parser
 
 

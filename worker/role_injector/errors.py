@@ -56,8 +56,9 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 7),
     ErrorKind("invalid_profiles", "the model profile file is wrong", 503, 503, "server_error", 8),
     ErrorKind("invalid_config", "a setting (environment variable or option) is wrong", 503, 503, "server_error", 9),
-    ErrorKind("tokenizer_unavailable", "a vocabulary file is missing or does not match its pinned sha256",
-              503, 503, "server_error", 10),
+    ErrorKind("tokenizer_unavailable", "the model's vocabulary cannot be used: a vocabulary file is missing or"
+              " does not match its pinned sha256, or the engine has no tokenize endpoint", 503, 503, "server_error",
+              10),
     ErrorKind("bad_upstream", "Ollama answered with something that is not its API", 502, 502, "server_error", 11),
     ErrorKind("upstream_unreachable", "Ollama cannot be reached", 502, 502, "server_error", 11),
     ErrorKind("upstream_timeout", "Ollama did not answer in time", 504, 504, "server_error", 12),

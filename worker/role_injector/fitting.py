@@ -66,8 +66,7 @@ class MeasuredSection:
     def cut_tokens(self) -> array[int]:
         """Estimated tokens of text[:cut] for each cut: the tokens that start before it.
         Only a section that is cut pays for this, once (a request encodes only the cut section)."""
-        tokens = self.tokenizer.encode(self.text)
-        starts = list(itertools.accumulate(map(self.tokenizer.token_bytes.__getitem__, tokens), initial=0))
+        starts = self.tokenizer.token_boundaries(self.text)
         estimates = []
         byte_offset, char_offset = 0, 0
         for cut in self.cuts:
@@ -482,7 +481,14 @@ def _pick(
     with it; after a letter or digit they form their own pre-token), and '#' composes with nothing under
     NFC. So count(a + SEP + b) = count(a + SEP) + count(b) whenever b starts with '#', and the result's
     count is count(stable + SEP) plus each piece's count with its separator, the last piece in document
-    order without it. Section counts with a separator are cached; only a cut piece is encoded."""
+    order without it. Section counts with a separator are cached; only a cut piece is encoded.
+    A tokenizer for which this is not proved (`heading_joins_add_up`, false for an engine's) walks the
+    same order with `_fill`, which verifies by encoding the result."""
+    if not tokenizer.heading_joins_add_up:
+        def after_stable(pieces: dict[int, str]) -> str:
+            return SEPARATOR.join(([stable.system] if stable.system else []) + [pieces[i] for i in sorted(pieces)])
+
+        return _fill(order, measured, budget - stable.tokens, bool(stable.system), after_stable, budget, tokenizer)
     head = 0
     if stable.system:
         head = cache.count(("stable+separator", stable.system), stable.system + SEPARATOR, tokenizer)

@@ -25,11 +25,12 @@ CONTROL_TOKEN = re.compile(
 )
 
 
-def neutralise(text: str) -> str:
-    """Break every control token with a zero-width space after its first character."""
+def neutralise(text: str, pattern: re.Pattern[str] = CONTROL_TOKEN) -> str:
+    """Break every control token with a zero-width space after its first character. `pattern` may add an
+    engine's own (`template_tokens.control_pattern`); every token it matches starts with '<' or '['."""
     if "<" not in text and "[" not in text:  # most text: skip the regex scan
         return text
-    return CONTROL_TOKEN.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
+    return pattern.sub(lambda m: m.group(0)[0] + ZERO_WIDTH_SPACE + m.group(0)[1:], text)
 
 
 @dataclass(frozen=True)

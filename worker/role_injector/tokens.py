@@ -1,4 +1,6 @@
-"""Tokenizers built from vocabulary files that Python packages install: nothing is downloaded.
+"""Tokenizers: what fitting and injection need of a model's vocabulary (`Tokenizer`), and the ones
+built from vocabulary files that Python packages install (`VocabularyTokenizer`): nothing is
+downloaded. (An engine's own vocabulary, counted through its API, is `engine_tokens.EngineTokenizer`.)
 
 Each vocabulary file is checked against a pinned sha256 before use, so a changed or corrupted
 file is refused instead of silently miscounting.
@@ -14,11 +16,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import itertools
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import ClassVar, Protocol
 
 import tiktoken
 
@@ -133,10 +137,40 @@ VOCABULARIES: dict[str, Vocabulary] = {
 }
 
 
+class Tokenizer(Protocol):
+    """What fitting (`fitting.py`) and injection (`injection.py`) need of a model's vocabulary."""
+
+    name: str  # what caches key counts by: one name, one way of counting
+
+    @property
+    def heading_joins_add_up(self) -> bool:
+        """count(a + "\n\n" + b) == count(a + "\n\n") + count(b) whenever b starts with "#", so relevance
+        selection may add up section counts (docs/architecture.md, Relevance selection); else it encodes."""
+        ...
+
+    def count(self, text: str) -> int:
+        """Tokens of `text` where it stands in a prompt's content."""
+        ...
+
+    def count_prompt(self, prompt: str) -> int:
+        """Tokens of a whole rendered prompt, the format's control tokens read as special tokens."""
+        ...
+
+    def is_special(self, token: str) -> bool:
+        """Whether `token` (a control string such as <|im_end|>) is one special token."""
+        ...
+
+    def token_boundaries(self, text: str) -> Sequence[int]:
+        """UTF-8 byte offsets of the boundaries between the tokens of `text`: 0, then the end of each
+        token (one more than there are tokens). Prefix estimates only: never an exact count."""
+        ...
+
+
 @dataclass
-class Tokenizer:
+class VocabularyTokenizer:
     """A tiktoken encoding plus the byte length of every token, for cheap prefix estimates."""
 
+    heading_joins_add_up: ClassVar[bool] = True  # proved for the three split patterns (architecture.md)
     name: str
     encoding: tiktoken.Encoding
     nfc: bool
@@ -167,6 +201,10 @@ class Tokenizer:
 
     def count(self, text: str) -> int:
         return len(self.encode(text))
+
+    def token_boundaries(self, text: str) -> list[int]:
+        """Offsets in the normalised text's UTF-8 (what `encode` reads)."""
+        return list(itertools.accumulate(map(self.token_bytes.__getitem__, self.encode(text)), initial=0))
 
     def is_special(self, token: str) -> bool:
         return token in self.encoding.special_tokens_set
@@ -202,7 +240,7 @@ def read_vocabulary(vocabulary: Vocabulary) -> bytes:
     return data
 
 
-def build_tokenizer(vocabulary: Vocabulary, data: bytes) -> Tokenizer:
+def build_tokenizer(vocabulary: Vocabulary, data: bytes) -> VocabularyTokenizer:
     ranks: dict[bytes, int] = {}
     for line in data.splitlines():
         if line:
@@ -217,14 +255,14 @@ def build_tokenizer(vocabulary: Vocabulary, data: bytes) -> Tokenizer:
         mergeable_ranks=ranks,
         special_tokens=vocabulary.special_tokens,
     )
-    return Tokenizer(vocabulary.name, encoding, vocabulary.nfc, token_bytes)
+    return VocabularyTokenizer(vocabulary.name, encoding, vocabulary.nfc, token_bytes)
 
 
-_loaded: dict[str, Tokenizer] = {}
+_loaded: dict[str, VocabularyTokenizer] = {}
 _lock = threading.Lock()
 
 
-def load_tokenizer(name: str) -> Tokenizer:
+def load_tokenizer(name: str) -> VocabularyTokenizer:
     """The tokenizer called `name`, built once per process."""
     with _lock:
         if name not in _loaded:
