@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
+from role_injector.fitting import FitCache
 from role_injector.openai_compat import (
     ChatAnswer,
     ChatStream,
@@ -234,10 +235,10 @@ def test_formats_tools_reasoning_and_logprobs() -> None:
 def test_a_plain_model_gets_its_profiles_window_when_the_conversation_fits() -> None:
     profiles = load_profiles(None)
     chat = parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}).chat
-    assert plain_chat(chat, profiles)["options"] == {"num_ctx": 8192}
+    assert plain_chat(chat, profiles, FitCache())["options"] == {"num_ctx": 8192}
     long = parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "word " * 8000}]}).chat
     with pytest.raises(ContextOverflow) as caught:
-        plain_chat(long, profiles)
+        plain_chat(long, profiles, FitCache())
     assert caught.value.details["context_window"] == 8192 and caught.value.details["messages_tokens"] > 7000
 
 

@@ -271,7 +271,7 @@ def test_selection_comes_from_the_request_else_a_query_else_the_role(write_role:
     ask = (Message("user", "Is there a sauna?"),)
 
     def trim(name: str, **options: object) -> dict:
-        return inject(roles, PROFILES, InjectRequest(name, ask, budget=60, **options)).fit.report()  # type: ignore[arg-type]
+        return inject(roles, PROFILES, InjectRequest(name, ask, budget=60, **options), FitCache()).fit.report()  # type: ignore[arg-type]
 
     assert roles.roles["book"].selection == "relevance" and roles.roles["plainbook"].selection == "priority"
     assert trim("book")["selection"] == "relevance" and "Sauna" in trim("book")["kept"]
@@ -289,7 +289,7 @@ def test_an_empty_conversation_in_relevance_selection_keeps_by_priority(write_ro
     write_role("book", HANDBOOK)
     roles = RoleStore(roles_dir).current()
     for turns in ((), (Message("user", ""),), (Message("user", "the and of"),), (Message("user", "и или но"),)):
-        fit = inject(roles, PROFILES, InjectRequest("book", turns, budget=60)).fit
+        fit = inject(roles, PROFILES, InjectRequest("book", turns, budget=60), FitCache()).fit
         assert fit.scores is not None and not any(fit.scores)
         assert all(s.reason != "relevance" for s in fit.sections)
         assert "Lockers" in fit.kept + fit.truncated  # priority 70 comes first among the rest

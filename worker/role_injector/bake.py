@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from role_injector.errors import InvalidRequest, RoleInjectorError, UpstreamError
+from role_injector.fitting import FitCache
 from role_injector.injection import InjectRequest, find_role, inject
 from role_injector.ollama_client import ChatAnswer, OllamaClient
 from role_injector.ollama_proxy import rewrite_chat
@@ -136,27 +137,28 @@ class Teacher:
     client: OllamaClient
     roles: RoleSet
     profiles: Profiles
+    cache: FitCache
     role: Role
     model: str
     budget: int | None = None
     variables: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, role: str, model: str,
-                 budget: int | None = None, variables: Mapping[str, str] | None = None) -> Teacher:
-        return cls(client, roles, profiles, find_role(roles, role), model, budget, dict(variables or {}))
+    def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str,
+                 model: str, budget: int | None = None, variables: Mapping[str, str] | None = None) -> Teacher:
+        return cls(client, roles, profiles, cache, find_role(roles, role), model, budget, dict(variables or {}))
 
     def system_tokens(self) -> int:
         """The fitted role without a question; raises what every question would (a missing variable,
         a budget too small) before any is asked."""
         request = InjectRequest(role=self.role.name, variables=self.variables, model=self.model, budget=self.budget)
-        return inject(self.roles, self.profiles, request).usage.system_tokens
+        return inject(self.roles, self.profiles, request, self.cache).usage.system_tokens
 
     def answer(self, question: str) -> ChatAnswer:
         virtual = VirtualModel(name=f"{self.model}@{self.role.name}", base=self.model, role=self.role.name,
                                budget=self.budget, variables=self.variables)
         body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": question}]},
-                               self.roles, self.profiles, virtual)
+                               self.roles, self.profiles, self.cache, virtual)
         return self.client.chat(body)
 
     def write_questions(self, section: str, count: int) -> list[str]:

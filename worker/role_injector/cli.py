@@ -18,6 +18,7 @@ from typing import Any, TextIO
 
 from role_injector import bake, ollama_models
 from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
+from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.ollama_client import OllamaClient, file_digest
@@ -32,6 +33,11 @@ GGUF_MAGIC = b"GGUF"
 
 def open_store(directory: str) -> RoleStore:
     return RoleStore(directory, limits=Settings.from_env().role_limits)
+
+
+def fit_cache() -> FitCache:
+    """The command's own cache of counts and fits, bounded like a worker's (ROLE_INJECTOR_FIT_CACHE_BYTES)."""
+    return FitCache(Settings.from_env().fit_cache_bytes)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -79,7 +85,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         selection=args.selection,
         query=args.query,
     )
-    result = inject(store.current(), profiles, request)
+    result = inject(store.current(), profiles, request, fit_cache())
     print(result.prompt if args.prompt is not None or args.full_prompt else result.system)
     trim = result.fit.report()
     sections = trim.pop("sections")
@@ -122,16 +128,16 @@ def follow(lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def cmd_ollama_create(args: argparse.Namespace) -> int:
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                          args.role, base=args.base, name=args.name, budget=args.budget,
-                                          variables=parse_vars(args.var))
+                                          fit_cache(), args.role, base=args.base, name=args.name,
+                                          budget=args.budget, variables=parse_vars(args.var))
     print_json(follow(ollama_models.create_role_model(client(args), model)))
     return 0
 
 
 def cmd_ollama_modelfile(args: argparse.Namespace) -> int:
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                          args.role, base=args.base, name=args.name, budget=args.budget,
-                                          variables=parse_vars(args.var))
+                                          fit_cache(), args.role, base=args.base, name=args.name,
+                                          budget=args.budget, variables=parse_vars(args.var))
     text, changed = ollama_models.role_modelfile(model)
     sys.stdout.write(text)
     if changed:
@@ -195,7 +201,8 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
     roles = current_roles(args)
     teacher = bake.Teacher.for_role(
         client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
-        roles, load_profiles(Settings.from_env().models_file), args.role, args.model, args.budget, parse_vars(args.var))
+        roles, load_profiles(Settings.from_env().models_file), fit_cache(), args.role, args.model, args.budget,
+        parse_vars(args.var))
     teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
     bake.check_share(args.held_out)
     files = bake.DatasetFiles.for_output(Path(args.out))
@@ -243,8 +250,9 @@ def cmd_bake_create(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter)
     name, digest = read_adapter(adapter)
     model = ollama_models.plan_baked_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                           args.role, adapter=(name, digest), base=args.base, name=args.name,
-                                           reminder_budget=args.reminder_budget, variables=parse_vars(args.var))
+                                           fit_cache(), args.role, adapter=(name, digest), base=args.base,
+                                           name=args.name, reminder_budget=args.reminder_budget,
+                                           variables=parse_vars(args.var))
     ollama = client(args)
     if ollama.has_blob(digest):
         print(f"the adapter is in Ollama already ({digest})", file=sys.stderr)

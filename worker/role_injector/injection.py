@@ -17,7 +17,7 @@ from role_injector.context import (
     step_down,
 )
 from role_injector.errors import ContextOverflow, InvalidRequest, RoleNotFound
-from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, SectionFit, fit_budget, section_fits
+from role_injector.fitting import Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.profiles import Profiles
 from role_injector.relevance import Query
@@ -260,7 +260,7 @@ def inject(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
-    cache: FitCache = DEFAULT_CACHE,
+    cache: FitCache,
 ) -> Injection:
     """Resolve `request.role` in `roles`, share the context window between role and conversation by
     the context policy, fit the role and render the whole prompt.
@@ -336,7 +336,7 @@ def plan_injection(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
-    cache: FitCache = DEFAULT_CACHE,
+    cache: FitCache,
 ) -> InjectionPlan:
     """`inject` itself, then the section detail of the fit it made (same values, same tokenizer)."""
     injection = inject(roles, profiles, request, cache)

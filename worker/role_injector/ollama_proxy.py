@@ -27,6 +27,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
+from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
 from role_injector.injection import Injection, InjectRequest, find_role, inject
 from role_injector.profiles import Profiles, VirtualModel
@@ -83,6 +84,7 @@ def num_ctx_option(value: Any, where: str) -> int | None:
 def _inject_virtual(
     roles: RoleSet,
     profiles: Profiles,
+    cache: FitCache,
     virtual: VirtualModel,
     turns: Sequence[Message],
     client_options: Mapping[str, Any],
@@ -119,7 +121,7 @@ def _inject_virtual(
         selection=virtual.selection,
     )
     try:
-        injection = inject(roles, profiles, request)
+        injection = inject(roles, profiles, request, cache)
     except ContextOverflow as exc:
         attached = f" ({attached_what})" if attached_tokens else ""
         raise ContextOverflow(
@@ -178,7 +180,7 @@ def counted_turn(message: Mapping[str, Any]) -> Message:
 
 
 def rewrite_chat(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel,
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel,
     context_policy: str | None = None,
 ) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream for an /api/chat request on a virtual model, and the injection.
@@ -192,8 +194,8 @@ def rewrite_chat(
     tool_tokens = count_json(profiles, virtual.base, tools) if tools else 0
     # An exchange starts at a user message; tool results belong to the exchange before them.
     starts = frozenset(i for i, m in enumerate(turns) if m["role"] == "user")
-    injection, options = _inject_virtual(roles, profiles, virtual, [counted_turn(m) for m in turns], client_options,
-                                         tool_tokens, "the tool definitions", context_policy, starts)
+    injection, options = _inject_virtual(roles, profiles, cache, virtual, [counted_turn(m) for m in turns],
+                                         client_options, tool_tokens, "the tool definitions", context_policy, starts)
     out = dict(body)
     out["model"] = virtual.base
     out["options"] = options
@@ -209,7 +211,7 @@ def rewrite_chat(
 
 
 def rewrite_generate(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, virtual: VirtualModel,
+    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel,
     context_policy: str | None = None,
 ) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream for an /api/generate request on a virtual model, and the injection."""
@@ -228,7 +230,7 @@ def rewrite_generate(
     client_options = _options(body)
     # In raw mode Ollama applies no template, so a suffix plays no part.
     turns = [Message("user", prompt if raw else prompt + (suffix or ""))] if prompt else []
-    injection, options = _inject_virtual(roles, profiles, virtual, turns, client_options,
+    injection, options = _inject_virtual(roles, profiles, cache, virtual, turns, client_options,
                                          len(context or ()), "the context of earlier turns", context_policy)
     out = dict(body)
     out["model"] = virtual.base
@@ -263,13 +265,13 @@ def _parameter_lines(options: Mapping[str, Any]) -> list[str]:
 
 
 def show_response(
-    upstream: Any, roles: RoleSet, profiles: Profiles, virtual: VirtualModel
+    upstream: Any, roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel
 ) -> dict[str, Any]:
     """The base model's /api/show answer, with the role's fitted system prompt and the options the
     proxy sends by default (a conversation that has not started yet)."""
     if not isinstance(upstream, dict):
         raise UpstreamError("Ollama's /api/show answer is not a JSON object")
-    injection, options = _inject_virtual(roles, profiles, virtual, [], {})
+    injection, options = _inject_virtual(roles, profiles, cache, virtual, [], {})
     out = dict(upstream)
     out["system"] = injection.system
     kept = [line for line in str(upstream.get("parameters") or "").splitlines()

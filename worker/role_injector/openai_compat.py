@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
-from role_injector.fitting import DEFAULT_CACHE, FitCache
+from role_injector.fitting import FitCache
 from role_injector.injection import count_messages
 from role_injector.ollama_proxy import count_json, counted_turn
 from role_injector.profiles import Profiles
@@ -360,7 +360,7 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatCompletionRequest:
     return ChatCompletionRequest(model, stream, include_usage and stream, chat)
 
 
-def plain_chat(chat: Mapping[str, Any], profiles: Profiles, cache: FitCache = DEFAULT_CACHE) -> dict[str, Any]:
+def plain_chat(chat: Mapping[str, Any], profiles: Profiles, cache: FitCache) -> dict[str, Any]:
     """The /api/chat body for a plain model: `num_ctx` from its profile, once the conversation is known
     to fit it with the answer's reserve (else `ContextOverflow`, before anything is sent)."""
     model = chat["model"]
