@@ -26,6 +26,7 @@ from handbook import LANGUAGES, role_text, topics
 from role_injector.fitting import FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import Query, RelevanceIndex
 from role_injector.roles import Role, build_role, parse_role_source
@@ -87,8 +88,8 @@ def main() -> int:
     roles, profiles, cache = RoleSet(roles={role.name: role}), load_profiles(), FitCache()
 
     def request(i: int, selection: str) -> InjectRequest:
-        return InjectRequest(role.name, (Message("user", questions[i % len(questions)]),), model=MODEL,
-                             selection=selection)
+        return InjectRequest(role.name, (Message("user", questions[i % len(questions)]),),
+                             options=RoleOptions(selection=selection), model=MODEL)
 
     inject(roles, profiles, request(0, "priority"), cache)  # measure every section once, build the index
     first = inject(roles, profiles, request(0, "relevance"), cache)

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from role_injector.fitting import ENTRY_BYTES, FitCache, fit_budget, footprint, measure_section
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import Query, RelevanceIndex
 from role_injector.roles import Section, resolve_variables
@@ -128,8 +129,9 @@ def test_distinct_large_variable_values_stay_within_the_budget(tmp_path: Path) -
     profiles = load_profiles()
     for i in range(12):
         notes = f"Note {i}. " + "lorem ipsum dolor sit amet " * 33_000  # ~900 KB, a new value each time
-        request = InjectRequest(role="notes", turns=(Message("user", "hi"),), variables={"notes": notes},
-                                model="qwen3:8b", context_window=2_000_000)
+        request = InjectRequest(role="notes", turns=(Message("user", "hi"),),
+                                options=RoleOptions(variables={"notes": notes}), model="qwen3:8b",
+                                context_window=2_000_000)
         inject(snapshot, profiles, request, cache)
         assert cache.bytes <= cache.max_bytes
     assert len(cache) > 0

@@ -21,7 +21,7 @@ from role_injector.ollama_models import (
     prune_stale_labels,
     role_modelfile,
 )
-from role_injector.ollama_proxy import rewrite_chat
+from role_injector.ollama_proxy import VirtualRequest, rewrite_chat
 from role_injector.profiles import VirtualModel, load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
@@ -78,7 +78,7 @@ def test_system_and_parameters_are_what_the_proxy_sends_for_the_virtual_model(en
     model = plan_role_model(engineer, PROFILES, CACHE, "engineer")
     virtual = VirtualModel(name="qwen3:8b@engineer", base="qwen3:8b", role="engineer")
     body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": "Where is the bug?"}]},
-                           engineer, PROFILES, CACHE, virtual)
+                           VirtualRequest(virtual, engineer, PROFILES, CACHE))
     assert body["messages"][0] == {"role": "system", "content": model.system}
     assert body["options"] == model.parameters
 

@@ -33,7 +33,8 @@ from role_injector.errors import InvalidRequest, RoleInjectorError, UpstreamErro
 from role_injector.fitting import FitCache
 from role_injector.injection import InjectRequest, find_role, inject
 from role_injector.ollama_client import ChatAnswer, OllamaClient
-from role_injector.ollama_proxy import rewrite_chat
+from role_injector.ollama_proxy import VirtualRequest, rewrite_chat
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.roles import Role, fill_variables, resolve_variables
 from role_injector.store import RoleSet
@@ -140,25 +141,24 @@ class Teacher:
     cache: FitCache
     role: Role
     model: str
-    budget: int | None = None
-    variables: Mapping[str, str] = field(default_factory=dict)
+    options: RoleOptions = field(default_factory=RoleOptions)  # budget and variables, over the role's
 
     @classmethod
     def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str,
-                 model: str, budget: int | None = None, variables: Mapping[str, str] | None = None) -> Teacher:
-        return cls(client, roles, profiles, cache, find_role(roles, role), model, budget, dict(variables or {}))
+                 model: str, options: RoleOptions | None = None) -> Teacher:
+        return cls(client, roles, profiles, cache, find_role(roles, role), model, options or RoleOptions())
 
     def system_tokens(self) -> int:
         """The fitted role without a question; raises what every question would (a missing variable,
         a budget too small) before any is asked."""
-        request = InjectRequest(role=self.role.name, variables=self.variables, model=self.model, budget=self.budget)
+        request = InjectRequest(role=self.role.name, options=self.options, model=self.model)
         return inject(self.roles, self.profiles, request, self.cache).usage.system_tokens
 
     def answer(self, question: str) -> ChatAnswer:
         virtual = VirtualModel(name=f"{self.model}@{self.role.name}", base=self.model, role=self.role.name,
-                               budget=self.budget, variables=self.variables)
+                               options=self.options)
         body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": question}]},
-                               self.roles, self.profiles, self.cache, virtual)
+                               VirtualRequest(virtual, self.roles, self.profiles, self.cache))
         return self.client.chat(body)
 
     def write_questions(self, section: str, count: int) -> list[str]:
@@ -316,7 +316,7 @@ def generate_questions(teacher: Teacher, count: int, path: Path, concurrency: in
     if not 1 <= count <= MAX_QUESTIONS:
         raise InvalidRequest(f"--generate takes 1 to {MAX_QUESTIONS} questions", details={"count": count})
     role = teacher.role
-    values = resolve_variables(role, teacher.variables)
+    values = resolve_variables(role, teacher.options.variables)
     texts = {i: fill_variables(role.sections[i].text, values).strip() for i in role.walk_order}
     sections = [i for i in role.walk_order if texts[i]]
     if not sections:

@@ -22,8 +22,8 @@ from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.ollama_client import OllamaClient, file_digest
+from role_injector.options import SELECTIONS, RoleOptions
 from role_injector.profiles import load_profiles
-from role_injector.roles import SELECTIONS
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
@@ -78,11 +78,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     request = InjectRequest(
         role=args.role,
         turns=(Message("user", args.prompt),) if args.prompt is not None else (),
-        variables=parse_vars(args.var),
+        options=RoleOptions(budget=args.budget, selection=args.selection, variables=parse_vars(args.var)),
         model=args.model,
-        budget=args.budget,
         format=args.format,
-        selection=args.selection,
         query=args.query,
     )
     result = inject(store.current(), profiles, request, fit_cache())
@@ -201,8 +199,8 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
     roles = current_roles(args)
     teacher = bake.Teacher.for_role(
         client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
-        roles, load_profiles(Settings.from_env().models_file), fit_cache(), args.role, args.model, args.budget,
-        parse_vars(args.var))
+        roles, load_profiles(Settings.from_env().models_file), fit_cache(), args.role, args.model,
+        RoleOptions(budget=args.budget, variables=parse_vars(args.var)))
     teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
     bake.check_share(args.held_out)
     files = bake.DatasetFiles.for_output(Path(args.out))

@@ -25,6 +25,7 @@ from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
 from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_proxy import num_ctx_option
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles
 from role_injector.roles import NAME_PATTERN, Role
 from role_injector.store import RoleSet
@@ -146,8 +147,8 @@ def _fitted(roles: RoleSet, profiles: Profiles, cache: FitCache, role: Role, bas
             budget: int | None, variables: Mapping[str, str]) -> tuple[Fit, Usage]:
     # A SYSTEM cannot give way as a conversation grows, so the policy is keep_role whatever the role
     # says: the text is the one the proxy sends for `base@role` on every turn.
-    request = InjectRequest(role=role.name, variables=variables, model=base, budget=budget, context_window=window,
-                            context_policy="keep_role")
+    options = RoleOptions(budget=budget, context_policy="keep_role", variables=variables)
+    request = InjectRequest(role=role.name, options=options, model=base, context_window=window)
     result = inject(roles, profiles, request, cache)
     return result.fit, result.usage
 

@@ -23,18 +23,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
 from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
 from role_injector.injection import Injection, InjectRequest, find_role, inject
+from role_injector.options import MAX_TOKENS, RoleOptions, tokens
 from role_injector.profiles import Profiles, VirtualModel
+from role_injector.roles import Role
 from role_injector.store import RoleSet
 from role_injector.tokens import load_tokenizer
 
-MAX_NUM_CTX = 10_000_000
 ZERO_TIME = "0001-01-01T00:00:00Z"  # what Ollama sends for "never"; Go clients parse it
 
 
@@ -60,6 +62,29 @@ def model_field(body: Mapping[str, Any]) -> str:
 # --- options and fitting ---------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class VirtualRequest:
+    """A request on a virtual model: which one, the request's own layer of the role's settings (the
+    proxies' context policy header), and where roles, profiles and counts come from."""
+
+    virtual: VirtualModel
+    roles: RoleSet
+    profiles: Profiles
+    cache: FitCache
+    options: RoleOptions = field(default_factory=RoleOptions)  # over the virtual model's
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """What the role shares the context window with, and the client's own model options."""
+
+    turns: tuple[Message, ...] = ()
+    exchange_starts: frozenset[int] | None = None  # None: at every user turn
+    attached_tokens: int = 0  # tool definitions, /api/generate's context
+    attached_what: str = ""  # what they are, for an overflow's message
+    client_options: Mapping[str, Any] = field(default_factory=dict)
+
+
 def _options(body: Mapping[str, Any]) -> dict[str, Any]:
     options = body.get("options")
     if options is None:
@@ -73,57 +98,46 @@ def num_ctx_option(value: Any, where: str) -> int | None:
     """A `num_ctx` option as a whole number of tokens (whole floats too), or None when it is not set."""
     if value is None:
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_NUM_CTX:
-        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_NUM_CTX}, not {value!r}",
-                      field="options.num_ctx")
-    return value
+    try:
+        return tokens(value, "options.num_ctx", whole_floats=True)
+    except InvalidRequest:
+        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_TOKENS}, not {value!r}",
+                      field="options.num_ctx") from None
 
 
-def _inject_virtual(
-    roles: RoleSet,
-    profiles: Profiles,
-    cache: FitCache,
-    virtual: VirtualModel,
-    turns: Sequence[Message],
-    client_options: Mapping[str, Any],
-    attached_tokens: int = 0,
-    attached_what: str = "",
-    context_policy: str | None = None,
-    exchange_starts: frozenset[int] | None = None,
-) -> tuple[Injection, dict[str, Any]]:
-    """Fit the role by the context policy (`context_policy`, e.g. from a header, else the virtual
-    model's, else the role's); return the injection, whose `turns` may have lost the oldest of
-    `turns` (`dropped_messages`), with the options to send."""
-    role = find_role(roles, virtual.role)
-    options = {**role.params, **virtual.params, **client_options}
-    if "num_ctx" in client_options:
-        where = "options.num_ctx"
-    elif "num_ctx" in virtual.params:
-        where = f"num_ctx in the params of virtual model {virtual.name!r}"
+def _window(request: VirtualRequest, role: Role, client_options: Mapping[str, Any]) -> int:
+    """The context window: the base model's, or the num_ctx of the topmost layer that sets one if larger."""
+    virtual = request.virtual
+    for where, options in (("options.num_ctx", client_options),
+                           (f"num_ctx in the params of virtual model {virtual.name!r}", virtual.options.params),
+                           (f"num_ctx in the params of role {role.name!r}", role.params)):
+        if "num_ctx" in options:
+            asked = num_ctx_option(options["num_ctx"], where)
+            break
     else:
-        where = f"num_ctx in the params of role {role.name!r}"
-    asked = num_ctx_option(options.get("num_ctx"), where)
-    profile = profiles.for_model(virtual.base)
-    window = max(profile.context_window, asked or 0)
-    request = InjectRequest(
+        asked = None
+    return max(request.profiles.for_model(virtual.base).context_window, asked or 0)
+
+
+def _inject_virtual(request: VirtualRequest, conversation: Conversation) -> tuple[Injection, dict[str, Any]]:
+    """Fit the role by the context policy (the request's, else the virtual model's, else the role's);
+    return the injection, whose `turns` may have lost the oldest of the conversation's
+    (`dropped_messages`), with the options to send: every layer's params, then the client's own."""
+    virtual = request.virtual
+    role = find_role(request.roles, virtual.role)
+    inject_request = InjectRequest(
         role=virtual.role,
-        turns=tuple(turns),
-        variables=virtual.variables,
+        turns=conversation.turns,
+        options=request.options.over(virtual.options),
         model=virtual.base,
-        budget=virtual.budget,
-        context_window=window,
-        attached_tokens=attached_tokens,
-        context_policy=context_policy or virtual.context_policy,
-        history_share=virtual.history_share,
-        exchange_starts=exchange_starts,
-        selection=virtual.selection,
+        context_window=_window(request, role, conversation.client_options),
+        attached_tokens=conversation.attached_tokens,
+        exchange_starts=conversation.exchange_starts,
     )
     try:
-        injection = inject(roles, profiles, request, cache)
+        injection = inject(request.roles, request.profiles, inject_request, request.cache)
     except ContextOverflow as exc:
-        attached = f" ({attached_what})" if attached_tokens else ""
+        attached = f" ({conversation.attached_what})" if conversation.attached_tokens else ""
         raise ContextOverflow(
             f"{exc.message}{attached}, for {virtual.base}; shorten the conversation or raise options.num_ctx"
             + ("" if exc.details.get("context_policy") == "shrink_role" else
@@ -136,6 +150,8 @@ def _inject_virtual(
             "'variables:' in the profile file (ROLE_INJECTOR_MODELS) or give them a default in the role file",
             details=exc.details,
         ) from None
+    # The client's own options win over the role's and the virtual model's params.
+    options = {**injection.params, **conversation.client_options}
     options["num_ctx"] = injection.usage.num_ctx  # the window: the same on every turn
     if injection.usage.num_keep is not None:  # a context shift in Ollama then keeps the role
         options.setdefault("num_keep", injection.usage.num_keep)
@@ -179,10 +195,7 @@ def counted_turn(message: Mapping[str, Any]) -> Message:
     return Message("user", content)
 
 
-def rewrite_chat(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel,
-    context_policy: str | None = None,
-) -> tuple[dict[str, Any], Injection]:
+def rewrite_chat(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream for an /api/chat request on a virtual model, and the injection.
     Messages the context policy dropped (the oldest, `injection.dropped_messages`) are not sent."""
     messages = _chat_messages(body)
@@ -191,13 +204,17 @@ def rewrite_chat(
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", field="tools")
-    tool_tokens = count_json(profiles, virtual.base, tools) if tools else 0
+    base = request.virtual.base
     # An exchange starts at a user message; tool results belong to the exchange before them.
-    starts = frozenset(i for i, m in enumerate(turns) if m["role"] == "user")
-    injection, options = _inject_virtual(roles, profiles, cache, virtual, [counted_turn(m) for m in turns],
-                                         client_options, tool_tokens, "the tool definitions", context_policy, starts)
+    injection, options = _inject_virtual(request, Conversation(
+        turns=tuple(counted_turn(m) for m in turns),
+        exchange_starts=frozenset(i for i, m in enumerate(turns) if m["role"] == "user"),
+        attached_tokens=count_json(request.profiles, base, tools) if tools else 0,
+        attached_what="the tool definitions",
+        client_options=client_options,
+    ))
     out = dict(body)
-    out["model"] = virtual.base
+    out["model"] = base
     out["options"] = options
     if messages:  # an empty list asks Ollama to load the model: keep it empty
         out["messages"] = [{"role": "system", "content": injection.system}] + [
@@ -210,10 +227,7 @@ def rewrite_chat(
 # --- /api/generate ---------------------------------------------------------------------------------
 
 
-def rewrite_generate(
-    body: Mapping[str, Any], roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel,
-    context_policy: str | None = None,
-) -> tuple[dict[str, Any], Injection]:
+def rewrite_generate(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream for an /api/generate request on a virtual model, and the injection."""
     prompt = body.get("prompt")
     if prompt is None:
@@ -229,11 +243,13 @@ def rewrite_generate(
     raw = body.get("raw") is True
     client_options = _options(body)
     # In raw mode Ollama applies no template, so a suffix plays no part.
-    turns = [Message("user", prompt if raw else prompt + (suffix or ""))] if prompt else []
-    injection, options = _inject_virtual(roles, profiles, cache, virtual, turns, client_options,
-                                         len(context or ()), "the context of earlier turns", context_policy)
+    turns = (Message("user", prompt if raw else prompt + (suffix or "")),) if prompt else ()
+    injection, options = _inject_virtual(request, Conversation(
+        turns=turns, attached_tokens=len(context or ()), attached_what="the context of earlier turns",
+        client_options=client_options,
+    ))
     out = dict(body)
-    out["model"] = virtual.base
+    out["model"] = request.virtual.base
     out["options"] = options
     out.pop("system", None)  # the role is the system prompt
     if not prompt:  # an empty prompt asks Ollama to load the model: keep it empty
@@ -264,14 +280,12 @@ def _parameter_lines(options: Mapping[str, Any]) -> list[str]:
     return lines
 
 
-def show_response(
-    upstream: Any, roles: RoleSet, profiles: Profiles, cache: FitCache, virtual: VirtualModel
-) -> dict[str, Any]:
+def show_response(upstream: Any, request: VirtualRequest) -> dict[str, Any]:
     """The base model's /api/show answer, with the role's fitted system prompt and the options the
     proxy sends by default (a conversation that has not started yet)."""
     if not isinstance(upstream, dict):
         raise UpstreamError("Ollama's /api/show answer is not a JSON object")
-    injection, options = _inject_virtual(roles, profiles, cache, virtual, [], {})
+    injection, options = _inject_virtual(request, Conversation())
     out = dict(upstream)
     out["system"] = injection.system
     kept = [line for line in str(upstream.get("parameters") or "").splitlines()
@@ -290,7 +304,7 @@ def virtual_entry(virtual: VirtualModel, base: Mapping[str, Any] | None, role_ve
     base = base or {}
     details = base.get("details")
     seed = json.dumps([virtual.name, virtual.base, base.get("digest"), virtual.role, role_version,
-                       virtual.budget, dict(virtual.params)], sort_keys=True, default=str)
+                       virtual.options.budget, dict(virtual.options.params)], sort_keys=True, default=str)
     return {
         "name": virtual.name,
         "model": virtual.name,

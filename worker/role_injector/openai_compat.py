@@ -37,13 +37,12 @@ from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
 from role_injector.fitting import FitCache
 from role_injector.injection import count_messages
 from role_injector.ollama_proxy import count_json, counted_turn
+from role_injector.options import MAX_MESSAGES, MAX_TOKENS
 from role_injector.profiles import Profiles
 from role_injector.tokens import load_tokenizer
 
-MAX_MESSAGES = 10_000
 MAX_TOOLS = 128  # OpenAI's own limit
 MAX_STOP = 16
-MAX_TOKENS = 10_000_000
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant", "tool": "tool"}
 # OpenAI's reasoning efforts on Ollama's `think` (false, or a level for models that take one).
 THINK = {"none": False, "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "high",

@@ -16,9 +16,9 @@ from flask import Blueprint, Response, current_app, g, redirect, request
 from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
-from role_injector.context import policy_name
 from role_injector.errors import InvalidRequest, RoleInjectorError
 from role_injector.injection import Injection
+from role_injector.options import OptionError, RoleOptions
 from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body, stream_body
@@ -80,17 +80,20 @@ def virtual_model(name: Any) -> VirtualModel | None:
     return virtual
 
 
-def context_policy_header() -> str | None:
+def header_options() -> RoleOptions:
+    """The request's layer of the role's settings: what the context policy header chooses."""
     value = request.headers.get(POLICY_HEADER)
-    if value is None:
-        return None
     try:
-        return policy_name(value.strip())
-    except ValueError as exc:
-        raise InvalidRequest(f"header {POLICY_HEADER} {exc}", details={"header": POLICY_HEADER}) from None
+        return RoleOptions(context_policy=None if value is None else value.strip())  # type: ignore[arg-type]
+    except OptionError as exc:
+        raise InvalidRequest(f"header {POLICY_HEADER} {exc.problem}", details={"header": POLICY_HEADER}) from None
 
 
-Rewrite = Callable[..., tuple[dict[str, Any], Injection]]
+def virtual_request(virtual: VirtualModel) -> proxy.VirtualRequest:
+    return proxy.VirtualRequest(virtual, roles(), profiles(), cache(), header_options())
+
+
+Rewrite = Callable[[dict[str, Any], proxy.VirtualRequest], tuple[dict[str, Any], Injection]]
 
 
 def rewrite_for_virtual(
@@ -99,7 +102,7 @@ def rewrite_for_virtual(
     """The body to send upstream with the role in it, as on every route that serves virtual models:
     the context policy header, the injection metrics and the log line's figures."""
     with metrics.injection(virtual.role) as record:
-        upstream_body, injection = rewrite(body, roles(), profiles(), cache(), virtual, context_policy_header())
+        upstream_body, injection = rewrite(body, virtual_request(virtual))
         record(injection)
     g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
                  context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
@@ -139,7 +142,7 @@ def show() -> Response:
                   forward_headers("application/json"))
     if answer.status != 200:
         return relay(answer)  # Ollama's own error, as it is
-    shown = proxy.show_response(answer.json("/api/show"), roles(), profiles(), cache(), virtual)
+    shown = proxy.show_response(answer.json("/api/show"), virtual_request(virtual))
     return Response(json.dumps(shown, ensure_ascii=False), 200, mimetype="application/json")
 
 

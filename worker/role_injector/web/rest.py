@@ -149,7 +149,7 @@ def list_profiles() -> dict[str, Any]:
             for m in found.models
         ],
         "virtual_models": [
-            {"name": v.name, "base": v.base, "role": v.role, "budget": v.budget}
+            {"name": v.name, "base": v.base, "role": v.role, "budget": v.options.budget}
             for _, v in sorted(found.virtual_models.items())
         ],
         "formats": list(FORMATS),
