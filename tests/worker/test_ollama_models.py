@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from role_injector.engines.ollama import rewrite_chat
 from role_injector.errors import InvalidRequest, ModelNotFound, RoleError, UpstreamRefused
 from role_injector.fitting import FitCache
+from role_injector.injection import VirtualRequest
 from role_injector.modelfile import carried_text, read_modelfile
 from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import (
@@ -21,7 +23,6 @@ from role_injector.ollama_models import (
     prune_stale_labels,
     role_modelfile,
 )
-from role_injector.ollama_proxy import VirtualRequest, rewrite_chat
 from role_injector.profiles import VirtualModel, load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer

@@ -2,7 +2,7 @@
 (the teacher), and each pair is stored WITHOUT the role (what the student sees), so a LoRA trained on
 it behaves in role without the long prompt.
 
-- The teacher's request is built by the Ollama proxy's own code (`ollama_proxy.rewrite_chat` on the
+- The teacher's request is built by the Ollama proxy's own code (`engines.ollama.rewrite_chat` on the
   virtual model `<model>@<role>`): the role fitted to what the question leaves, `num_ctx` and the
   role's params, content neutralised — exactly what a client of the proxy gets.
 - Questions come from a file, or the base model (without the role) writes them from each section
@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from role_injector.engines.answer import ChatAnswer
+from role_injector.engines.ollama import rewrite_chat
 from role_injector.errors import InvalidRequest, RoleInjectorError, UpstreamError
 from role_injector.fitting import FitCache
-from role_injector.injection import InjectRequest, find_role, inject
-from role_injector.ollama_client import ChatAnswer, OllamaClient
-from role_injector.ollama_proxy import VirtualRequest, rewrite_chat
+from role_injector.injection import InjectRequest, VirtualRequest, find_role, inject
+from role_injector.ollama_client import OllamaClient
 from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.roles import Role, fill_variables, resolve_variables
@@ -171,12 +172,12 @@ class Teacher:
             "options": {"num_ctx": self.profiles.for_model(self.model).context_window,
                         "temperature": GENERATION_TEMPERATURE},
         }
-        return parse_questions(self.client.chat(body).content)[:count]
+        return parse_questions(self.client.chat(body).text)[:count]
 
 
 def answer_text(answer: ChatAnswer) -> str:
     """The answer without a reasoning block, for models whose thinking Ollama leaves in the content."""
-    return THINKING.sub("", answer.content).strip()
+    return THINKING.sub("", answer.text).strip()
 
 
 def parse_questions(text: str) -> list[str]:
@@ -394,7 +395,7 @@ def bake_dataset(teacher: Teacher, questions: list[str], files: DatasetFiles, *,
                 else:
                     summary.train += 1
                 summary.prompt_tokens += answer.prompt_tokens
-                summary.answer_tokens += answer.output_tokens
+                summary.answer_tokens += answer.completion_tokens
             progress.done += 1
             if on_progress:
                 on_progress(progress)

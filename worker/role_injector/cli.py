@@ -106,7 +106,9 @@ def current_roles(args: argparse.Namespace) -> RoleSet:
 
 
 def client(args: argparse.Namespace, **options: Any) -> OllamaClient:
-    return OllamaClient(args.ollama_url, timeout=Settings.from_env().upstream_timeout, **options)
+    settings = Settings.from_env()
+    return OllamaClient.at(args.ollama_url, timeout=settings.upstream_timeout,
+                           max_json_bytes=settings.max_upstream_json_bytes, **options)
 
 
 def print_json(value: Any) -> None:

@@ -13,7 +13,7 @@ from role_injector.errors import ContextOverflow, RoleNotFound
 from role_injector.fitting import Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.options import RoleOptions
-from role_injector.profiles import Profiles
+from role_injector.profiles import Profiles, VirtualModel
 from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
@@ -39,6 +39,18 @@ class InjectRequest:
     # belong to the exchange before them.)
     exchange_starts: frozenset[int] | None = None
     query: str | None = None  # what relevance selection ranks by; None: the conversation (`turns`)
+
+
+@dataclass(frozen=True)
+class VirtualRequest:
+    """A request on a virtual model: which one, the request's own layer of the role's settings (the
+    proxies' context policy header), and where roles, profiles and counts come from."""
+
+    virtual: VirtualModel
+    roles: RoleSet
+    profiles: Profiles
+    cache: FitCache
+    options: RoleOptions = field(default_factory=RoleOptions)  # over the virtual model's
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from role_injector.engines.ollama import num_ctx_option
 from role_injector.errors import InvalidRequest, ModelNotFound, RoleError
 from role_injector.fitting import Fit, FitCache
 from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
 from role_injector.ollama_client import OllamaClient
-from role_injector.ollama_proxy import num_ctx_option
 from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles
 from role_injector.roles import NAME_PATTERN, Role

@@ -68,6 +68,16 @@ class Profiles:
         return None
 
 
+def resolve_virtual(profiles: Profiles, name: Any) -> VirtualModel | None:
+    """The virtual model a request names (declared, or `base@role`), or None for a plain model."""
+    if not isinstance(name, str) or not name:
+        return None
+    found = profiles.virtual_model(name)
+    if found is None and name.endswith(":latest"):  # Ollama clients may add the default tag
+        found = profiles.virtual_model(name[: -len(":latest")])
+    return found
+
+
 def _parse_model(where: str, raw: Any) -> ModelProfile:
     if not isinstance(raw, dict) or not isinstance(raw.get("match"), str):
         raise ProfileError(f"{where} must be a mapping with a 'match' pattern")

@@ -15,9 +15,11 @@ from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
 from role_injector.web.bodies import check_role_name, parse_count, parse_inject, parse_json_object, read_body
+from role_injector.web.error_shapes import REST, answer_errors
 from role_injector.web.state import cache, profiles, roles, settings
 
 rest = Blueprint("rest", __name__)
+answer_errors(rest, REST)
 
 
 def load_openapi() -> dict[str, Any]:
