@@ -10,7 +10,7 @@ from the fit cache), through the library's `inject` with the budget a request ge
 - the parts of it: ranking the sections for the question, and fitting the ranked sections;
 - the index build: once per role version, on the first relevance request.
 
-Run: make bench   (or .venv/bin/python bench/relevance_bench.py)
+Run: make bench   (or .venv/bin/python -m bench.relevance_bench)
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from handbook import LANGUAGES, role_text, topics
-
+from bench.handbook import LANGUAGES, role_text, topics
 from role_injector.fitting import FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject

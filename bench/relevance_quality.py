@@ -12,7 +12,7 @@ it is in the fitted system prompt, whole:
 
 Target: relevance >= 90% in both languages.
 
-Run: make bench   (or .venv/bin/python bench/relevance_quality.py)
+Run: make bench   (or .venv/bin/python -m bench.relevance_quality)
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import random
 import sys
 from dataclasses import dataclass
 
-from handbook import LANGUAGES, role_text, topics
-
+from bench.handbook import LANGUAGES, role_text, topics
 from role_injector.fitting import FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
