@@ -45,6 +45,22 @@ def test_ndjson_lines_are_the_same_however_the_bytes_are_cut(objects: list[dict[
     assert got == objects
 
 
+@given(st.lists(st.dictionaries(text, json_values, max_size=4), max_size=6), st.data(), st.booleans())
+def test_sse_events_are_the_same_however_the_bytes_are_cut(objects: list[dict[str, Any]], data: st.DataObject,
+                                                            crlf: bool) -> None:
+    """An OpenAI-compatible server's stream: `data:` lines, comments and other fields skipped, `[DONE]` last."""
+    events = [b": keep-alive\n\n"] + [b"event: chunk\ndata: " + json.dumps(o, ensure_ascii=False).encode() + b"\n\n"
+                                      for o in objects] + [b"data: [DONE]\n\n"]
+    stream = b"".join(events).replace(b"\n", b"\r\n" if crlf else b"\n")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    lines = LineReader("sse", "llama-server", limit=1 << 20)
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got.extend(lines.feed(stream[start:end]))
+    got.extend(lines.end())
+    assert got == objects and lines.done
+
+
 def test_bad_lines_are_upstream_errors() -> None:
     with pytest.raises(UpstreamError, match="not a JSON object"):
         list(LineReader("ndjson", "Ollama", 100).feed(b"[1]\n"))

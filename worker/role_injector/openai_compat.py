@@ -12,13 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from role_injector.engines.answer import ChatAnswer, Delta, compact
 from role_injector.errors import InvalidRequest
-
-if TYPE_CHECKING:  # the engines read requests of this module; this one only shapes their entries
-    from role_injector.engines.engine import ModelEntry
 
 OWNER = "role-injector"  # `owned_by` of virtual models in /v1/models
 
@@ -70,6 +67,15 @@ def parse_chat_request(body: Mapping[str, Any]) -> ChatRequest:
 
 
 # --- the answer ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """A model an engine serves (or a declared virtual model in front of one), as OpenAI lists models."""
+
+    id: str
+    created: int  # seconds since the epoch; 0 when unknown
+    owned_by: str
 
 
 def model_list(entries: Iterable[ModelEntry]) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from role_injector.engines.lines import LineFormat
 from role_injector.engines.transport import Transport
 from role_injector.fitting import FitCache
 from role_injector.injection import Injection, VirtualRequest
-from role_injector.openai_compat import ChatRequest
+from role_injector.openai_compat import ChatRequest, ModelEntry
 from role_injector.profiles import Profiles
 from role_injector.store import RoleSet
 
@@ -31,15 +31,6 @@ class ChatCall:
     path: str
     body: bytes
     injection: Injection | None  # the role put in, for a virtual model
-
-
-@dataclass(frozen=True)
-class ModelEntry:
-    """A model the engine serves, or a declared virtual model in front of one."""
-
-    id: str
-    created: int  # seconds since the epoch; 0 when unknown
-    owned_by: str
 
 
 class Engine(ABC):

@@ -39,13 +39,13 @@ from datetime import datetime
 from typing import Any
 
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
-from role_injector.engines.engine import ChatCall, Engine, ModelEntry
+from role_injector.engines.engine import ChatCall, Engine
 from role_injector.engines.transport import encode_json
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
 from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
 from role_injector.injection import Injection, InjectRequest, VirtualRequest, count_messages, find_role, inject
-from role_injector.openai_compat import OWNER, ChatRequest, flag, invalid, json_object
+from role_injector.openai_compat import OWNER, ChatRequest, ModelEntry, flag, invalid, json_object
 from role_injector.options import MAX_MESSAGES, MAX_TOKENS, tokens
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.roles import Role
