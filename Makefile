@@ -48,14 +48,14 @@ docs-screenshots: $(STAMP)
 	ROLE_INJECTOR_SCREENSHOTS=1 $(BIN)/pytest tests/browser
 
 bench: $(STAMP)
-	$(BIN)/python bench/fit_bench.py
-	$(BIN)/python bench/inject_bench.py
-	$(BIN)/python bench/proxy_bench.py
-	$(BIN)/python bench/prefix_bench.py
-	$(BIN)/python bench/relevance_bench.py
-	$(BIN)/python bench/relevance_quality.py
-	$(BIN)/python bench/connections_bench.py
-	$(BIN)/python bench/engine_tokens_bench.py
+	$(BIN)/python -m bench.fit_bench
+	$(BIN)/python -m bench.inject_bench
+	$(BIN)/python -m bench.proxy_bench
+	$(BIN)/python -m bench.prefix_bench
+	$(BIN)/python -m bench.relevance_bench
+	$(BIN)/python -m bench.relevance_quality
+	$(BIN)/python -m bench.connections_bench
+	$(BIN)/python -m bench.engine_tokens_bench
 
 clean:
 	rm -rf $(VENV)

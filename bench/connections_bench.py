@@ -1,7 +1,7 @@
 """How one worker process holds many open connections: `GET /healthz` latency while 1,000 connections of
 every troublesome kind are open, measured in one run (not a test).
 
-    .venv/bin/python bench/connections_bench.py [--duration 20] [--scale 1.0]
+    .venv/bin/python -m bench.connections_bench [--duration 20] [--scale 1.0]
 
 Starts an Ollama stand-in (its own process) and `role-injector serve --workers 1` (timeouts long
 enough that nothing is closed during the run), then a load process that opens and holds, at scale 1:
@@ -37,11 +37,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-from figures import percentile
-
+from bench.figures import percentile
 from role_injector.server import raise_file_limit
+from tests.ollama_standin import run_ollama_standin
+from tests.servers import REPO, run_worker
 
-REPO = Path(__file__).resolve().parent.parent
 TARGET_P99_MS = 100.0
 PROFILE = """\
 virtual_models:
@@ -60,9 +60,6 @@ FILES = 8192  # descriptors this process and the stand-in's may open (server.rai
 
 def standin_process(conn: Connection) -> None:
     raise_file_limit(FILES)
-    sys.path.insert(0, str(REPO))
-    from tests.ollama_standin import run_ollama_standin
-
     with run_ollama_standin(answer="a long answer, " * 60) as standin:
         standin.set_fault("/api/chat", chunk_delay=1.0, chunks=120)  # a two-minute stream
         standin.set_fault("/api/generate", delay=600)  # silent for ten minutes
@@ -197,9 +194,6 @@ def main() -> int:
     args = parser.parse_args()
     mix = {kind: max(1, round(count * args.scale)) for kind, count in MIX.items()}
     raise_file_limit(FILES)
-    sys.path.insert(0, str(REPO))
-    from tests.servers import run_worker
-
     context = multiprocessing.get_context("spawn")
     standin_conn, child = context.Pipe()
     standin = context.Process(target=standin_process, args=(child,), daemon=True)

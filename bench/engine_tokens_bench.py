@@ -9,28 +9,25 @@
 - relevance selection on the same role: requests per new question, whose fit is verified by encoding
   (the heading identity does not hold for SmolLM2; docs/engines.md).
 
-Run: .venv/bin/python bench/engine_tokens_bench.py   (builds or unpacks the engine on first use)
+Run: .venv/bin/python -m bench.engine_tokens_bench   (builds or unpacks the engine on first use)
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from role_injector.engine_tokens import EngineTokenizer, PostJson, TokenizeApi  # noqa: E402
-from role_injector.fitting import FitCache, fit_budget  # noqa: E402
-from role_injector.relevance import Query  # noqa: E402
-from role_injector.roles import resolve_variables  # noqa: E402
-from role_injector.store import RoleStore  # noqa: E402
-from role_injector.tokens import Tokenizer, load_tokenizer  # noqa: E402
-from tests.engine import post_json, run_llama_server  # noqa: E402  (the repository root is on the path only now)
+from role_injector.engine_tokens import EngineTokenizer, PostJson, TokenizeApi
+from role_injector.fitting import FitCache, fit_budget
+from role_injector.relevance import Query
+from role_injector.roles import resolve_variables
+from role_injector.store import RoleStore
+from role_injector.tokens import Tokenizer, load_tokenizer
+from tests.engine import post_json, run_llama_server
+from tests.servers import REPO
 
 MIB = 1 << 20
 QUESTIONS = ["How do we roll back a failed deploy?", "Who owns an incident at night?",

@@ -9,7 +9,7 @@
     tiktoken's own cost for its longest piece (one byte-pair merge over the whole MiB): ≤ 3×
     (a megabyte of blanks is such a piece too, merged in more rounds than letters)
 
-Run: make bench   (or .venv/bin/python bench/fit_bench.py)
+Run: make bench   (or .venv/bin/python -m bench.fit_bench)
 """
 
 from __future__ import annotations

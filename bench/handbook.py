@@ -4,7 +4,7 @@ The topics live in `bench/handbook/<language>-*.yaml`: each has a title, the tex
 that no other section holds) and questions written in other words, each answered by that section only.
 This module turns them into a role file; `roles/handbook.md` is the English one, written by
 
-    .venv/bin/python bench/handbook.py en > roles/handbook.md
+    .venv/bin/python -m bench.handbook en > roles/handbook.md
 
 and a test checks that the committed file is what this prints. The quality benchmark
 (`bench/relevance_quality.py`) asks every question of both languages.

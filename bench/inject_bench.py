@@ -8,7 +8,7 @@ busy on loopback for a fixed time per endpoint and records every request's laten
 
 Prints requests/s and p50/p99 latency of both, and the ratio inject/healthz (target >= 0.7).
 
-Run: .venv/bin/python bench/inject_bench.py [--duration 5] [--connections 8] [--url http://host:port]
+Run: .venv/bin/python -m bench.inject_bench [--duration 5] [--connections 8] [--url http://host:port]
 """
 
 from __future__ import annotations
@@ -25,12 +25,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from figures import percentile
-
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from tests.servers import run_worker  # noqa: E402  (the repository root is on the path only now)
+from bench.figures import percentile
+from tests.servers import REPO, run_worker
 
 TARGET = 0.7
 INJECT_BODY = {"role": "manifest", "prompt": "Give me the pre-deploy checklist for a database migration.",

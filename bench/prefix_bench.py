@@ -11,7 +11,7 @@ re-evaluated / new over all turns after the first: 1.0 is the floor (only new to
 most 2.0 on every shape with the default policy (keep_role); shrink_role is the earlier behaviour,
 where the role gave way to the conversation in 512-token steps.
 
-    .venv/bin/python bench/prefix_bench.py [--shape NAME]
+    .venv/bin/python -m bench.prefix_bench [--shape NAME]
 """
 
 from __future__ import annotations
@@ -28,13 +28,10 @@ from typing import Any
 
 import requests
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from role_injector.tokens import load_tokenizer  # noqa: E402  (after the path: tests are imported below)
-from tests.ollama_standin import run_ollama_standin  # noqa: E402
-from tests.servers import run_worker  # noqa: E402
-from tests.worker.chat_templates.render_reference import render_reference  # noqa: E402
+from role_injector.tokens import load_tokenizer
+from tests.ollama_standin import run_ollama_standin
+from tests.servers import REPO, run_worker
+from tests.worker.chat_templates.render_reference import render_reference
 
 TARGET = 2.0
 POLICIES = ("keep_role", "shrink_role")

@@ -1,7 +1,7 @@
 """Latency the Ollama-compatible proxy and the OpenAI-compatible route add: the same requests straight
 to an Ollama stand-in and through a real worker (gunicorn) in front of it, on loopback.
 
-    .venv/bin/python bench/proxy_bench.py [--requests N] [--stream-requests N]
+    .venv/bin/python -m bench.proxy_bench [--requests N] [--stream-requests N]
 
 Starts the stand-in (in its own process, so it does not share the client's interpreter) and one
 gunicorn worker with the bundled roles, runs a bounded number of requests, prints a table and stops.
@@ -26,9 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from figures import percentile
 
-REPO = Path(__file__).resolve().parent.parent
+from bench.figures import percentile
+from tests.ollama_standin import run_ollama_standin
+from tests.servers import REPO, run_worker
+
 TARGET_MS = 2.0
 DIRECT_STREAMED = "direct, streamed and read whole"
 PROFILE = """\
@@ -44,9 +46,6 @@ QUESTION = [{"role": "user", "content": "Review this: def add(a, b): return a - 
 
 
 def standin_process(conn: Connection) -> None:
-    sys.path.insert(0, str(REPO))  # the stand-in and the worker runner live with the tests
-    from tests.ollama_standin import run_ollama_standin
-
     with run_ollama_standin(answer="a short answer, in a few stream chunks") as standin:
         conn.send(standin.url)
         conn.recv()  # anything: stop
@@ -96,9 +95,6 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=400, help="non-streaming requests per scenario")
     parser.add_argument("--stream-requests", type=int, default=200, help="streaming requests per scenario")
     args = parser.parse_args()
-    sys.path.insert(0, str(REPO))
-    from tests.servers import run_worker
-
     context = multiprocessing.get_context("spawn")
     parent, child = context.Pipe()
     standin = context.Process(target=standin_process, args=(child,), daemon=True)

@@ -10,7 +10,7 @@ from the fit cache), through the library's `inject` with the budget a request ge
 - the parts of it: ranking the sections for the question, and fitting the ranked sections;
 - the index build: once per role version, on the first relevance request.
 
-Run: make bench   (or .venv/bin/python bench/relevance_bench.py)
+Run: make bench   (or .venv/bin/python -m bench.relevance_bench)
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from handbook import LANGUAGES, role_text, topics
-
+from bench.handbook import LANGUAGES, role_text, topics
 from role_injector.fitting import FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import Query, RelevanceIndex
 from role_injector.roles import Role, build_role, parse_role_source
@@ -87,8 +87,8 @@ def main() -> int:
     roles, profiles, cache = RoleSet(roles={role.name: role}), load_profiles(), FitCache()
 
     def request(i: int, selection: str) -> InjectRequest:
-        return InjectRequest(role.name, (Message("user", questions[i % len(questions)]),), model=MODEL,
-                             selection=selection)
+        return InjectRequest(role.name, (Message("user", questions[i % len(questions)]),),
+                             options=RoleOptions(selection=selection), model=MODEL)
 
     inject(roles, profiles, request(0, "priority"), cache)  # measure every section once, build the index
     first = inject(roles, profiles, request(0, "relevance"), cache)

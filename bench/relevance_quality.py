@@ -12,7 +12,7 @@ it is in the fitted system prompt, whole:
 
 Target: relevance >= 90% in both languages.
 
-Run: make bench   (or .venv/bin/python bench/relevance_quality.py)
+Run: make bench   (or .venv/bin/python -m bench.relevance_quality)
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import random
 import sys
 from dataclasses import dataclass
 
-from handbook import LANGUAGES, role_text, topics
-
+from bench.handbook import LANGUAGES, role_text, topics
 from role_injector.fitting import FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import terms
 from role_injector.roles import Role, build_role, parse_role_source
@@ -86,7 +86,8 @@ def evaluate(language: str) -> Result:
             turns = (Message("user", question),)
             states = {}
             for selection in ("relevance", "priority"):
-                request = InjectRequest(role.name, turns, model=MODEL, budget=budget, selection=selection)
+                request = InjectRequest(role.name, turns, options=RoleOptions(budget=budget, selection=selection),
+                                        model=MODEL)
                 states[selection] = inject(roles, profiles, request, cache).fit.sections[index].state
             random_fit = fit_budget(variants[asked % SHUFFLES], {}, budget, tokenizer, cache)
             hits["relevance"] += states["relevance"] == "kept"

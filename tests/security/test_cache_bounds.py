@@ -1,6 +1,6 @@
-"""The fit cache is bounded in bytes, not only in entries (issue 9, item 7): distinct ~900 KB
-variable values used to grow each worker by ~200 MB per 300 requests, never released. Entries
-are sized from above (`footprint`) and the least recently used go first.
+"""The fit cache is bounded in bytes, not only in entries: distinct ~900 KB variable values used to
+grow each worker by ~200 MB per 300 requests, never released. Entries are sized from above
+(`footprint`) and the least recently used go first; every route fills the process's one cache.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ from hypothesis import strategies as st
 from role_injector.fitting import ENTRY_BYTES, FitCache, fit_budget, footprint, measure_section
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import Query, RelevanceIndex
 from role_injector.roles import Section, resolve_variables
 from role_injector.settings import Settings
 from role_injector.store import RoleStore
 from role_injector.tokens import load_tokenizer
+from tests.ollama_standin import OllamaStandin
 from tests.security.hostile_roles import serve_roles
 from tests.servers import REPO, proc_status_kib
 
@@ -128,8 +130,9 @@ def test_distinct_large_variable_values_stay_within_the_budget(tmp_path: Path) -
     profiles = load_profiles()
     for i in range(12):
         notes = f"Note {i}. " + "lorem ipsum dolor sit amet " * 33_000  # ~900 KB, a new value each time
-        request = InjectRequest(role="notes", turns=(Message("user", "hi"),), variables={"notes": notes},
-                                model="qwen3:8b", context_window=2_000_000)
+        request = InjectRequest(role="notes", turns=(Message("user", "hi"),),
+                                options=RoleOptions(variables={"notes": notes}), model="qwen3:8b",
+                                context_window=2_000_000)
         inject(snapshot, profiles, request, cache)
         assert cache.bytes <= cache.max_bytes
     assert len(cache) > 0
@@ -164,3 +167,55 @@ def test_a_worker_does_not_grow_with_distinct_large_variable_values(tmp_path: Pa
             send(i)
         grown = proc_status_kib(worker, "VmRSS") * 1024 - before
         assert grown < 4 * budget, f"the worker grew by {grown / 2**20:.0f} MiB"
+
+
+BIG_SECTIONS = 240
+BIG_ROLE = "---\ndescription: A role large enough that each fit of it holds hundreds of kilobytes\n---\n" + "\n\n".join(
+    f"## Part {i}\n" + " ".join(f"Rule {i}.{j}: check the {w} before the release." for j, w in
+                                enumerate(["cache", "build", "index", "queue", "schema", "token"] * 8))
+    for i in range(BIG_SECTIONS))
+ROUTE_BUDGETS = 18  # distinct fits per route after the warm-up
+
+
+def test_every_route_fills_the_one_bounded_cache(standin: OllamaStandin, tmp_path: Path) -> None:
+    """/v1/inject, the Ollama proxy, the OpenAI route and model creation all fit through the app's one
+    cache: with ROLE_INJECTOR_FIT_CACHE_BYTES at 6 MiB, ~70 distinct fits of ~400 KB each (28 MB in all)
+    leave the worker within the bound. Before, the last three filled a second cache of 128 MiB."""
+    roles = tmp_path / "roles"
+    roles.mkdir()
+    (roles / "big.md").write_text(BIG_ROLE)
+    budgets = [40_000 + 512 * i for i in range(4 * (ROUTE_BUDGETS + 3))]
+    profile = tmp_path / "models.yaml"
+    profile.write_text("models:\n  - {match: 'big*', tokenizer: qwen, format: chatml, context_window: 2000000,"
+                       " reserve_output: 0}\nvirtual_models:\n"
+                       + "".join(f"  big-{b}: {{base: 'big:1b', role: big, budget: {b}}}\n" for b in budgets))
+    budget = 6 * 1024 * 1024
+    hi = [{"role": "user", "content": "hi"}]
+    with serve_roles(roles, tmp_path, ROLE_INJECTOR_FIT_CACHE_BYTES=str(budget), ROLE_INJECTOR_MODELS=str(profile),
+                     ROLE_INJECTOR_OLLAMA_URL=standin.url) as server:
+        (worker,) = server.worker_pids()
+        session = requests.Session()
+        routes = {
+            "/v1/inject": lambda b: session.post(server.url + "/v1/inject", timeout=120, json={
+                "role": "big", "model": "big:1b", "budget": b, "prompt": "hi"}),
+            "/api/chat": lambda b: session.post(server.url + "/api/chat", timeout=120, json={
+                "model": f"big-{b}", "messages": hi, "stream": False}),
+            "/v1/chat/completions": lambda b: session.post(server.url + "/v1/chat/completions", timeout=120, json={
+                "model": f"big-{b}", "messages": hi}),
+            "/v1/roles/big/ollama-model": lambda b: session.post(server.url + "/v1/roles/big/ollama-model",
+                                                                 timeout=120, json={"base": "big:1b", "budget": b}),
+        }
+        asked = iter(budgets)
+
+        def send_each(times: int) -> None:
+            for _ in range(times):
+                for route, send in routes.items():
+                    reply = send(next(asked))
+                    assert reply.status_code == 200, (route, reply.text[:500])
+                    assert b'"error"' not in reply.content[-300:], (route, reply.text[-300:])
+
+        send_each(3)  # every route once past the bound: the cache is full, allocator arenas are made
+        before = proc_status_kib(worker, "VmRSS") * 1024
+        send_each(ROUTE_BUDGETS)
+        grown = proc_status_kib(worker, "VmRSS") * 1024 - before
+        assert grown < budget, f"the worker grew by {grown / 2**20:.1f} MiB with a cache of {budget / 2**20:.0f} MiB"

@@ -135,9 +135,9 @@ def test_settings_never_show_the_secrets_in_a_repr() -> None:
                                   "ROLE_INJECTOR_API_KEY": "the-api-key-itself"})
     assert_no_secret(repr(settings))
     assert "the-api-key-itself" not in repr(settings)
-    from role_injector.ollama_url import OllamaUrl
+    from role_injector.engines.url import EngineUrl
 
-    assert_no_secret(repr(OllamaUrl.parse(with_userinfo("http://127.0.0.1:11434"))))
+    assert_no_secret(repr(EngineUrl.parse(with_userinfo("http://127.0.0.1:11434"))))
 
 
 def test_the_cli_sends_the_userinfo_as_basic_auth_and_never_shows_it(place: Path, standin: OllamaStandin) -> None:

@@ -75,4 +75,4 @@ def standin() -> Iterator[OllamaStandin]:
 def ollama(standin: OllamaStandin) -> OllamaClient:
     """A client of the stand-in, which has forgotten earlier tests; retries come quickly."""
     standin.clear()
-    return OllamaClient(standin.url, timeout=5, retries=3, retry_delay=0.01)
+    return OllamaClient.at(standin.url, timeout=5, retries=3, retry_delay=0.01)

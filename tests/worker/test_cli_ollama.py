@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from role_injector.errors import KINDS
+from role_injector.fitting import FitCache
 from role_injector.modelfile import carried_text, read_modelfile
 from role_injector.ollama_client import OllamaClient, file_digest
 from role_injector.ollama_models import plan_role_model
@@ -38,7 +39,8 @@ def test_create_streams_progress_and_prints_what_it_made(roles: Path, standin: O
     assert result.returncode == 0, result.stderr
     assert "writing manifest" in result.stderr.splitlines()
     made = json.loads(result.stdout)
-    expected = plan_role_model(RoleStore(roles).current(), load_profiles(), "engineer", variables={"team": "QA"})
+    expected = plan_role_model(RoleStore(roles).current(), load_profiles(), FitCache(), "engineer",
+                               variables={"team": "QA"})
     assert made == json.loads(json.dumps(expected.summary()))
     (request,) = standin.requests_to("/api/create")
     assert request.body["system"] == expected.system and "test engineer of QA" in expected.system
@@ -52,7 +54,7 @@ def test_the_printed_modelfile_is_what_create_sends(roles: Path) -> None:
     result = run_cli("ollama", "modelfile", "engineer", "--roles", str(roles), "--var", "team=<|im_end|>",
                      "--budget", "60")
     assert result.returncode == 0, result.stderr
-    expected = plan_role_model(RoleStore(roles).current(), load_profiles(), "engineer", budget=60,
+    expected = plan_role_model(RoleStore(roles).current(), load_profiles(), FitCache(), "engineer", budget=60,
                                variables={"team": "<|im_end|>"})
     assert read_modelfile(result.stdout) == {"from": "qwen3:8b", "system": carried_text(expected.system or ""),
                                              "parameters": expected.parameters}

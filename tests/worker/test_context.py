@@ -19,6 +19,7 @@ from role_injector.errors import ContextOverflow, RoleInjectorError
 from role_injector.fitting import FitCache
 from role_injector.formats import RENDERERS, Message, render_chatml
 from role_injector.injection import Injection, InjectRequest, inject, turn_costs
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import load_tokenizer
@@ -121,7 +122,10 @@ def test_the_role_budget_leaves_the_share_of_the_window() -> None:
 
 
 def ask(roles: RoleSet, turns: Sequence[Message], **fields: object) -> Injection:
-    return inject(roles, PROFILES, InjectRequest("assistant", tuple(turns), **fields), CACHE)  # type: ignore[arg-type]
+    """`fields` of InjectRequest and of its options (budget, context_policy, history_share)."""
+    options = {name: fields.pop(name) for name in ("budget", "context_policy", "history_share") if name in fields}
+    request = InjectRequest("assistant", tuple(turns), RoleOptions(**options), **fields)  # type: ignore[arg-type]
+    return inject(roles, PROFILES, request, CACHE)
 
 
 shapes = st.fixed_dictionaries({
@@ -245,8 +249,8 @@ def test_the_policy_comes_from_the_request_else_the_role(roles: RoleSet) -> None
     turns = conversation(1, [(200, 300)] * 6)
     lean = inject(roles, PROFILES, InjectRequest("lean", tuple(turns), context_window=8192), CACHE)
     assert (lean.usage.context_policy, lean.usage.history_share, lean.dropped_messages) == ("shrink_role", 0.5, 0)
-    kept = inject(roles, PROFILES, InjectRequest("lean", tuple(turns), context_window=4096,
-                                                 context_policy="keep_role"), CACHE)
+    kept = inject(roles, PROFILES, InjectRequest("lean", tuple(turns), options=RoleOptions(context_policy="keep_role"),
+                                                 context_window=4096), CACHE)
     assert kept.usage.context_policy == "keep_role" and kept.usage.budget == 4096 - 1024 - 2048
     default = ask(roles, turns, context_window=4096)
     assert (default.usage.context_policy, default.usage.history_share) == ("keep_role", 0.25)

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import requests
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from role_injector.engine_tokens import EngineTokenizer, PostJson, TokenizeApi
@@ -64,6 +64,7 @@ class CountingPost:
 
 @ENGINE_SETTINGS
 @given(text=st.text(max_size=300))
+@example(text="\x06")  # a control character llama.cpp makes no token of
 def test_a_count_is_the_number_of_tokens_the_engine_gives(llama_server: LlamaServer, text: str) -> None:
     assert smollm2(llama_server).count(text) == len(engine_tokens(llama_server, text))
 
@@ -71,6 +72,7 @@ def test_a_count_is_the_number_of_tokens_the_engine_gives(llama_server: LlamaSer
 @ENGINE_SETTINGS
 @given(system=contents, turns=st.lists(st.tuples(st.sampled_from(["user", "assistant"]), contents), max_size=3),
        last=contents)
+@example(system="", turns=[], last="\x06")
 def test_a_prompt_counts_as_the_engine_counts_the_same_chat(llama_server: LlamaServer, system: str,
                                                             turns: list[tuple[str, str]], last: str) -> None:
     """A chat that ends with the user's turn (llama.cpp continues a final assistant turn instead)."""

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from role_injector.formats import FORMATS, Message, neutralise, render, system_part
+from tests.servers import REPO
 from tests.worker.chat_templates.render_reference import render_reference
 
 GOLDENS = Path(__file__).parent / "goldens"
@@ -87,3 +90,31 @@ def test_neutralise_is_idempotent_and_leaves_plain_text_alone() -> None:
     assert neutralise("a < b and [link](x) <b>bold</b>") == "a < b and [link](x) <b>bold</b>"
     once = neutralise(INJECTION + "[INST]<start_of_turn><|eot_id|>")
     assert neutralise(once) == once
+
+
+def test_every_list_of_formats_is_the_worker_s() -> None:
+    """The formats a user can pick anywhere are the ones the worker renders: the four enums of the
+    OpenAPI document, the n8n node's Chat Format options and the bundled profiles."""
+    document = yaml.safe_load((REPO / "worker/role_injector/web/openapi.yaml").read_text("utf-8"))
+    enums = []
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            if "format" in value and isinstance(value["format"], dict) and "enum" in value["format"]:
+                enums.append(value["format"]["enum"])
+            if "formats" in value and isinstance(value["formats"], dict):
+                enums.append(value["formats"]["items"]["enum"])
+            for item in value.values():
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    walk(document)
+    assert len(enums) == 4 and all(enum == list(FORMATS) for enum in enums)
+    description = (REPO / "n8n-node/nodes/RoleInjector/description.ts").read_text("utf-8")
+    block = description[description.index("displayName: 'Chat Format'"):]
+    options = block[block.index("options: ["):block.index("]")]
+    assert sorted(re.findall(r"value: '([^']+)'", options)) == sorted(FORMATS)
+    bundled = yaml.safe_load((REPO / "worker/role_injector/default_models.yaml").read_text("utf-8"))
+    assert {model.get("format", "chatml") for model in bundled["models"]} <= set(FORMATS)

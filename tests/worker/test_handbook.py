@@ -4,15 +4,10 @@ roles/handbook.md is what the generator writes, and relevance selection meets it
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 
-from tests.worker.conftest import BUNDLED_ROLES, REPO
-
-sys.path.insert(0, str(REPO / "bench"))  # the benchmark's own modules, as `python bench/...` sees them
-import handbook
-import relevance_quality
+from bench import handbook, relevance_quality
+from tests.worker.conftest import BUNDLED_ROLES
 
 
 @pytest.mark.parametrize("language", handbook.LANGUAGES)

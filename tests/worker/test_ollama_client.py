@@ -51,26 +51,26 @@ def test_a_missing_model_is_model_not_found(ollama: OllamaClient, standin: Ollam
 def test_an_unreachable_ollama_is_named() -> None:
     url = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(UpstreamUnreachable, match=f"cannot reach Ollama at {url}"):
-        OllamaClient(url, retries=1, retry_delay=0.01).tags()
+        OllamaClient.at(url, retries=1, retry_delay=0.01).tags()
 
 
 def test_a_silent_ollama_times_out(ollama: OllamaClient, standin: OllamaStandin) -> None:
     standin.set_fault("/api/tags", delay=1.5)
     with pytest.raises(UpstreamTimeout, match=r"did not answer within 0\.3 s"):
-        OllamaClient(standin.url, timeout=0.3, retries=0).tags()
+        OllamaClient.at(standin.url, timeout=0.3, retries=0).tags()
 
 
 def test_chat_collects_the_stream_and_the_counts(ollama: OllamaClient, standin: OllamaStandin) -> None:
     answer = ollama.chat({"model": "qwen3:8b", "messages": [{"role": "user", "content": "a b c"}]})
-    assert answer.content == ANSWER
-    assert (answer.prompt_tokens, answer.output_tokens) == (3, 3)
+    assert answer.text == ANSWER
+    assert (answer.prompt_tokens, answer.completion_tokens) == (3, 3)
     assert standin.requests_to("/api/chat")[0].body["stream"] is True
 
 
 def test_an_answer_cut_off_mid_stream_is_asked_again(ollama: OllamaClient, standin: OllamaStandin) -> None:
     standin.set_fault("/api/chat", chunk_delay=1.5, times=1)  # the first answer stalls after its first chunk
-    client = OllamaClient(standin.url, timeout=0.5, retries=2, retry_delay=0.01)
-    assert client.chat({"model": "qwen3:8b", "messages": []}).content == ANSWER
+    client = OllamaClient.at(standin.url, timeout=0.5, retries=2, retry_delay=0.01)
+    assert client.chat({"model": "qwen3:8b", "messages": []}).text == ANSWER
     assert len(standin.requests_to("/api/chat")) == 2
 
 

@@ -1,5 +1,7 @@
-"""The translation between OpenAI's Chat Completions and Ollama's /api/chat, as a library: properties
-of the request and answer mappings, the SSE stream as a golden file, and what is refused."""
+"""OpenAI's Chat Completions in front of Ollama, as a library: the request translated into /api/chat
+(`engines.ollama.chat_body`), Ollama's lines read back (`engines.lines`, `engines.ollama.answer_delta`)
+and shaped as OpenAI's answers (`openai_compat`): properties of both mappings, the SSE stream as a
+golden file, and what is refused."""
 
 from __future__ import annotations
 
@@ -11,15 +13,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from role_injector.engines.answer import ChatAnswer
+from role_injector.engines.lines import LineReader
+from role_injector.engines.ollama import answer_delta, chat_body, model_entries, plain_chat
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError
-from role_injector.openai_compat import (
-    ChatAnswer,
-    ChatStream,
-    NdjsonLines,
-    model_list,
-    parse_chat_request,
-    plain_chat,
-)
+from role_injector.fitting import FitCache
+from role_injector.openai_compat import ChatStream, completion, model_list, parse_chat_request
 from role_injector.profiles import load_profiles
 
 GOLDEN = Path(__file__).parent / "goldens" / "openai-stream.txt"
@@ -38,7 +37,7 @@ def test_ndjson_lines_are_the_same_however_the_bytes_are_cut(objects: list[dict[
     objects = [o for o in objects if "error" not in o]
     stream = b"".join(json.dumps(o, ensure_ascii=False).encode() + b"\n" for o in objects)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
-    lines = NdjsonLines(limit=1 << 20)
+    lines = LineReader("ndjson", "Ollama", limit=1 << 20)
     got = []
     for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
         got.extend(lines.feed(stream[start:end]))
@@ -46,13 +45,29 @@ def test_ndjson_lines_are_the_same_however_the_bytes_are_cut(objects: list[dict[
     assert got == objects
 
 
+@given(st.lists(st.dictionaries(text, json_values, max_size=4), max_size=6), st.data(), st.booleans())
+def test_sse_events_are_the_same_however_the_bytes_are_cut(objects: list[dict[str, Any]], data: st.DataObject,
+                                                            crlf: bool) -> None:
+    """An OpenAI-compatible server's stream: `data:` lines, comments and other fields skipped, `[DONE]` last."""
+    events = [b": keep-alive\n\n"] + [b"event: chunk\ndata: " + json.dumps(o, ensure_ascii=False).encode() + b"\n\n"
+                                      for o in objects] + [b"data: [DONE]\n\n"]
+    stream = b"".join(events).replace(b"\n", b"\r\n" if crlf else b"\n")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=8)))
+    lines = LineReader("sse", "llama-server", limit=1 << 20)
+    got = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got.extend(lines.feed(stream[start:end]))
+    got.extend(lines.end())
+    assert got == objects and lines.done
+
+
 def test_bad_lines_are_upstream_errors() -> None:
     with pytest.raises(UpstreamError, match="not a JSON object"):
-        list(NdjsonLines(100).feed(b"[1]\n"))
+        list(LineReader("ndjson", "Ollama", 100).feed(b"[1]\n"))
     with pytest.raises(UpstreamError, match="Ollama: out of memory"):
-        list(NdjsonLines(100).feed(b'{"error": "out of memory"}\n'))
+        [answer_delta(line) for line in LineReader("ndjson", "Ollama", 100).feed(b'{"error": "out of memory"}\n')]
     with pytest.raises(UpstreamError, match="longer than 100 bytes"):
-        list(NdjsonLines(100).feed(b"{" + b" " * 200))
+        list(LineReader("ndjson", "Ollama", 100).feed(b"{" + b" " * 200))
 
 
 # --- the answer: a stream and a completion that agree -------------------------------------------------
@@ -72,17 +87,17 @@ def test_the_stream_adds_up_to_the_completion(lines: list[dict[str, Any]], reaso
             "prompt_eval_count": 11, "eval_count": 7}
     whole = ChatAnswer("m", id="chatcmpl-1", created=5)
     for line in [*lines, done]:
-        whole.add(line)
-    completion = whole.completion()
+        whole.add(answer_delta(line))
+    completed = completion(whole)
 
     stream = ChatStream(ChatAnswer("m", id="chatcmpl-1", created=5), include_usage)
-    raw = b"".join(stream.events(line) for line in [*lines, done]).decode()
+    raw = b"".join(stream.events(answer_delta(line)) for line in [*lines, done]).decode()
     events = raw.split("\n\n")
     assert events[-2:] == ["data: [DONE]", ""]
     chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
     if include_usage:
         *chunks, last = chunks
-        assert last["choices"] == [] and last["usage"] == completion["usage"] == {
+        assert last["choices"] == [] and last["usage"] == completed["usage"] == {
             "prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18}
         assert all(c["usage"] is None for c in chunks)
     else:
@@ -91,10 +106,10 @@ def test_the_stream_adds_up_to_the_completion(lines: list[dict[str, Any]], reaso
         ("chatcmpl-1", 5, "m", "chat.completion.chunk")}
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert deltas[0]["role"] == "assistant" and all("role" not in d for d in deltas[1:])
-    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == completion["choices"][0]["finish_reason"]
+    assert [c["choices"][0]["finish_reason"] for c in chunks][-1] == completed["choices"][0]["finish_reason"]
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
-    message = completion["choices"][0]["message"]
+    message = completed["choices"][0]["message"]
     streamed = "".join(d.get("content", "") for d in deltas)
     assert streamed == (message["content"] or "") == "".join(line["message"]["content"] for line in lines)
     assert "".join(d.get("reasoning", "") for d in deltas) == message.get("reasoning", "")
@@ -112,7 +127,7 @@ def test_the_stream_adds_up_to_the_completion(lines: list[dict[str, Any]], reaso
     assert all(c["id"] == s.get("id", c["id"]) and c["id"].startswith("call_")
                for c, s in zip(calls, sent, strict=True))
     expected = "length" if reason == "length" else "tool_calls" if sent else "stop"
-    assert completion["choices"][0]["finish_reason"] == expected
+    assert completed["choices"][0]["finish_reason"] == expected
     if sent:
         assert message["content"] == (streamed or None)
 
@@ -130,15 +145,16 @@ def test_the_event_stream_matches_the_golden() -> None:
          "prompt_eval_count": 20, "eval_count": 9},
     ]
     stream = ChatStream(ChatAnswer("qwen3:8b@engineer", id="chatcmpl-golden", created=1700000000), True)
-    got = b"".join(stream.events(line) for line in lines).decode()
+    got = b"".join(stream.events(answer_delta(line)) for line in lines).decode()
     assert got == GOLDEN.read_text(encoding="utf-8")
 
 
 def test_a_completion_carries_logprobs_and_reasoning() -> None:
     answer = ChatAnswer("m", id="chatcmpl-1", created=1)
-    answer.add({"message": {"content": "ok", "thinking": "hmm"}, "logprobs": [{"token": "ok", "logprob": 0.0}]})
-    answer.add({"message": {"content": ""}, "done": True, "done_reason": "stop"})
-    assert answer.completion() == {
+    answer.add(answer_delta({"message": {"content": "ok", "thinking": "hmm"},
+                             "logprobs": [{"token": "ok", "logprob": 0.0}]}))
+    answer.add(answer_delta({"message": {"content": ""}, "done": True, "done_reason": "stop"}))
+    assert completion(answer) == {
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
         "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok", "refusal": None, "reasoning": "hmm"},
                      "logprobs": {"content": [{"token": "ok", "logprob": 0.0}]}, "finish_reason": "stop"}],
@@ -157,7 +173,7 @@ openai_message = st.one_of(
 
 @given(st.lists(openai_message, min_size=1, max_size=6))
 def test_messages_keep_their_text_and_order(messages: list[dict[str, Any]]) -> None:
-    chat = parse_chat_request({"model": "m", "messages": messages}).chat
+    chat = chat_body(parse_chat_request({"model": "m", "messages": messages}))
     assert [m["role"] for m in chat["messages"]] == [
         {"developer": "system"}.get(m["role"], m["role"]) for m in messages]
     for native, sent in zip(chat["messages"], messages, strict=True):
@@ -171,7 +187,7 @@ def test_messages_keep_their_text_and_order(messages: list[dict[str, Any]]) -> N
     "max_tokens": st.integers(1, 10_000_000), "frequency_penalty": st.floats(-2, 2),
     "presence_penalty": st.floats(-2, 2), "stop": text | st.lists(text, max_size=4)}))
 def test_sampling_options_map_one_to_one(options: dict[str, Any]) -> None:
-    chat = parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **options}).chat
+    chat = chat_body(parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **options}))
     renamed = {"max_tokens": "num_predict"}
     expected = {renamed.get(k, k): v for k, v in options.items()}
     if isinstance(expected.get("stop"), str):
@@ -184,7 +200,7 @@ def test_sampling_options_map_one_to_one(options: dict[str, Any]) -> None:
 def test_defaults_are_left_to_the_model() -> None:
     asked = parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}],
                                 "stream_options": {"include_usage": True}, "user": "x", "store": True})
-    assert asked.chat == {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    assert chat_body(asked) == {"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     assert (asked.stream, asked.include_usage) == (False, False)  # usage chunks only come with a stream
 
 
@@ -215,29 +231,30 @@ def test_defaults_are_left_to_the_model() -> None:
 ])
 def test_what_cannot_be_done_is_refused_naming_the_field(body: dict[str, Any], param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
-        parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
+        chat_body(parse_chat_request({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body}))
     assert caught.value.details == {"field": param}
 
 
 def test_formats_tools_reasoning_and_logprobs() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "integer"}}}
     tool = {"type": "function", "function": {"name": "f", "description": "d", "parameters": schema, "strict": True}}
-    chat = parse_chat_request({
+    chat = chat_body(parse_chat_request({
         "model": "m", "messages": [{"role": "user", "content": "hi"}], "tools": [tool], "tool_choice": "required",
         "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": schema, "strict": True}},
         "reasoning_effort": "xhigh", "logprobs": True, "top_logprobs": 2,
-    }).chat
+    }))
     assert chat["tools"] == [{"type": "function", "function": {"name": "f", "description": "d", "parameters": schema}}]
     assert (chat["format"], chat["think"], chat["logprobs"], chat["top_logprobs"]) == (schema, "high", True, 2)
 
 
 def test_a_plain_model_gets_its_profiles_window_when_the_conversation_fits() -> None:
     profiles = load_profiles(None)
-    chat = parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}).chat
-    assert plain_chat(chat, profiles)["options"] == {"num_ctx": 8192}
-    long = parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "word " * 8000}]}).chat
+    chat = chat_body(parse_chat_request({"model": "qwen3:8b", "messages": [{"role": "user", "content": "hi"}]}))
+    assert plain_chat(chat, profiles, FitCache())["options"] == {"num_ctx": 8192}
+    words = [{"role": "user", "content": "word " * 8000}]
+    long = chat_body(parse_chat_request({"model": "qwen3:8b", "messages": words}))
     with pytest.raises(ContextOverflow) as caught:
-        plain_chat(long, profiles)
+        plain_chat(long, profiles, FitCache())
     assert caught.value.details["context_window"] == 8192 and caught.value.details["messages_tokens"] > 7000
 
 
@@ -248,10 +265,10 @@ def test_model_list_is_openais_shape() -> None:
         {"name": "keel", "modified_at": "0001-01-01T00:00:00Z", "description": "qwen3:8b with role manifest"},
         "junk",
     ]}
-    assert model_list(tags) == {"object": "list", "data": [
+    assert model_list(model_entries(tags)) == {"object": "list", "data": [
         {"id": "qwen3:8b", "object": "model", "created": 1746087630, "owned_by": "library"},
         {"id": "hf.co/unsloth/Qwen3-8B-GGUF:Q4_K_M", "object": "model", "created": 1746087630, "owned_by": "unsloth"},
         {"id": "keel", "object": "model", "created": 0, "owned_by": "role-injector"},
     ]}
     with pytest.raises(UpstreamError):
-        model_list(None)
+        model_entries(None)

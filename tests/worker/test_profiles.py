@@ -38,10 +38,11 @@ def test_the_file_overrides_defaults_and_declares_virtual_models(tmp_path: Path)
     assert profiles.for_model("qwen2.5:7b").context_window == 8192
     engineer = profiles.virtual_model("engineer")
     assert engineer is not None
-    assert (engineer.base, engineer.role, engineer.budget) == ("qwen3:8b", "agi-engineer", 2000)
-    assert (engineer.context_policy, engineer.history_share) == (None, None)  # the role's, else the default
+    assert (engineer.base, engineer.role, engineer.options.budget) == ("qwen3:8b", "agi-engineer", 2000)
+    # the role's, else the default
+    assert (engineer.options.context_policy, engineer.options.history_share) == (None, None)
     whole = profiles.virtual_model("whole-history")
-    assert whole is not None and (whole.context_policy, whole.history_share) == ("shrink_role", 0.4)
+    assert whole is not None and (whole.options.context_policy, whole.options.history_share) == ("shrink_role", 0.4)
     adhoc = profiles.virtual_model("qwen3:8b@agi-engineer")
     assert adhoc is not None and (adhoc.base, adhoc.role) == ("qwen3:8b", "agi-engineer")
     assert profiles.virtual_model("qwen3:8b") is None

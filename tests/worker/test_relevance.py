@@ -12,6 +12,7 @@ from role_injector.errors import ProfileError
 from role_injector.fitting import BudgetTooSmall, FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import MAX_QUERY_CHARS, Query, RelevanceIndex, terms
 from role_injector.roles import Role
@@ -270,8 +271,9 @@ def test_selection_comes_from_the_request_else_a_query_else_the_role(write_role:
     roles = RoleStore(roles_dir).current()
     ask = (Message("user", "Is there a sauna?"),)
 
-    def trim(name: str, **options: object) -> dict:
-        return inject(roles, PROFILES, InjectRequest(name, ask, budget=60, **options)).fit.report()  # type: ignore[arg-type]
+    def trim(name: str, selection: str | None = None, query: str | None = None) -> dict:
+        request = InjectRequest(name, ask, RoleOptions(budget=60, selection=selection), query=query)  # type: ignore[arg-type]
+        return inject(roles, PROFILES, request, FitCache()).fit.report()
 
     assert roles.roles["book"].selection == "relevance" and roles.roles["plainbook"].selection == "priority"
     assert trim("book")["selection"] == "relevance" and "Sauna" in trim("book")["kept"]
@@ -289,7 +291,7 @@ def test_an_empty_conversation_in_relevance_selection_keeps_by_priority(write_ro
     write_role("book", HANDBOOK)
     roles = RoleStore(roles_dir).current()
     for turns in ((), (Message("user", ""),), (Message("user", "the and of"),), (Message("user", "и или но"),)):
-        fit = inject(roles, PROFILES, InjectRequest("book", turns, budget=60)).fit
+        fit = inject(roles, PROFILES, InjectRequest("book", turns, options=RoleOptions(budget=60)), FitCache()).fit
         assert fit.scores is not None and not any(fit.scores)
         assert all(s.reason != "relevance" for s in fit.sections)
         assert "Lockers" in fit.kept + fit.truncated  # priority 70 comes first among the rest
@@ -305,7 +307,7 @@ def test_selection_in_front_matter_and_profiles_is_checked(write_role: RoleWrite
     assert roles.roles["same"].version == roles.roles["other"].version  # the default changes no version
     profile = tmp_path / "models.yaml"
     profile.write_text("virtual_models:\n  book: {base: 'qwen3:8b', role: book, selection: relevance}\n")
-    assert load_profiles(profile).virtual_model("book").selection == "relevance"  # type: ignore[union-attr]
+    assert load_profiles(profile).virtual_model("book").options.selection == "relevance"  # type: ignore[union-attr]
     profile.write_text("virtual_models:\n  book: {base: 'qwen3:8b', role: book, selection: fast}\n")
-    with pytest.raises(ProfileError, match="selection must be one of priority, relevance"):
+    with pytest.raises(ProfileError, match="'selection' must be one of priority, relevance"):
         load_profiles(profile)

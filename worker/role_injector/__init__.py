@@ -2,10 +2,12 @@
 
 The public API of the library, in one place (the web layer, `role_injector.web`, and the CLI are
 built on it). A request's path: `RoleStore` → `Role` → `fit_budget` → `render` → `Injection`, with
-`inject` doing it all, role and conversation sharing the context window by a `ContextPolicy`
-(`role_injector.context`); docs/architecture.md has the whole map. A role as an Ollama model:
-`plan_role_model` → `create_role_model` (with an `OllamaClient`), `list_role_models`; as a
-Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset: `Teacher` → `bake_dataset`.
+`inject` doing it all (with the caller's `FitCache`: there is no default one), the role's settings
+layered by `RoleOptions` (role → virtual model → request), role and conversation sharing the context
+window by a `ContextPolicy` (`role_injector.context`); docs/architecture.md has the whole map. A
+role as an Ollama model: `plan_role_model` → `create_role_model` (with an `OllamaClient`),
+`list_role_models`; as a Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset:
+`Teacher` → `bake_dataset`.
 """
 
 from role_injector.bake import DatasetFiles, Teacher, bake_dataset, generate_questions
@@ -35,6 +37,7 @@ from role_injector.ollama_models import (
     plan_baked_model,
     plan_role_model,
 )
+from role_injector.options import RoleOptions
 from role_injector.profiles import ModelProfile, Profiles, VirtualModel, load_profiles
 from role_injector.relevance import Query
 from role_injector.roles import Role, Section, Variable
@@ -70,6 +73,7 @@ __all__ = [
     "RoleInjectorError",
     "RoleModel",
     "RoleNotFound",
+    "RoleOptions",
     "RoleSet",
     "RoleStore",
     "Section",

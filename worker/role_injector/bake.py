@@ -2,7 +2,7 @@
 (the teacher), and each pair is stored WITHOUT the role (what the student sees), so a LoRA trained on
 it behaves in role without the long prompt.
 
-- The teacher's request is built by the Ollama proxy's own code (`ollama_proxy.rewrite_chat` on the
+- The teacher's request is built by the Ollama proxy's own code (`engines.ollama.rewrite_chat` on the
   virtual model `<model>@<role>`): the role fitted to what the question leaves, `num_ctx` and the
   role's params, content neutralised — exactly what a client of the proxy gets.
 - Questions come from a file, or the base model (without the role) writes them from each section
@@ -29,10 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from role_injector.engines.answer import ChatAnswer
+from role_injector.engines.ollama import rewrite_chat
 from role_injector.errors import InvalidRequest, RoleInjectorError, UpstreamError
-from role_injector.injection import InjectRequest, find_role, inject
-from role_injector.ollama_client import ChatAnswer, OllamaClient
-from role_injector.ollama_proxy import rewrite_chat
+from role_injector.fitting import FitCache
+from role_injector.injection import InjectRequest, VirtualRequest, find_role, inject
+from role_injector.ollama_client import OllamaClient
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.roles import Role, fill_variables, resolve_variables
 from role_injector.store import RoleSet
@@ -136,27 +139,27 @@ class Teacher:
     client: OllamaClient
     roles: RoleSet
     profiles: Profiles
+    cache: FitCache
     role: Role
     model: str
-    budget: int | None = None
-    variables: Mapping[str, str] = field(default_factory=dict)
+    options: RoleOptions = field(default_factory=RoleOptions)  # budget and variables, over the role's
 
     @classmethod
-    def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, role: str, model: str,
-                 budget: int | None = None, variables: Mapping[str, str] | None = None) -> Teacher:
-        return cls(client, roles, profiles, find_role(roles, role), model, budget, dict(variables or {}))
+    def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str,
+                 model: str, options: RoleOptions | None = None) -> Teacher:
+        return cls(client, roles, profiles, cache, find_role(roles, role), model, options or RoleOptions())
 
     def system_tokens(self) -> int:
         """The fitted role without a question; raises what every question would (a missing variable,
         a budget too small) before any is asked."""
-        request = InjectRequest(role=self.role.name, variables=self.variables, model=self.model, budget=self.budget)
-        return inject(self.roles, self.profiles, request).usage.system_tokens
+        request = InjectRequest(role=self.role.name, options=self.options, model=self.model)
+        return inject(self.roles, self.profiles, request, self.cache).usage.system_tokens
 
     def answer(self, question: str) -> ChatAnswer:
         virtual = VirtualModel(name=f"{self.model}@{self.role.name}", base=self.model, role=self.role.name,
-                               budget=self.budget, variables=self.variables)
+                               options=self.options)
         body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": question}]},
-                               self.roles, self.profiles, virtual)
+                               VirtualRequest(virtual, self.roles, self.profiles, self.cache))
         return self.client.chat(body)
 
     def write_questions(self, section: str, count: int) -> list[str]:
@@ -169,12 +172,12 @@ class Teacher:
             "options": {"num_ctx": self.profiles.for_model(self.model).context_window,
                         "temperature": GENERATION_TEMPERATURE},
         }
-        return parse_questions(self.client.chat(body).content)[:count]
+        return parse_questions(self.client.chat(body).text)[:count]
 
 
 def answer_text(answer: ChatAnswer) -> str:
     """The answer without a reasoning block, for models whose thinking Ollama leaves in the content."""
-    return THINKING.sub("", answer.content).strip()
+    return THINKING.sub("", answer.text).strip()
 
 
 def parse_questions(text: str) -> list[str]:
@@ -314,7 +317,7 @@ def generate_questions(teacher: Teacher, count: int, path: Path, concurrency: in
     if not 1 <= count <= MAX_QUESTIONS:
         raise InvalidRequest(f"--generate takes 1 to {MAX_QUESTIONS} questions", details={"count": count})
     role = teacher.role
-    values = resolve_variables(role, teacher.variables)
+    values = resolve_variables(role, teacher.options.variables)
     texts = {i: fill_variables(role.sections[i].text, values).strip() for i in role.walk_order}
     sections = [i for i in role.walk_order if texts[i]]
     if not sections:
@@ -392,7 +395,7 @@ def bake_dataset(teacher: Teacher, questions: list[str], files: DatasetFiles, *,
                 else:
                     summary.train += 1
                 summary.prompt_tokens += answer.prompt_tokens
-                summary.answer_tokens += answer.output_tokens
+                summary.answer_tokens += answer.completion_tokens
             progress.done += 1
             if on_progress:
                 on_progress(progress)

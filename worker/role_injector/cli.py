@@ -19,11 +19,12 @@ from typing import Any, TextIO
 
 from role_injector import bake, ollama_models, text_generation_webui
 from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
+from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.ollama_client import OllamaClient, file_digest
+from role_injector.options import SELECTIONS, RoleOptions
 from role_injector.profiles import load_profiles
-from role_injector.roles import SELECTIONS
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
@@ -33,6 +34,11 @@ GGUF_MAGIC = b"GGUF"
 
 def open_store(directory: str) -> RoleStore:
     return RoleStore(directory, limits=Settings.from_env().role_limits)
+
+
+def fit_cache() -> FitCache:
+    """The command's own cache of counts and fits, bounded like a worker's (ROLE_INJECTOR_FIT_CACHE_BYTES)."""
+    return FitCache(Settings.from_env().fit_cache_bytes)
 
 
 def cmd_lint(args: argparse.Namespace) -> int:
@@ -73,14 +79,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     request = InjectRequest(
         role=args.role,
         turns=(Message("user", args.prompt),) if args.prompt is not None else (),
-        variables=parse_vars(args.var),
+        options=RoleOptions(budget=args.budget, selection=args.selection, variables=parse_vars(args.var)),
         model=args.model,
-        budget=args.budget,
         format=args.format,
-        selection=args.selection,
         query=args.query,
     )
-    result = inject(store.current(), profiles, request)
+    result = inject(store.current(), profiles, request, fit_cache())
     print(result.prompt if args.prompt is not None or args.full_prompt else result.system)
     trim = result.fit.report()
     sections = trim.pop("sections")
@@ -103,7 +107,9 @@ def current_roles(args: argparse.Namespace) -> RoleSet:
 
 
 def client(args: argparse.Namespace, **options: Any) -> OllamaClient:
-    return OllamaClient(args.ollama_url, timeout=Settings.from_env().upstream_timeout, **options)
+    settings = Settings.from_env()
+    return OllamaClient.at(args.ollama_url, timeout=settings.upstream_timeout,
+                           max_json_bytes=settings.max_upstream_json_bytes, **options)
 
 
 def print_json(value: Any) -> None:
@@ -123,16 +129,16 @@ def follow(lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 def cmd_ollama_create(args: argparse.Namespace) -> int:
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                          args.role, base=args.base, name=args.name, budget=args.budget,
-                                          variables=parse_vars(args.var))
+                                          fit_cache(), args.role, base=args.base, name=args.name,
+                                          budget=args.budget, variables=parse_vars(args.var))
     print_json(follow(ollama_models.create_role_model(client(args), model)))
     return 0
 
 
 def cmd_ollama_modelfile(args: argparse.Namespace) -> int:
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                          args.role, base=args.base, name=args.name, budget=args.budget,
-                                          variables=parse_vars(args.var))
+                                          fit_cache(), args.role, base=args.base, name=args.name,
+                                          budget=args.budget, variables=parse_vars(args.var))
     text, changed = ollama_models.role_modelfile(model)
     sys.stdout.write(text)
     if changed:
@@ -196,7 +202,8 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
     roles = current_roles(args)
     teacher = bake.Teacher.for_role(
         client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
-        roles, load_profiles(Settings.from_env().models_file), args.role, args.model, args.budget, parse_vars(args.var))
+        roles, load_profiles(Settings.from_env().models_file), fit_cache(), args.role, args.model,
+        RoleOptions(budget=args.budget, variables=parse_vars(args.var)))
     teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
     bake.check_share(args.held_out)
     files = bake.DatasetFiles.for_output(Path(args.out))
@@ -244,8 +251,9 @@ def cmd_bake_create(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter)
     name, digest = read_adapter(adapter)
     model = ollama_models.plan_baked_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                           args.role, adapter=(name, digest), base=args.base, name=args.name,
-                                           reminder_budget=args.reminder_budget, variables=parse_vars(args.var))
+                                           fit_cache(), args.role, adapter=(name, digest), base=args.base,
+                                           name=args.name, reminder_budget=args.reminder_budget,
+                                           variables=parse_vars(args.var))
     ollama = client(args)
     if ollama.has_blob(digest):
         print(f"the adapter is in Ollama already ({digest})", file=sys.stderr)
@@ -258,7 +266,7 @@ def cmd_bake_create(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     export = text_generation_webui.export_role(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                               args.role, model=args.model, budget=args.budget,
+                                               fit_cache(), args.role, model=args.model, budget=args.budget,
                                                variables=parse_vars(args.var))
     try:
         written = export.write(Path(args.out))

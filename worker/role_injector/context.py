@@ -25,9 +25,9 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 PolicyName = Literal["keep_role", "shrink_role"]
 CONTEXT_POLICIES: tuple[PolicyName, ...] = ("keep_role", "shrink_role")
@@ -47,12 +47,10 @@ class ContextPolicy:
     history_share: float = DEFAULT_HISTORY_SHARE  # keep_role: the window's share kept for the conversation
 
     @classmethod
-    def first_set(cls, names: Sequence[str | None], shares: Sequence[float | None]) -> ContextPolicy:
-        """The policy from the first layer that sets each part (request, virtual model, role), else the
-        defaults; each value is checked (ValueError) where it was read, so a wrong one never gets here."""
-        name = next((n for n in names if n is not None), DEFAULT_POLICY)
-        share = next((s for s in shares if s is not None), DEFAULT_HISTORY_SHARE)
-        return cls(policy_name(name), share)
+    def of(cls, name: str | None, share: float | None) -> ContextPolicy:
+        """The policy named (checked: ValueError), the defaults for what is None."""
+        return cls(policy_name(DEFAULT_POLICY if name is None else name),
+                   DEFAULT_HISTORY_SHARE if share is None else history_share(share))
 
 
 def policy_name(value: object) -> PolicyName:
@@ -68,26 +66,6 @@ def history_share(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:
         raise ValueError(f"must be a number greater than 0 and less than 1, not {value!r}")
     return float(value)
-
-
-class PolicyFieldError(ValueError):
-    """A wrong `context_policy` or `history_share`; the message names the field."""
-
-    def __init__(self, field: str, problem: str) -> None:
-        super().__init__(f"'{field}' {problem}")
-        self.field = field
-
-
-def policy_fields(source: Mapping[str, Any]) -> dict[str, Any]:
-    """`context_policy` and `history_share` of `source` (front matter, a virtual model, a request),
-    checked; a missing or null one is None. Raises `PolicyFieldError`."""
-    fields = {}
-    for field, check in (("context_policy", policy_name), ("history_share", history_share)):
-        try:
-            fields[field] = None if source.get(field) is None else check(source[field])
-        except ValueError as exc:
-            raise PolicyFieldError(field, str(exc)) from None
-    return fields
 
 
 def role_budget(explicit: int | None, usable_window: int, reserve_output: int, share: float) -> int:

@@ -31,6 +31,7 @@ PostJson = Callable[[str, Mapping[str, Any]], Any]
 `role_injector.errors` classes: `UpstreamUnreachable`, `UpstreamTimeout`, `UpstreamError` (not JSON,
 too large) and `UpstreamRefused` (an error status, in `details["status"]`)."""
 
+PROBE_TEXT = "Hello"  # a word every vocabulary has tokens for
 DEFAULT_MAX_TEXT_BYTES = 1024 * 1024
 # Above this a text's token boundaries are spread evenly instead of read from the pieces, whose answer
 # is ~25 bytes a token (they are estimates either way; see `Tokenizer.token_boundaries`).
@@ -118,6 +119,13 @@ class EngineTokenizer:
         self.cache.put(("engine-tokens", self.name, "added"), tuple(added))
         return added
 
+    def _reads_text(self) -> bool:
+        """Whether the engine tokenizes a plain word into tokens at all (asked once)."""
+        try:
+            return bool(self._cached("reads", PROBE_TEXT, lambda: int(bool(self._tokens(PROBE_TEXT, add_special=False)))))
+        except UpstreamError:  # no tokens for the word either
+            return False
+
     def _special(self, token: str) -> bool:
         if len(self._tokens(token, add_special=False)) != 1:
             return False
@@ -151,8 +159,9 @@ class EngineTokenizer:
         if not isinstance(tokens, list) or not all(map(_is_id if not pieces else _is_piece, tokens)):
             raise UpstreamError(f"{self.name} answered /tokenize without a list of token"
                                 f" {'pieces' if pieces else 'ids'}", details={"tokenizer": self.name})
-        if text and not tokens:
-            # An engine that ignores the field it was sent (another engine's API) answers no tokens.
+        if text and not tokens and (text == PROBE_TEXT or not self._reads_text()):
+            # An engine that ignores the field it was sent (another engine's API) answers no tokens for
+            # anything; some texts (control characters such as U+0006) are no tokens in a real vocabulary.
             raise UpstreamError(f"{self.name} answered /tokenize with no tokens for a text of {len(text)}"
                                 " characters: is the engine's kind right?", details={"tokenizer": self.name})
         count = answer.get("count")

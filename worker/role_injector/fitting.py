@@ -364,15 +364,12 @@ class FitCache:
         return tokens
 
 
-DEFAULT_CACHE = FitCache()  # for library callers; the web layer makes one of ROLE_INJECTOR_FIT_CACHE_BYTES
-
-
 def fit_budget(
     role: Role,
     values: Mapping[str, str],
     budget: int,
     tokenizer: Tokenizer,
-    cache: FitCache = DEFAULT_CACHE,
+    cache: FitCache,
     query: Query | None = None,
 ) -> Fit:
     """The role's system prompt in at most `budget` tokens of `tokenizer`, with a trim report.
@@ -587,7 +584,7 @@ def _compute_fit(
 
 
 def section_fits(
-    role: Role, values: Mapping[str, str], fit: Fit, tokenizer: Tokenizer, cache: FitCache = DEFAULT_CACHE
+    role: Role, values: Mapping[str, str], fit: Fit, tokenizer: Tokenizer, cache: FitCache
 ) -> tuple[SectionFit, ...]:
     """Each section of `role` with what `fit` (made from the same values and tokenizer) kept of it."""
     measured, _ = measure_sections(role, values, tokenizer, cache)

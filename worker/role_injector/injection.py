@@ -8,18 +8,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from role_injector.context import (
-    ContextPolicy,
-    PolicyFieldError,
-    first_kept,
-    policy_fields,
-    role_budget,
-    step_down,
-)
-from role_injector.errors import ContextOverflow, InvalidRequest, RoleNotFound
-from role_injector.fitting import DEFAULT_CACHE, Fit, FitCache, SectionFit, fit_budget, section_fits
+from role_injector.context import first_kept, role_budget, step_down
+from role_injector.errors import ContextOverflow, RoleNotFound
+from role_injector.fitting import Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
-from role_injector.profiles import Profiles
+from role_injector.options import RoleOptions
+from role_injector.profiles import Profiles, VirtualModel
 from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
@@ -30,24 +24,33 @@ from role_injector.tokens import Tokenizer, load_tokenizer
 class InjectRequest:
     role: str
     turns: Sequence[Message] = ()
-    variables: Mapping[str, str] = field(default_factory=dict)
+    # The request's layer of the role's settings (over a virtual model's, when it names one); the
+    # role's own lie below (`RoleOptions.over`). A `selection` left unset is "relevance" with a `query`.
+    options: RoleOptions = field(default_factory=RoleOptions)
     model: str | None = None
-    budget: int | None = None
     context_window: int | None = None
     reserve_output: int | None = None
     format: str | None = None
     # Tokens the request carries besides its messages (tool definitions, /api/generate's context):
     # they take room in the context like the messages do.
     attached_tokens: int = 0
-    context_policy: str | None = None  # else the role's, else keep_role (role_injector.context)
-    history_share: float | None = None  # else the role's, else 0.25
     # Indexes of the turns where an exchange starts, the only places where older turns may be cut
     # off; None: every user turn. (The Ollama proxy counts tool results as user turns, but they
     # belong to the exchange before them.)
     exchange_starts: frozenset[int] | None = None
-    # "priority" or "relevance"; None: the role's own, or "relevance" when a `query` is given.
-    selection: str | None = None
     query: str | None = None  # what relevance selection ranks by; None: the conversation (`turns`)
+
+
+@dataclass(frozen=True)
+class VirtualRequest:
+    """A request on a virtual model: which one, the request's own layer of the role's settings (the
+    proxies' context policy header), and where roles, profiles and counts come from."""
+
+    virtual: VirtualModel
+    roles: RoleSet
+    profiles: Profiles
+    cache: FitCache
+    options: RoleOptions = field(default_factory=RoleOptions)  # over the virtual model's
 
 
 @dataclass(frozen=True)
@@ -82,14 +85,11 @@ class Injection:
     fit: Fit
     usage: Usage
     dropped_messages: int  # the request's first N turns are not in the prompt (keep_role)
+    params: Mapping[str, Any]  # the model options of every layer (role, virtual model, request)
 
     @property
     def system(self) -> str:
         return self.fit.system
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.role.params)
 
 
 def find_role(roles: RoleSet, name: str) -> Role:
@@ -104,7 +104,7 @@ def find_role(roles: RoleSet, name: str) -> Role:
 
 def relevance_query(role: Role, request: InjectRequest) -> Query | None:
     """What to rank sections by in relevance selection, or None for priority selection."""
-    selection = request.selection or ("relevance" if request.query is not None else role.selection)
+    selection = request.options.selection or ("relevance" if request.query is not None else role.selection)
     if selection != "relevance":
         return None
     return Query.from_text(request.query) if request.query is not None else Query.from_turns(request.turns)
@@ -171,16 +171,6 @@ def count_system_part(format_name: str, fit: Fit, tokenizer: Tokenizer, cache: F
                        prompt=True)
 
 
-def choose_policy(request: InjectRequest, role: Role) -> ContextPolicy:
-    """The request's policy, else the role's, else the defaults; a wrong value is `InvalidRequest`."""
-    try:
-        asked = policy_fields({"context_policy": request.context_policy, "history_share": request.history_share})
-    except PolicyFieldError as exc:
-        raise InvalidRequest(str(exc), details={"field": exc.field}) from None
-    return ContextPolicy.first_set((asked["context_policy"], role.context_policy),
-                                   (asked["history_share"], role.history_share))
-
-
 @dataclass(frozen=True)
 class Room:
     """The context window as the prompt may use it, in the tokenizer's counts."""
@@ -207,26 +197,43 @@ class Room:
         )
 
 
-def shrink_role(role: Role, values: Mapping[str, str], explicit: int | None, turns: Sequence[Message],
-                format_name: str, tokenizer: Tokenizer, cache: FitCache, room: Room,
-                query: Query | None = None) -> tuple[Fit, int]:
+@dataclass(frozen=True)
+class PromptParts:
+    """What one injection puts together: the role with its variables' values and the conversation's
+    turns, in one chat format and vocabulary, counted through one cache."""
+
+    role: Role
+    values: Mapping[str, str]
+    turns: tuple[Message, ...]
+    format: str
+    tokenizer: Tokenizer
+    cache: FitCache
+    query: Query | None  # relevance selection ranks by it; None: priority selection
+
+    def fit(self, budget: int) -> Fit:
+        return fit_budget(self.role, self.values, budget, self.tokenizer, self.cache, self.query)
+
+    def count_turns(self, first: int) -> int:
+        """Tokens of the prompt without the system text, from turn `first` on, counted by encoding."""
+        return self.tokenizer.count_prompt(RENDERERS[self.format]("", self.turns[first:]))
+
+
+def shrink_role(parts: PromptParts, explicit: int | None, room: Room) -> tuple[Fit, int]:
     """shrink_role: every turn is kept; the role gets what they leave, in steps. (fit, messages_tokens)"""
-    messages_tokens = count_messages(format_name, turns, tokenizer, cache)
+    messages_tokens = count_messages(parts.format, parts.turns, parts.tokenizer, parts.cache)
     available = room.for_prompt - messages_tokens
     if available < 0:
         raise room.overflow(f"the messages need {messages_tokens} tokens",
                             {"messages_tokens": messages_tokens, "context_policy": "shrink_role"})
     budget = explicit if explicit is not None and explicit <= available else step_down(available)
-    return fit_budget(role, values, budget, tokenizer, cache, query), messages_tokens
+    return parts.fit(budget), messages_tokens
 
 
-def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequence[Message],
-              starts: Sequence[int], format_name: str, tokenizer: Tokenizer, cache: FitCache,
-              room: Room, query: Query | None = None) -> tuple[Fit, int, int]:
+def keep_role(parts: PromptParts, budget: int, starts: Sequence[int], room: Room) -> tuple[Fit, int, int]:
     """keep_role: the role at its fixed budget; the oldest exchanges dropped in chunks when the turns
     outgrow what it leaves. (fit, messages_tokens, dropped turns)"""
-    renderer = RENDERERS[format_name]
-    costs = turn_costs(format_name, turns, tokenizer, cache)
+    turns = parts.turns
+    costs = turn_costs(parts.format, turns, parts.tokenizer, parts.cache)
 
     def overflow(first: int, messages_tokens: int, fit: Fit | None) -> ContextOverflow:
         kept = len(turns) - first
@@ -238,46 +245,55 @@ def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequenc
 
     # What can never be dropped must fit beside the answer's reserve, whatever the role.
     last = starts[-1] if starts else 0
-    least = costs.frame + sum(costs.each[last:]) if costs.exact else \
-        tokenizer.count_prompt(renderer("", turns[last:]))
+    least = costs.frame + sum(costs.each[last:]) if costs.exact else parts.count_turns(last)
     if least > room.for_prompt:
         raise overflow(last, least, None)
-    fit = fit_budget(role, values, budget, tokenizer, cache, query)
+    fit = parts.fit(budget)
     left = room.for_prompt - fit.tokens
     chosen = first_kept(costs.each, starts, left - costs.frame)
     # Estimated costs chose the cut; the exact count decides, moving it on by whole exchanges.
     exact = costs.exact and not fit.system[:1].isspace()
+    renderer = RENDERERS[parts.format]
     for first in (chosen, *(s for s in starts if s > chosen)):
         if exact:
             if (messages_tokens := costs.frame + sum(costs.each[first:])) <= left:
                 return fit, messages_tokens, first
-        elif tokenizer.count_prompt(renderer(fit.system, turns[first:])) <= room.for_prompt:
-            return fit, tokenizer.count_prompt(renderer("", turns[first:])), first
-    raise overflow(first, tokenizer.count_prompt(renderer("", turns[first:])), fit)
+        elif parts.tokenizer.count_prompt(renderer(fit.system, turns[first:])) <= room.for_prompt:
+            return fit, parts.count_turns(first), first
+    raise overflow(first, parts.count_turns(first), fit)
 
 
 def inject(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
-    cache: FitCache = DEFAULT_CACHE,
+    cache: FitCache,
 ) -> Injection:
     """Resolve `request.role` in `roles`, share the context window between role and conversation by
     the context policy, fit the role and render the whole prompt.
 
     The model (request, else the role's) picks the profile: tokenizer, format, context window. The
-    policy (request, else role, else `keep_role`; see `role_injector.context`) decides the budget
-    and which of the oldest turns are dropped. Raises `RoleNotFound`, `VariableError`,
-    `InvalidRequest`, `ContextOverflow` or `BudgetTooSmall`.
+    options (request over role, `RoleOptions.over`) give the budget, the variables' values and the
+    policy (else `keep_role`; see `role_injector.context`), which decides the budget and which of the
+    oldest turns are dropped. Raises `RoleNotFound`, `VariableError`, `InvalidRequest`,
+    `ContextOverflow` or `BudgetTooSmall`.
     """
     role = find_role(roles, request.role)
     model = request.model or role.model
     profile = profiles.for_model(model)
     format_name = request.format or profile.format
     tokenizer = load_tokenizer(profile.tokenizer)
-    values = resolve_variables(role, request.variables)
-    policy = choose_policy(request, role)
-    turns = tuple(Message(m.role, neutralise(m.content)) for m in request.turns)
+    options = request.options.over(role.options)
+    policy = options.policy
+    parts = PromptParts(
+        role=role,
+        values=resolve_variables(role, options.variables),
+        turns=tuple(Message(m.role, neutralise(m.content)) for m in request.turns),
+        format=format_name,
+        tokenizer=tokenizer,
+        cache=cache,
+        query=relevance_query(role, request),
+    )
     context_window = request.context_window or profile.context_window
     room = Room(
         context_window=context_window,
@@ -287,20 +303,17 @@ def inject(
         exact=profile.exact,
         margin=profile.margin,
     )
-    explicit = request.budget if request.budget is not None else role.budget
-    query = relevance_query(role, request)
+    turns = parts.turns
     if policy.name == "shrink_role":
-        fit, messages_tokens = shrink_role(role, values, explicit, turns, format_name, tokenizer, cache, room,
-                                           query)
+        fit, messages_tokens = shrink_role(parts, options.budget, room)
         dropped = 0
     else:
-        budget = role_budget(explicit, room.usable, room.reserve_output, policy.history_share)
+        budget = role_budget(options.budget, room.usable, room.reserve_output, policy.history_share)
         if request.exchange_starts is None:
             starts = [i for i, m in enumerate(turns) if m.role == "user"]
         else:
             starts = sorted(i for i in request.exchange_starts if 0 <= i < len(turns))
-        fit, messages_tokens, dropped = keep_role(role, values, budget, turns, starts, format_name, tokenizer,
-                                                  cache, room, query)
+        fit, messages_tokens, dropped = keep_role(parts, budget, starts, room)
         turns = turns[dropped:]
 
     # Content is neutralised once above (the fitted system text already is), so render directly.
@@ -321,7 +334,7 @@ def inject(
         context_policy=policy.name,
         history_share=policy.history_share,
     )
-    return Injection(role, model, format_name, turns, prompt, fit, usage, dropped)
+    return Injection(role, model, format_name, turns, prompt, fit, usage, dropped, options.params)
 
 
 @dataclass(frozen=True)
@@ -336,10 +349,10 @@ def plan_injection(
     roles: RoleSet,
     profiles: Profiles,
     request: InjectRequest,
-    cache: FitCache = DEFAULT_CACHE,
+    cache: FitCache,
 ) -> InjectionPlan:
     """`inject` itself, then the section detail of the fit it made (same values, same tokenizer)."""
     injection = inject(roles, profiles, request, cache)
-    values = resolve_variables(injection.role, request.variables)
+    values = resolve_variables(injection.role, request.options.over(injection.role.options).variables)
     tokenizer = load_tokenizer(profiles.for_model(injection.model).tokenizer)
     return InjectionPlan(injection, section_fits(injection.role, values, injection.fit, tokenizer, cache))

@@ -19,12 +19,13 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from role_injector.engines.ollama import num_ctx_option
 from role_injector.errors import InvalidRequest, ModelNotFound, RoleError
-from role_injector.fitting import Fit
+from role_injector.fitting import Fit, FitCache
 from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
 from role_injector.ollama_client import OllamaClient
-from role_injector.ollama_proxy import num_ctx_option
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles
 from role_injector.roles import NAME_PATTERN, Role
 from role_injector.store import RoleSet
@@ -142,19 +143,20 @@ def _base_and_window(role: Role, profiles: Profiles, base: str | None) -> tuple[
     return base, max(profiles.for_model(base).context_window, asked or 0)
 
 
-def _fitted(roles: RoleSet, profiles: Profiles, role: Role, base: str, window: int, budget: int | None,
-            variables: Mapping[str, str]) -> tuple[Fit, Usage]:
+def _fitted(roles: RoleSet, profiles: Profiles, cache: FitCache, role: Role, base: str, window: int,
+            budget: int | None, variables: Mapping[str, str]) -> tuple[Fit, Usage]:
     # A SYSTEM cannot give way as a conversation grows, so the policy is keep_role whatever the role
     # says: the text is the one the proxy sends for `base@role` on every turn.
-    request = InjectRequest(role=role.name, variables=variables, model=base, budget=budget, context_window=window,
-                            context_policy="keep_role")
-    result = inject(roles, profiles, request)
+    options = RoleOptions(budget=budget, context_policy="keep_role", variables=variables)
+    request = InjectRequest(role=role.name, options=options, model=base, context_window=window)
+    result = inject(roles, profiles, request, cache)
     return result.fit, result.usage
 
 
 def plan_role_model(
     roles: RoleSet,
     profiles: Profiles,
+    cache: FitCache,
     role_name: str,
     *,
     base: str | None = None,
@@ -169,7 +171,7 @@ def plan_role_model(
     role's params."""
     role = find_role(roles, role_name)
     base, window = _base_and_window(role, profiles, base)
-    fit, usage = _fitted(roles, profiles, role, base, window, budget, variables or {})
+    fit, usage = _fitted(roles, profiles, cache, role, base, window, budget, variables or {})
     return RoleModel(name=check_model_name(name or role.name, "the model name"), role=role, base=base,
                      system=fit.system, parameters=_role_parameters(role, window, usage), fit=fit, usage=usage)
 
@@ -177,6 +179,7 @@ def plan_role_model(
 def plan_baked_model(
     roles: RoleSet,
     profiles: Profiles,
+    cache: FitCache,
     role_name: str,
     *,
     adapter: tuple[str, str],
@@ -193,7 +196,7 @@ def plan_baked_model(
     file_name, digest = adapter
     fit = usage = None
     if reminder_budget is not None:
-        fit, usage = _fitted(roles, profiles, role, base, window, reminder_budget, variables or {})
+        fit, usage = _fitted(roles, profiles, cache, role, base, window, reminder_budget, variables or {})
     return RoleModel(name=check_model_name(name or role.name, "the model name"), role=role, base=base,
                      system=fit.system if fit else None, parameters=_role_parameters(role, window, usage),
                      adapters={file_name: digest}, fit=fit, usage=usage)

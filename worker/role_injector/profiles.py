@@ -10,13 +10,13 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
-from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, MAX_BUDGET, NAME_PATTERN, SELECTIONS, RoleLimits
+from role_injector.options import VIRTUAL_FIELDS, OptionError, RoleOptions, parse_options, tokens
+from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, NAME_PATTERN, RoleLimits
 from role_injector.store import read_regular_file
 from role_injector.tokens import VOCABULARIES
-from role_injector.yaml_input import YamlRefused, json_problem, load_yaml
+from role_injector.yaml_input import YamlRefused, load_yaml
 
 
 @dataclass(frozen=True)
@@ -36,15 +36,12 @@ class ModelProfile:
 
 @dataclass(frozen=True)
 class VirtualModel:
+    """A base model with a role: declared in the profile file, or `base@role` named by a request."""
+
     name: str
     base: str
     role: str
-    budget: int | None = None
-    params: Mapping[str, Any] = field(default_factory=dict)
-    variables: Mapping[str, str] = field(default_factory=dict)
-    context_policy: str | None = None  # role_injector.context; None: the role's
-    history_share: float | None = None
-    selection: str | None = None  # None: the role's own
+    options: RoleOptions = field(default_factory=RoleOptions)  # over the role's own
 
 
 @dataclass(frozen=True)
@@ -71,10 +68,14 @@ class Profiles:
         return None
 
 
-def _positive_int(where: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_BUDGET:
-        raise ProfileError(f"{where} must be a positive whole number (at most {MAX_BUDGET}), not {value!r}")
-    return value
+def resolve_virtual(profiles: Profiles, name: Any) -> VirtualModel | None:
+    """The virtual model a request names (declared, or `base@role`), or None for a plain model."""
+    if not isinstance(name, str) or not name:
+        return None
+    found = profiles.virtual_model(name)
+    if found is None and name.endswith(":latest"):  # Ollama clients may add the default tag
+        found = profiles.virtual_model(name[: -len(":latest")])
+    return found
 
 
 def _parse_model(where: str, raw: Any) -> ModelProfile:
@@ -95,10 +96,11 @@ def _parse_model(where: str, raw: Any) -> ModelProfile:
     margin = raw.get("margin", 1.0 if exact else 1.25)
     if isinstance(margin, bool) or not isinstance(margin, int | float) or not 1.0 <= margin <= 4.0:
         raise ProfileError(f"{where}: margin must be a number from 1 to 4")
-    context_window = _positive_int(f"{where}: context_window", raw.get("context_window", 8192))
-    reserve_output = raw.get("reserve_output", 1024)
-    if isinstance(reserve_output, bool) or not isinstance(reserve_output, int) or not 0 <= reserve_output <= MAX_BUDGET:
-        raise ProfileError(f"{where}: reserve_output must be a whole number from 0 to {MAX_BUDGET}")
+    try:
+        context_window = tokens(raw.get("context_window", 8192), "context_window")
+        reserve_output = tokens(raw.get("reserve_output", 1024), "reserve_output", minimum=0)
+    except OptionError as exc:
+        raise ProfileError(f"{where}: {exc.message}") from None
     return ModelProfile(
         match=raw["match"].lower(),
         tokenizer=tokenizer,
@@ -116,38 +118,18 @@ def _parse_virtual(name: Any, raw: Any) -> VirtualModel:
         raise ProfileError(f"{where}: the name must be a non-empty string without '@'")
     if not isinstance(raw, dict) or not isinstance(raw.get("base"), str) or not isinstance(raw.get("role"), str):
         raise ProfileError(f"{where} needs 'base' (a model) and 'role' (a role name)")
-    unknown = set(raw) - {"base", "role", "budget", "params", "variables", "context_policy", "history_share",
-                          "selection"}
+    unknown = set(raw) - {"base", "role"} - VIRTUAL_FIELDS
     if unknown:
         raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
-    params = raw.get("params") or {}
-    if not isinstance(params, dict):
-        raise ProfileError(f"{where}: params must be a mapping of model options")
-    if problem := json_problem(params, "params"):
-        raise ProfileError(f"{where}: {problem}")
-    variables = raw.get("variables") or {}
-    if not isinstance(variables, dict) or not all(
-        isinstance(v, str | int | float) and not isinstance(v, bool) for v in variables.values()
-    ):
-        raise ProfileError(f"{where}: variables must be a mapping of names to strings")
-    selection = raw.get("selection")
-    if selection is not None and selection not in SELECTIONS:
-        raise ProfileError(f"{where}: selection must be one of {', '.join(SELECTIONS)}")
-    budget = raw.get("budget")
+    variables = raw.get("variables")
+    if isinstance(variables, dict):  # YAML reads `42` as a number: a variable's value is its text
+        raw = {**raw, "variables": {str(k): str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v
+                                    for k, v in variables.items()}}
     try:
-        policy = policy_fields(raw)
-    except PolicyFieldError as exc:
-        raise ProfileError(f"{where}: {exc}") from None
-    return VirtualModel(
-        name=name,
-        base=raw["base"],
-        role=raw["role"],
-        budget=None if budget is None else _positive_int(f"{where}: budget", budget),
-        params=params,
-        variables={str(k): str(v) for k, v in variables.items()},
-        **policy,
-        selection=selection,
-    )
+        options = parse_options(raw, VIRTUAL_FIELDS)
+    except OptionError as exc:
+        raise ProfileError(f"{where}: {exc.message}") from None
+    return VirtualModel(name=name, base=raw["base"], role=raw["role"], options=options)
 
 
 def parse_profiles(

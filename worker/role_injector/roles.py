@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from role_injector.context import PolicyFieldError, policy_fields
+from role_injector.context import PolicyName
 from role_injector.errors import InvalidRequest, RoleError, VariableError
 from role_injector.normalization import nfc
-from role_injector.yaml_input import YamlRefused, json_problem, load_yaml
+from role_injector.options import ROLE_FIELDS, OptionError, RoleOptions, Selection, parse_options
+from role_injector.yaml_input import YamlRefused, load_yaml
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
 VARIABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -34,11 +35,8 @@ FRONT_MATTER_END = re.compile(r"^---[ \t]*$", re.MULTILINE)
 SEPARATOR = "\n\n"  # between sections, in `Role.content` and in fitted text
 DEFAULT_PRIORITY = 50
 PREAMBLE_PRIORITY = 100
-MAX_BUDGET = 100_000_000
 FRONT_MATTER_KEYS = {"description", "extends", "budget", "model", "params", "tags", "variables", "preamble",
                      "context_policy", "history_share", "selection"}
-# How sections beyond the required ones are chosen: by priority, or by relevance to the conversation.
-SELECTIONS = ("priority", "relevance")
 
 
 @dataclass(frozen=True)
@@ -124,9 +122,9 @@ class Role:
     params: Mapping[str, Any]
     tags: tuple[str, ...]
     extends: str | None
-    context_policy: str | None = None  # role_injector.context; None: the default
+    context_policy: PolicyName | None = None  # role_injector.context; None: the default
     history_share: float | None = None
-    selection: str = "priority"
+    selection: Selection = "priority"
 
     @cached_property
     def walk_order(self) -> tuple[int, ...]:
@@ -137,6 +135,12 @@ class Role:
                 key=lambda i: (not self.sections[i].required, -self.sections[i].priority, i),
             )
         )
+
+    @cached_property
+    def options(self) -> RoleOptions:
+        """The role's layer of the settings a virtual model and a request may change."""
+        return RoleOptions(budget=self.budget, context_policy=self.context_policy, history_share=self.history_share,
+                           selection=self.selection, params=self.params)
 
     @property
     def content(self) -> str:
@@ -192,26 +196,16 @@ def _check_meta(meta: Mapping[str, Any]) -> None:
     expect("description", str, "a string")
     expect("extends", str, "a role name")
     expect("model", str, "a model name such as qwen3:8b")
-    expect("params", dict, "a mapping of model options, e.g. {temperature: 0.3}")
     expect("tags", list, "a list of strings")
     expect("variables", dict, "a mapping of variable names to settings")
-    if "budget" in meta and (
-        isinstance(meta["budget"], bool) or not isinstance(meta["budget"], int) or not 0 < meta["budget"] <= MAX_BUDGET
-    ):
-        raise RoleError(f"front matter 'budget' must be a positive whole number of tokens (at most {MAX_BUDGET})")
     try:
-        policy_fields(meta)
-    except PolicyFieldError as exc:
-        raise RoleError(f"front matter {exc}") from None
+        parse_options(meta, ROLE_FIELDS)
+    except OptionError as exc:
+        raise RoleError(f"front matter {exc.message}") from None
     if "preamble" in meta and meta["preamble"] != "required":
         raise RoleError("front matter 'preamble' can only be 'required'")
-    if "selection" in meta and meta["selection"] not in SELECTIONS:
-        raise RoleError(f"front matter 'selection' must be one of {', '.join(SELECTIONS)}")
     if not all(isinstance(tag, str) for tag in meta.get("tags", [])):
         raise RoleError("front matter 'tags' must be a list of strings")
-    # Params go out as JSON (REST answers, Ollama options): refused here, not with a 500 there.
-    if problem := json_problem(meta.get("params"), "params"):
-        raise RoleError(f"front matter {problem}")
 
 
 def _parse_variables(raw: Mapping[str, Any]) -> dict[str, Variable]:

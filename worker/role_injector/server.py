@@ -163,7 +163,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
 
-    from role_injector.ollama_url import OllamaUrl
+    from role_injector.engines.url import EngineUrl
     from role_injector.settings import Settings
     from role_injector.tokens import VOCABULARIES, load_tokenizer
     from role_injector.web import create_app
@@ -185,7 +185,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
     # touching its pages, which the forked workers share.
     gc.freeze()
     log.info("role-injector: roles from %s; the Ollama proxy forwards to %s", settings.roles_dir,
-             OllamaUrl.parse(settings.ollama_url).shown)
+             EngineUrl.parse(settings.ollama_url).shown)
 
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess

@@ -28,6 +28,7 @@ import yaml
 
 from role_injector.fitting import FitCache
 from role_injector.injection import Injection, InjectRequest, inject
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles
 from role_injector.store import RoleSet
 
@@ -155,13 +156,13 @@ class WebuiExport:
                 "tokenizer": usage.tokenizer, "trim": self.injection.fit.report()}
 
 
-def export_role(roles: RoleSet, profiles: Profiles, role_name: str, *, model: str | None = None,
+def export_role(roles: RoleSet, profiles: Profiles, cache: FitCache, role_name: str, *, model: str | None = None,
                 budget: int | None = None, variables: Mapping[str, str] | None = None) -> WebuiExport:
     """The role fitted for `model` (else the role's) under keep_role, as a character and an
     instruction template named after the role."""
-    request = InjectRequest(role=role_name, variables=variables or {}, model=model, budget=budget,
-                            context_policy="keep_role")
-    injection = inject(roles, profiles, request, FitCache())
+    options = RoleOptions(budget=budget, context_policy="keep_role", variables=variables or {})
+    request = InjectRequest(role=role_name, options=options, model=model)
+    injection = inject(roles, profiles, request, cache)
     name = injection.role.name
     files = {
         f"characters/{name}.yaml": to_yaml({"name": name, "context": injection.system}),

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from role_injector.errors import KINDS
-from role_injector.fitting import Fit, fit_budget
+from role_injector.fitting import Fit, FitCache, fit_budget
 from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet, RoleStore
@@ -162,7 +162,7 @@ def test_metrics_is_prometheus_text(api: Api) -> None:
 def library_fit(library: RoleSet, budget: int, variables: dict[str, str] = ADA) -> Fit:
     """What the library's fitter makes of `helper` (the REST layer must pass it through unchanged)."""
     role = library.roles["helper"]
-    return fit_budget(role, resolve_variables(role, variables), budget, load_tokenizer("qwen"))
+    return fit_budget(role, resolve_variables(role, variables), budget, load_tokenizer("qwen"), FitCache())
 
 
 LABELS = ["(preamble)", "Mission", "Style", "Examples"]
@@ -244,7 +244,7 @@ def test_inject_by_relevance_reports_every_section(api: Api, library: RoleSet) -
     assert by_priority["trim"]["selection"] == "priority" and "## Examples" not in by_priority["system"]
     result = inject(api, role="helper", variables=ADA, budget=60, prompt=question, selection="relevance")
     fit = fit_budget(library.roles["helper"], resolve_variables(library.roles["helper"], ADA), 60,
-                     load_tokenizer("qwen"), query=Query.from_text(question))
+                     load_tokenizer("qwen"), FitCache(), Query.from_text(question))
     assert result["system"] == fit.system and result["trim"] == {**fit.report(), "dropped_messages": 0}
     sections = {s["title"]: s for s in result["trim"]["sections"]}
     assert sections["Mission"]["reason"] == "required" and sections[None]["reason"] == "priority"

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from role_injector.fitting import FitCache
 from role_injector.formats import neutralise
 from role_injector.injection import InjectRequest, inject, plan_injection
+from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.relevance import CORE_PRIORITY
 from role_injector.roles import fill_variables, resolve_variables
@@ -202,7 +203,7 @@ def bundled() -> tuple[RoleSet, Profiles]:
 def test_plan_injection_explains_inject_for_any_budget(budget: int, model: str) -> None:
     roles, profiles = bundled()
     cache = FitCache()
-    request = InjectRequest(role="manifest", budget=budget, model=model)
+    request = InjectRequest(options=RoleOptions(budget=budget), role="manifest", model=model)
     try:
         expected = inject(roles, profiles, request, FitCache())
     except Exception as exc:  # the plan fails the same way

@@ -1,4 +1,5 @@
-"""The Flask app factory: settings, role store and profiles on the app; errors as JSON."""
+"""The Flask app factory: what the requests share (`state`), the blueprints, the API key, the log line
+of every request, and errors answered in each family's shape (`error_shapes`)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,18 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
-from werkzeug.exceptions import HTTPException
 
-from role_injector.errors import KINDS, ConfigError, RoleInjectorError, Unauthorized, code_of_status
-from role_injector.ollama_url import OllamaUrl
+from role_injector.errors import ConfigError, Unauthorized
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
+from role_injector.web.error_shapes import answer_errors
+from role_injector.web.ollama import ollama
+from role_injector.web.openai import openai
+from role_injector.web.rest import rest
+from role_injector.web.role_models import role_models
+from role_injector.web.studio import studio
 
-PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API and the Ollama-compatible proxy
+PROTECTED_PREFIXES = ("/v1/", "/api/")  # REST API, the OpenAI-compatible route and the Ollama-compatible proxy
 # Metric labels: any other method (clients may send any token) is counted as one.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
@@ -45,22 +50,6 @@ class OrjsonProvider(JSONProvider):
         )
 
 
-def error_body(code: str, message: str, details: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The REST error envelope."""
-    return {"error": {"code": code, "message": message, "details": details or {}}}
-
-
-def error_response(
-    code: str, message: str, details: dict[str, Any] | None = None, status: int | None = None
-) -> Response:
-    response = Response(json.dumps(error_body(code, message, details), ensure_ascii=False),
-                        status or KINDS[code].rest_status,
-                        mimetype="application/json")
-    if code == "unauthorized":
-        response.headers["WWW-Authenticate"] = "Bearer"
-    return response
-
-
 def authorised(api_key: str) -> bool:
     header = request.headers.get("Authorization", "")
     given = header[7:] if header[:7].lower() == "bearer " else request.headers.get("X-API-Key", "")
@@ -80,58 +69,27 @@ def check_api_key(api_key: str | None) -> None:
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     check_api_key(settings.api_key)
-    OllamaUrl.parse(settings.ollama_url)  # a wrong URL stops the start, not the first request
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
-    state.install(app, settings)
-
-    from role_injector.web import openai
-    from role_injector.web.ollama import ollama, ollama_error
-    from role_injector.web.rest import rest
-    from role_injector.web.role_models import role_models
-    from role_injector.web.studio import studio
-
-    app.register_blueprint(rest)
-    app.register_blueprint(role_models)
-    app.register_blueprint(ollama)
-    app.register_blueprint(studio)
-    app.register_blueprint(openai.openai)
+    state.install(app, settings)  # a wrong Ollama URL or profile file stops the start, not the first request
 
     @app.before_request
-    def check_key() -> Response | None:
+    def start_log() -> None:
+        """The request's timer and the figures its log line will carry."""
         g.started = time.perf_counter()
         g.log = {}
+
+    @app.before_request
+    def require_key() -> None:
+        """The API key, on the API's paths, answered in the shape of the path's clients."""
         if settings.api_key and request.path.startswith(PROTECTED_PREFIXES) and not authorised(settings.api_key):
-            message = "missing or wrong API key: send 'Authorization: Bearer <key>'"
-            if request.path.startswith("/api/"):  # Ollama clients read Ollama's error shape
-                return ollama_error(message, 401)
-            if openai.serves(request.path):  # and OpenAI clients OpenAI's
-                return openai.openai_error(Unauthorized(message))
-            return error_response("unauthorized", message)
-        return None
+            raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
-    @app.errorhandler(RoleInjectorError)
-    def library_error(exc: RoleInjectorError) -> Response:
-        return error_response(exc.code, exc.message, exc.details)
-
-    @app.errorhandler(HTTPException)
-    def http_error(exc: HTTPException) -> Response:
-        if openai.serves(request.path):  # a routing error on one of OpenAI's paths
-            return openai.http_error(exc)
-        status = exc.code or 500
-        code = code_of_status(status)
-        message = {
-            404: f"no such endpoint: {request.method} {request.path}",
-            413: f"the body is larger than {settings.max_body_bytes} bytes",
-        }.get(status, exc.description or exc.name)
-        return error_response(code, message, status=status)
-
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> Response:
-        app.logger.exception("unexpected error")
-        return error_response("internal_error", "internal error; see the worker's log", status=500)
+    for blueprint in (rest, role_models, ollama, studio, openai):
+        app.register_blueprint(blueprint)
+    answer_errors(app)  # what no blueprint routed: by the path's family
 
     @app.after_request
     def record(response: Response) -> Response:

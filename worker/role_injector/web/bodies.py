@@ -8,11 +8,9 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import orjson
 from flask import request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
-from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import (
     ClientClosed,
     InvalidRequest,
@@ -22,10 +20,10 @@ from role_injector.errors import (
 )
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
-from role_injector.roles import NAME_PATTERN, SELECTIONS
+from role_injector.options import MAX_MESSAGES, REQUEST_FIELDS, parse_options, tokens
+from role_injector.roles import NAME_PATTERN
+from role_injector.web.state import settings
 
-MAX_TOKENS = 10_000_000
-MAX_MESSAGES = 10_000
 # A JSON escape of a UTF-16 surrogate (\ud800-\udfff); paired ones decode to one character, lone ones
 # become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
 SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
@@ -53,6 +51,11 @@ def read_body(limit: int | None = None) -> bytes:
     except (ClientDisconnected, OSError) as exc:
         raise _client_failure(exc) from None
     return data
+
+
+def read_proxy_body() -> bytes:
+    """A body for the proxy routes, within their larger limit (images: ROLE_INJECTOR_MAX_PROXY_BODY_BYTES)."""
+    return read_body(settings().max_proxy_body_bytes)
 
 
 def stream_body(piece: int = 1 << 16) -> Iterator[bytes]:
@@ -107,15 +110,6 @@ def _json_object(data: bytes) -> dict[str, Any]:
     return body
 
 
-def encode_json(body: Any) -> bytes:
-    """A JSON body to send on: compact, UTF-8. orjson is ten times faster than the stdlib on the large
-    bodies the proxy re-encodes (images); integers beyond 64 bits, which it refuses, take the stdlib."""
-    try:
-        return orjson.dumps(body)
-    except TypeError:
-        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-
-
 def _has_lone_surrogate(value: Any) -> bool:
     stack = [value]
     while stack:
@@ -144,15 +138,9 @@ def check_role_name(name: Any, field: str = "role") -> str:
     return name
 
 
-def _integer(body: Mapping[str, Any], field: str, minimum: int) -> int | None:
+def _tokens(body: Mapping[str, Any], field: str, minimum: int = 1) -> int | None:
     value = body.get(field)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise invalid(f"'{field}' must be a whole number of tokens", field=field)
-    if not minimum <= value <= MAX_TOKENS:
-        raise invalid(f"'{field}' must be from {minimum} to {MAX_TOKENS}", field=field)
-    return value
+    return None if value is None else tokens(value, field, minimum)
 
 
 def _string(body: Mapping[str, Any], field: str) -> str | None:
@@ -160,15 +148,6 @@ def _string(body: Mapping[str, Any], field: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise invalid(f"'{field}' must be a string", field=field)
     return value
-
-
-def _variables(body: Mapping[str, Any]) -> dict[str, str]:
-    variables = body.get("variables")
-    if variables is None:
-        return {}
-    if not isinstance(variables, dict) or not all(isinstance(v, str) for v in variables.values()):
-        raise invalid("'variables' must be an object whose values are strings", field="variables")
-    return variables
 
 
 def _unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
@@ -214,28 +193,18 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
     prompt = _string(body, "prompt")
     if prompt is not None:
         turns = (Message("user", prompt),)
-    variables = _variables(body)
+    options = parse_options(body, REQUEST_FIELDS)
     format_name = _string(body, "format")
     if format_name is not None and format_name not in FORMATS:
         raise invalid(f"'format' must be one of {', '.join(FORMATS)}", field="format")
-    try:
-        policy = policy_fields(body)
-    except PolicyFieldError as exc:
-        raise invalid(str(exc), field=exc.field) from None
-    selection = _string(body, "selection")
-    if selection is not None and selection not in SELECTIONS:
-        raise invalid(f"'selection' must be one of {', '.join(SELECTIONS)}", field="selection")
     return InjectRequest(
         role=role,
         turns=turns,
-        variables=variables,
+        options=options,
         model=_string(body, "model"),
-        budget=_integer(body, "budget", 1),
-        context_window=_integer(body, "context_window", 1),
-        reserve_output=_integer(body, "reserve_output", 0),
+        context_window=_tokens(body, "context_window"),
+        reserve_output=_tokens(body, "reserve_output", minimum=0),
         format=format_name,
-        **policy,
-        selection=selection,
         query=_string(body, "query"),
     )
 
@@ -251,5 +220,6 @@ def parse_count(body: Mapping[str, Any]) -> tuple[str, str | None]:
 def parse_role_model(body: Mapping[str, Any]) -> dict[str, Any]:
     """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body."""
     _unknown(body, ROLE_MODEL_FIELDS)
-    return {"base": _string(body, "base"), "name": _string(body, "name"), "budget": _integer(body, "budget", 1),
-            "variables": _variables(body)}
+    options = parse_options(body, {"budget", "variables"})
+    return {"base": _string(body, "base"), "name": _string(body, "name"), "budget": options.budget,
+            "variables": options.variables}

@@ -1,4 +1,6 @@
-"""Prometheus metrics. Under gunicorn every worker writes to a shared directory
+"""Prometheus metrics: HTTP requests by route, method and status (every route), and per role the
+injections of `/v1/inject`, the Ollama proxy and the OpenAI route (their time, trims, dropped
+messages and budget errors). Under gunicorn every worker writes to a shared directory
 (prometheus_client's multiprocess mode, set up by `role_injector.server`), so a scrape of any
 worker sees the whole server."""
 
@@ -29,7 +31,7 @@ BUDGET_ERRORS = Counter("role_injector_budget_errors", "Budget and context error
 @contextmanager
 def injection(role: str) -> Iterator[Callable[[Injection], None]]:
     """Times an injection and counts its trim (call the yielded function with the result) or its
-    budget error, the same for the REST API and the Ollama proxy."""
+    budget error, the same for the REST API, the Ollama proxy and the OpenAI route."""
     started = time.perf_counter()
 
     def record(result: Injection) -> None:

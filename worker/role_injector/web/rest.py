@@ -15,9 +15,11 @@ from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
 from role_injector.web.bodies import check_role_name, parse_count, parse_inject, parse_json_object, read_body
+from role_injector.web.error_shapes import REST, answer_errors
 from role_injector.web.state import cache, profiles, roles, settings
 
 rest = Blueprint("rest", __name__)
+answer_errors(rest, REST)
 
 
 def load_openapi() -> dict[str, Any]:
@@ -149,7 +151,7 @@ def list_profiles() -> dict[str, Any]:
             for m in found.models
         ],
         "virtual_models": [
-            {"name": v.name, "base": v.base, "role": v.role, "budget": v.budget}
+            {"name": v.name, "base": v.base, "role": v.role, "budget": v.options.budget}
             for _, v in sorted(found.virtual_models.items())
         ],
         "formats": list(FORMATS),

@@ -8,53 +8,43 @@ is an ordinary error response.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, g, request
 
+from role_injector.engines.transport import encode_json
 from role_injector.errors import RoleInjectorError
 from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import create_role_model, plan_role_model
-from role_injector.web.app import error_body
 from role_injector.web.bodies import check_role_name, parse_json_object, parse_role_model, read_body
-from role_injector.web.state import profiles, roles, settings
+from role_injector.web.error_shapes import REST, InternalError, answer_errors
+from role_injector.web.state import cache, engine, profiles, roles
 
 role_models = Blueprint("role_models", __name__)
+answer_errors(role_models, REST)
 log = logging.getLogger("role_injector.role_models")
 
 
-def line(value: Any) -> bytes:
-    return json.dumps(value, ensure_ascii=False).encode() + b"\n"
-
-
-def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]], client: OllamaClient) -> Iterator[bytes]:
+def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[bytes]:
     try:
-        yield line(first)
+        yield encode_json(first) + b"\n"
         for item in rest:
-            yield line(item)
+            yield encode_json(item) + b"\n"
     except RoleInjectorError as exc:
-        yield line(error_body(exc.code, exc.message, exc.details))
+        yield REST.stream_line(exc)
     except Exception:
         log.exception("creating an Ollama model failed")
-        yield line(error_body("internal_error", "internal error; see the worker's log"))
-    finally:
-        client.close()
+        yield REST.stream_line(InternalError(REST.internal))
 
 
 @role_models.post("/v1/roles/<path:name>/ollama-model")
 def create_ollama_model(name: str) -> Response:
     options = parse_role_model(parse_json_object(read_body(), request.content_type))
-    model = plan_role_model(roles(), profiles(), check_role_name(name, "name"), **options)
+    model = plan_role_model(roles(), profiles(), cache(), check_role_name(name, "name"), **options)
     g.log.update(role=model.role.name, model=model.name, base=model.base)
-    config = settings()
-    client = OllamaClient(config.ollama_url, timeout=config.upstream_timeout, retries=1)
-    lines = create_role_model(client, model)
-    try:
-        first = next(lines)  # errors before Ollama's first line are answered as errors
-    except BaseException:
-        client.close()
-        raise
-    return Response(stream(first, lines, client), mimetype="application/x-ndjson")
+    # The engine's transport: its pooled connections, its timeouts, its bounds. One retry of what may pass.
+    lines = create_role_model(OllamaClient(engine().transport, retries=1), model)
+    first = next(lines)  # errors before Ollama's first line are answered as errors
+    return Response(stream(first, lines), mimetype="application/x-ndjson")

@@ -1,7 +1,9 @@
-"""What the web layer shares across requests: settings, the role store, profiles and the fit cache.
+"""What the web layer shares across requests: settings, the role store, profiles, the fit cache and
+the engine.
 
-They live on the Flask app (`app.extensions`), set once by `install`; the blueprints read them through
-these accessors, so there is one way to reach each.
+They live on the Flask app (`app.extensions`), made once by `install` (one of each per worker process:
+gunicorn forks after loading the app); the blueprints read them through these accessors, so there is
+one way to reach each.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
+from role_injector.engines.configured import configured_engine
+from role_injector.engines.engine import Engine
 from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.settings import Settings
@@ -24,6 +28,7 @@ class AppState:
     store: RoleStore
     profiles: Profiles
     cache: FitCache
+    engine: Engine
 
 
 def install(app: Flask, settings: Settings) -> AppState:
@@ -32,6 +37,7 @@ def install(app: Flask, settings: Settings) -> AppState:
         store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
         profiles=load_profiles(settings.models_file, settings.role_limits),
         cache=FitCache(settings.fit_cache_bytes),
+        engine=configured_engine(settings),
     )
     app.extensions[EXTENSION] = state
     return state
@@ -56,4 +62,9 @@ def profiles() -> Profiles:
 
 
 def cache() -> FitCache:
+    """The process's one fit cache, bounded by ROLE_INJECTOR_FIT_CACHE_BYTES."""
     return _state().cache
+
+
+def engine() -> Engine:
+    return _state().engine

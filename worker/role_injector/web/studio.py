@@ -7,9 +7,12 @@ REST API (/v1/roles, /v1/plan, /v1/profiles), so the page has no fitting rule of
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response
+
+from role_injector.web.error_shapes import REST, answer_errors
 
 studio = Blueprint("studio", __name__, static_folder="studio", static_url_path="/studio")
+answer_errors(studio, REST)
 
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -18,12 +21,6 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-cache",  # revalidate (ETag), so an upgraded worker never runs an old script
 }
-
-
-def wants_page() -> bool:
-    """A browser asking for a page: it names text/html in Accept. Ollama clients and curl do not
-    (they send application/json or */*), so they keep getting Ollama's heartbeat at `/`."""
-    return any(value == "text/html" and quality > 0 for value, quality in request.accept_mimetypes)
 
 
 @studio.get("/studio/")

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from role_injector.tokens import load_tokenizer
-from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.ollama_standin import OllamaStandin
 from tests.servers import WorkerProcess, run_worker_at
 from tests.worker.chat_templates.render_reference import render_reference
 
@@ -44,13 +44,7 @@ virtual_models:
 
 
 @pytest.fixture(scope="module")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandin) -> Iterator[WorkerProcess]:
+def context_worker(tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     root = tmp_path_factory.mktemp("proxy-context")
     (root / "roles").mkdir()
     (root / "roles" / "tester.md").write_text(ROLE, encoding="utf-8")
@@ -59,16 +53,11 @@ def worker(tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandin) -> 
         yield process
 
 
-@pytest.fixture(autouse=True)
-def fresh_standin(standin: OllamaStandin) -> None:
-    standin.clear()
-
-
-def chat(worker: WorkerProcess, standin: OllamaStandin, model: str, messages: list[dict[str, Any]],
+def chat(context_worker: WorkerProcess, standin: OllamaStandin, model: str, messages: list[dict[str, Any]],
          headers: dict[str, str] | None = None) -> tuple[requests.Response, dict[str, Any]]:
     """Send one /api/chat; return the answer and the body the stand-in received."""
     standin.clear()
-    response = requests.post(worker.url + "/api/chat", timeout=30, headers=headers,
+    response = requests.post(context_worker.url + "/api/chat", timeout=30, headers=headers,
                              json={"model": model, "messages": messages, "stream": False})
     assert response.status_code == 200, response.text
     (received,) = standin.requests_to("/api/chat")
@@ -90,7 +79,7 @@ def words(rng: random.Random, count: int) -> str:
 @given(seed=st.integers(0, 10**6), sizes=st.lists(st.tuples(st.integers(5, 150), st.integers(5, 250)),
                                                  min_size=4, max_size=16))
 def test_a_growing_conversation_keeps_the_role_and_drops_history_in_reported_chunks(
-    worker: WorkerProcess, standin: OllamaStandin, seed: int, sizes: list[tuple[int, int]]
+    context_worker: WorkerProcess, standin: OllamaStandin, seed: int, sizes: list[tuple[int, int]]
 ) -> None:
     rng = random.Random(seed)
     conversation: list[dict[str, Any]] = [{"role": "system", "content": "You are a pirate."}]
@@ -98,7 +87,7 @@ def test_a_growing_conversation_keeps_the_role_and_drops_history_in_reported_chu
     previous: list[int] | None = None
     for question, answer in sizes:
         conversation.append({"role": "user", "content": words(rng, question)})
-        response, body = chat(worker, standin, "tester", conversation)
+        response, body = chat(context_worker, standin, "tester", conversation)
         sent = body["messages"]
         client_turns = conversation[1:]
         dropped = int(response.headers[DROPPED])
@@ -120,55 +109,55 @@ def test_a_growing_conversation_keeps_the_role_and_drops_history_in_reported_chu
     assert contexts == {WINDOW}, "num_ctx never changes (a change reloads the model)"
 
 
-def test_what_was_dropped_is_in_the_request_log(worker: WorkerProcess, standin: OllamaStandin) -> None:
+def test_what_was_dropped_is_in_the_request_log(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
     rng = random.Random(1)
     conversation = []
     for _ in range(8):
         conversation += [{"role": "user", "content": words(rng, 120)},
                          {"role": "assistant", "content": words(rng, 200)}]
-    response, body = chat(worker, standin, "tester", conversation[:-1])
+    response, body = chat(context_worker, standin, "tester", conversation[:-1])
     dropped = int(response.headers[DROPPED])
     assert dropped > 0 and len(body["messages"]) == len(conversation) - dropped  # system in, last answer out
-    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith('{"route": "/api/chat"')]
+    lines = [json.loads(line) for line in context_worker.log().splitlines() if line.startswith('{"route": "/api/chat"')]
     assert lines[-1]["dropped_messages"] == dropped and lines[-1]["context_policy"] == "keep_role"
 
 
-def test_the_policy_comes_from_the_header_else_the_virtual_model(worker: WorkerProcess,
+def test_the_policy_comes_from_the_header_else_the_virtual_model(context_worker: WorkerProcess,
                                                                   standin: OllamaStandin) -> None:
     rng = random.Random(2)
     conversation = [{"role": "user", "content": words(rng, 300)}, {"role": "assistant", "content": words(rng, 300)},
                     {"role": "user", "content": words(rng, 20)}]
-    kept_role, body = chat(worker, standin, "tester", conversation)
+    kept_role, body = chat(context_worker, standin, "tester", conversation)
     role = body["messages"][0]["content"]
     assert kept_role.headers[DROPPED] == "2"
     # shrink_role, by header or by the virtual model: every message goes, the role gives way
     for model, headers in (("tester", {POLICY: "shrink_role"}), ("tester-all", None)):
-        response, body = chat(worker, standin, model, conversation, headers)
+        response, body = chat(context_worker, standin, model, conversation, headers)
         assert response.headers[DROPPED] == "0" and body["messages"][1:] == conversation
         assert len(body["messages"][0]["content"]) < len(role)
     # the header wins over the virtual model
-    response, body = chat(worker, standin, "tester-all", conversation, {POLICY: "keep_role"})
+    response, body = chat(context_worker, standin, "tester-all", conversation, {POLICY: "keep_role"})
     assert response.headers[DROPPED] == "2" and body["messages"][0]["content"] == role
     # a larger history share: a smaller role, more of the conversation
-    response, body = chat(worker, standin, "tester-roomy", conversation)
+    response, body = chat(context_worker, standin, "tester-roomy", conversation)
     assert len(body["messages"][0]["content"]) < len(role)
 
 
-def test_the_official_client_can_send_the_policy_header(worker: WorkerProcess, standin: OllamaStandin) -> None:
-    client = ollama.Client(host=worker.url, headers={POLICY: "shrink_role"})
+def test_the_official_client_can_send_the_policy_header(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
+    client = ollama.Client(host=context_worker.url, headers={POLICY: "shrink_role"})
     client.chat(model="tester", messages=[{"role": "user", "content": "hi"}])
     assert standin.requests_to("/api/chat")[0].body["messages"][1:] == [{"role": "user", "content": "hi"}]
 
 
-def test_a_wrong_policy_header_is_an_ollama_400(worker: WorkerProcess, standin: OllamaStandin) -> None:
-    response = requests.post(worker.url + "/api/chat", timeout=10, headers={POLICY: "drop_everything"},
+def test_a_wrong_policy_header_is_an_ollama_400(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
+    response = requests.post(context_worker.url + "/api/chat", timeout=10, headers={POLICY: "drop_everything"},
                              json={"model": "tester", "messages": [{"role": "user", "content": "hi"}]})
     assert response.status_code == 400
     assert POLICY in response.json()["error"] and "keep_role, shrink_role" in response.json()["error"]
     assert standin.requests == []
 
 
-def test_tool_results_stay_with_their_exchange(worker: WorkerProcess, standin: OllamaStandin) -> None:
+def test_tool_results_stay_with_their_exchange(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
     rng = random.Random(3)
     call = {"function": {"name": "grep_logs", "arguments": {"pattern": "error"}}}
     conversation: list[dict[str, Any]] = []
@@ -180,31 +169,32 @@ def test_tool_results_stay_with_their_exchange(worker: WorkerProcess, standin: O
             {"role": "assistant", "content": words(rng, 60)},
         ]
     conversation.append({"role": "user", "content": "and now?"})
-    response, body = chat(worker, standin, "tester", conversation)
+    response, body = chat(context_worker, standin, "tester", conversation)
     assert int(response.headers[DROPPED]) > 0
     assert body["messages"][1]["role"] == "user", "never cut between a tool call and its result"
 
 
-def test_a_last_message_too_long_for_the_role_is_an_ollama_400(worker: WorkerProcess, standin: OllamaStandin) -> None:
+def test_a_last_message_too_long_for_the_role_is_an_ollama_400(context_worker: WorkerProcess,
+                                                                standin: OllamaStandin) -> None:
     long = [{"role": "user", "content": words(random.Random(4), 900)}]
-    response = requests.post(worker.url + "/api/chat", timeout=10, json={"model": "tester", "messages": long})
+    response = requests.post(context_worker.url + "/api/chat", timeout=10, json={"model": "tester", "messages": long})
     assert response.status_code == 400
     error = response.json()["error"]
     assert "the last message needs" in error and "keep_role never cuts it" in error and "shrink_role" in error
     assert standin.requests == []
-    response = requests.post(worker.url + "/api/chat", timeout=10, headers={POLICY: "shrink_role"},
+    response = requests.post(context_worker.url + "/api/chat", timeout=10, headers={POLICY: "shrink_role"},
                              json={"model": "tester", "messages": long, "stream": False})
     assert response.status_code == 200, response.text
 
 
-def test_the_clients_num_keep_wins(worker: WorkerProcess, standin: OllamaStandin) -> None:
-    client = ollama.Client(host=worker.url)
+def test_the_clients_num_keep_wins(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
+    client = ollama.Client(host=context_worker.url)
     client.chat(model="tester", messages=[{"role": "user", "content": "hi"}], options={"num_keep": 10})
     assert standin.requests_to("/api/chat")[0].body["options"]["num_keep"] == 10
 
 
-def test_generate_gets_num_keep_too(worker: WorkerProcess, standin: OllamaStandin) -> None:
-    ollama.Client(host=worker.url).generate(model="tester", prompt="hi")
+def test_generate_gets_num_keep_too(context_worker: WorkerProcess, standin: OllamaStandin) -> None:
+    ollama.Client(host=context_worker.url).generate(model="tester", prompt="hi")
     body = standin.requests_to("/api/generate")[0].body
     text = render_reference("qwen3", [{"role": "system", "content": body["system"]}, {"role": "user", "content": "hi"}])
     assert body["options"]["num_keep"] == QWEN.count_prompt(text[: text.index("<|im_start|>user")])

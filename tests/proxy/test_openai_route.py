@@ -1,7 +1,7 @@
 """The OpenAI-compatible route, end to end: the official `openai` client talks to a real gunicorn
 worker, which talks to the Ollama stand-in natively; the stand-in records what a model server got.
-The roles and the profile are the Ollama proxy's (tests/worker/test_ollama_proxy.py): a virtual model
-must get the same role, options and num_ctx on both routes."""
+The roles and the profile are the Ollama proxy's (`place.py`): a virtual model must get the same
+role, options and num_ctx on both routes."""
 
 from __future__ import annotations
 
@@ -19,31 +19,14 @@ from pydantic import BaseModel
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
+from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply
+from tests.proxy.place import LONG_TEXT, MISSION
 from tests.servers import WorkerProcess, free_port, run_worker_at
-from tests.worker.test_ollama_proxy import LONG_TEXT, MISSION, write_place
 
 HI = [{"role": "user", "content": "hi"}]
 KEY = "s3cret-for-openai"
 ADD = {"type": "function", "function": {"name": "add", "description": "Adds two numbers", "parameters": {
     "type": "object", "properties": {"a": {"type": "number"}, "b": {"type": "number"}}, "required": ["a", "b"]}}}
-
-
-@pytest.fixture(scope="module")
-def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_place(tmp_path_factory.mktemp("openai"))
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
-    with run_worker_at(place, standin.url) as process:
-        yield process
 
 
 @pytest.fixture(scope="module")
@@ -59,11 +42,6 @@ def down_worker(place: Path) -> Iterator[WorkerProcess]:
     """Pointed at a port where no Ollama listens."""
     with run_worker_at(place, f"http://127.0.0.1:{free_port()}") as process:
         yield process
-
-
-@pytest.fixture(autouse=True)
-def fresh_standin(standin: OllamaStandin) -> None:
-    standin.clear()
 
 
 def client_for(url: str, key: str = "unused") -> openai.OpenAI:

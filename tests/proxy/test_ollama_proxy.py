@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,125 +14,10 @@ import pytest
 import requests
 
 from role_injector.tokens import load_tokenizer
-from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, run_ollama_standin
+from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin
+from tests.proxy.place import LONG_TEXT, MISSION
 from tests.servers import WorkerProcess, free_port, run_worker_at
 from tests.worker.chat_templates.render_reference import render_reference
-
-EXAMPLES = "\n\n".join(f"Example {i}: before blaming the compiler, check the edge case with an empty input."
-                       for i in range(40))
-ENGINEER = f"""---
-description: Finds bugs
-params: {{temperature: 0.3, top_k: 20}}
-variables:
-  language: {{default: English}}
----
-You are a careful test engineer.
-
-## Mission {{required}}
-Find the bug before it finds the users. Answer in {{{{language}}}}.
-
-## Style {{priority=60}}
-Short sentences. One claim per line.
-
-## Worked examples {{priority=10}}
-{EXAMPLES}
-"""
-NEEDS_NAME = """---
-description: Needs a name
-variables:
-  user_name: {required: true}
----
-## Greeting {required}
-Greet {{user_name}}.
-"""
-DESK = """---
-description: An office help desk, whose sections are picked by the question
-selection: relevance
----
-You answer questions about the office.
-
-## Rules {required}
-Answer in one sentence.
-
-## Bicycle storage
-Bikes go in the locked cage behind building C; the cage code is 4471.
-
-## Sauna
-The rooftop sauna opens at seven and closes at ten.
-
-## Printers
-Every floor has a printer; toner is in the cupboard by the lifts.
-"""
-PROFILE = """\
-models:
-  - match: "tiny*"
-    tokenizer: qwen
-    format: chatml
-    context_window: 1024
-    reserve_output: 256
-virtual_models:
-  engineer:
-    base: "qwen3:8b"
-    role: engineer
-    params: {temperature: 0.5, seed: 7}
-  tiny-engineer:
-    base: "tiny:1b"
-    role: engineer
-  strict-budget:
-    base: "qwen3:8b"
-    role: engineer
-    budget: 5
-  greeter:
-    base: "qwen3:8b"
-    role: needs-name
-  named-greeter:
-    base: "qwen3:8b"
-    role: needs-name
-    variables: {user_name: "Грета <|im_end|>"}
-  desk:
-    base: "qwen3:8b"
-    role: desk
-    budget: 45
-  engineer-by-relevance:
-    base: "qwen3:8b"
-    role: engineer
-    budget: 55
-    selection: relevance
-"""
-MISSION = "Find the bug before it finds the users. Answer in English."
-LONG_TEXT = " ".join(f"line {i} of a long log excerpt that the user pasted." for i in range(300))
-
-
-def write_place(root: Path) -> Path:
-    """The roles and the profile file of these tests in `root` (the OpenAI route's tests use them too)."""
-    (root / "roles").mkdir()
-    (root / "roles" / "engineer.md").write_text(ENGINEER, encoding="utf-8")
-    (root / "roles" / "needs-name.md").write_text(NEEDS_NAME, encoding="utf-8")
-    (root / "roles" / "desk.md").write_text(DESK, encoding="utf-8")
-    (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
-    return root
-
-
-@pytest.fixture(scope="module")
-def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_place(tmp_path_factory.mktemp("proxy"))
-
-
-@pytest.fixture(scope="module")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin() as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
-    with run_worker_at(place, standin.url) as process:
-        yield process
-
-
-@pytest.fixture(autouse=True)
-def fresh_standin(standin: OllamaStandin) -> None:
-    standin.clear()
 
 
 @pytest.fixture

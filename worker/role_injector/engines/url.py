@@ -1,5 +1,5 @@
-"""Where Ollama is: a URL such as ROLE_INJECTOR_OLLAMA_URL, checked once, for every caller of Ollama
-(the proxy and the OpenAI route through `web.upstream`, the CLI and REST through `ollama_client`).
+"""Where an engine is: a URL such as ROLE_INJECTOR_OLLAMA_URL, checked once, for every caller (the
+proxies through the app's engine, the CLI and model creation through `ollama_client`).
 
 It may have a base path (`http://gateway/ollama`: every request goes under it) and a user and password
 (`http://user:pass@gateway`), which are sent as Basic auth and never shown: `shown` is the only form
@@ -15,13 +15,13 @@ from urllib.parse import unquote, urlsplit
 
 from role_injector.errors import ConfigError
 
-# A path segment as Ollama's API has them (`chat`, `blobs`, `sha256:…`): no '%' escapes, no '\', not
+# A path segment as engines' APIs have them (`chat`, `blobs`, `sha256:…`): no '%' escapes, no '\', not
 # empty, not '.' or '..' (nothing starting with a dot).
 SEGMENT = re.compile(r"[A-Za-z0-9_:~-][A-Za-z0-9._:~-]*")
 
 
 @dataclass(frozen=True)
-class OllamaUrl:
+class EngineUrl:
     scheme: str
     host: str
     port: int
@@ -30,7 +30,7 @@ class OllamaUrl:
     shown: str  # the URL without its userinfo: the only form that appears in messages and logs
 
     @classmethod
-    def parse(cls, url: str, setting: str = "ROLE_INJECTOR_OLLAMA_URL") -> OllamaUrl:
+    def parse(cls, url: str, setting: str = "ROLE_INJECTOR_OLLAMA_URL") -> EngineUrl:
         parts = urlsplit(url.strip())
         netloc = parts.netloc.rpartition("@")[2]
         shown = f"{parts.scheme}://{'***@' if '@' in parts.netloc else ''}{netloc}{parts.path}"

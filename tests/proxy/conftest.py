@@ -1,0 +1,38 @@
+"""Fixtures of the proxy-route tests (the Ollama-compatible proxy, the OpenAI-compatible route, the
+context policy through them), one set for the folder: an Ollama stand-in that knows every model and
+records what a model server got (cleared before each test), and a real gunicorn worker in front of it
+serving the shared roles and profile (`place.py`). Tests that need other settings start their own
+worker with `tests.servers.run_worker_at` on the same stand-in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.proxy.place import write_place
+from tests.servers import WorkerProcess, run_worker_at
+
+
+@pytest.fixture(scope="package")
+def standin() -> Iterator[OllamaStandin]:
+    with run_ollama_standin() as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def fresh_standin(standin: OllamaStandin) -> None:
+    standin.clear()
+
+
+@pytest.fixture(scope="package")
+def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_place(tmp_path_factory.mktemp("proxy"))
+
+
+@pytest.fixture(scope="package")
+def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
+    with run_worker_at(place, standin.url) as process:
+        yield process

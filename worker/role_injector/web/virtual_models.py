@@ -1,0 +1,77 @@
+"""Virtual models on the proxy routes (the Ollama-compatible proxy and the OpenAI-compatible route):
+which engine and which virtual model a request's model name means, the request's own layer of the
+role's settings (the context policy header), and the role's placement recorded alike on both routes
+(metrics, the log line's figures, the dropped-messages header)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response, g, request
+
+from role_injector.engines.engine import Engine
+from role_injector.errors import InvalidRequest
+from role_injector.injection import Injection, VirtualRequest
+from role_injector.options import OptionError, RoleOptions
+from role_injector.profiles import VirtualModel, resolve_virtual
+from role_injector.web import metrics
+from role_injector.web.state import cache, engine, profiles, roles
+
+# Ollama clients cannot send fields of their own, but most can send headers: this one chooses the
+# context policy of a request (role_injector.context) over the virtual model's and the role's.
+POLICY_HEADER = "X-Role-Injector-Context-Policy"
+# On every answer for a virtual model: how many of the oldest messages the policy left out.
+DROPPED_HEADER = "X-Role-Injector-Dropped-Messages"
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a request's model name means: the engine that serves it and, for a virtual model, the
+    request on it (the role, the profiles, the cache and the request's own options)."""
+
+    engine: Engine
+    virtual: VirtualRequest | None
+
+
+def target(name: Any) -> Target:
+    """The engine and virtual model (logged) a request's model name means; a plain model's name is
+    sent to the engine as it is."""
+    virtual = resolve_virtual(profiles(), name)
+    if virtual is None:
+        return Target(engine(), None)
+    g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
+    return Target(engine(), VirtualRequest(virtual, roles(), profiles(), cache(), header_options()))
+
+
+def header_options() -> RoleOptions:
+    """The request's layer of the role's settings: what the context policy header chooses."""
+    value = request.headers.get(POLICY_HEADER)
+    try:
+        return RoleOptions(context_policy=None if value is None else value.strip())  # type: ignore[arg-type]
+    except OptionError as exc:
+        raise InvalidRequest(f"header {POLICY_HEADER} {exc.problem}", details={"header": POLICY_HEADER}) from None
+
+
+@contextmanager
+def placing(virtual: VirtualModel) -> Iterator[Callable[[Injection], None]]:
+    """Times the placement of the role in a request (call the yielded function with the injection)
+    and records it as every route that serves virtual models does: metrics and the log line's figures."""
+    with metrics.injection(virtual.role) as record:
+
+        def placed(injection: Injection) -> None:
+            record(injection)
+            g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
+                         context_policy=injection.usage.context_policy,
+                         dropped_messages=injection.dropped_messages)
+
+        yield placed
+
+
+def mark_dropped(response: Response, injection: Injection | None) -> Response:
+    """The dropped-messages header on an answer for a virtual model."""
+    if injection is not None:
+        response.headers[DROPPED_HEADER] = str(injection.dropped_messages)
+    return response
