@@ -122,7 +122,8 @@ class EngineTokenizer:
     def _reads_text(self) -> bool:
         """Whether the engine tokenizes a plain word into tokens at all (asked once)."""
         try:
-            return bool(self._cached("reads", PROBE_TEXT, lambda: int(bool(self._tokens(PROBE_TEXT, add_special=False)))))
+            return bool(self._cached("reads", PROBE_TEXT,
+                                     lambda: int(bool(self._tokens(PROBE_TEXT, add_special=False)))))
         except UpstreamError:  # no tokens for the word either
             return False
 
