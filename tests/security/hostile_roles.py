@@ -1,5 +1,5 @@
 """A roles folder of hostile and unlucky files, one per way a role file used to freeze, crash or
-exhaust the worker (issue 9, item 5), next to one good role that must keep serving.
+exhaust the worker, next to one good role that must keep serving.
 
 `write_hostile_roles(folder)` returns, for each file that must fail, a part of its error message
 (the limits name their environment variable); `VALID_BUT_HEAVY` are files that must load, quickly,

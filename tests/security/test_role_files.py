@@ -1,5 +1,5 @@
-"""One role file can never freeze, crash or exhaust the service (issue 9, item 5, and the role
-params of item 8): YAML aliases, deep YAML, partial bombs, long `extends` chains, tens of thousands
+"""One role file can never freeze, crash or exhaust the service, nor can
+its params: YAML aliases, deep YAML, partial bombs, long `extends` chains, tens of thousands
 of headings, backtracking patterns, params JSON cannot carry. Each is a `RoleError` for its file,
 naming the limit's environment variable, while every other role keeps serving.
 

@@ -1,5 +1,5 @@
 """Only regular files whose real path is inside the roles folder are read, and reloading can never
-wedge (issue 9, items 6 and 9): symbolic links out of the folder (to /etc/passwd, to /proc), FIFOs,
+wedge: symbolic links out of the folder (to /etc/passwd, to /proc), FIFOs,
 sockets and folders are errors of their file; an empty file never replaces a good version; a
 folder that disappears is said (`RoleSet.directory_error`, `/healthz` 503), not served as 0 roles.
 """

@@ -1,4 +1,4 @@
-"""No text the body limit admits can crash, stall or miscount the tokenizer (issue 9, item 1).
+"""No text the body limit admits can crash, stall or miscount the tokenizer.
 
 A run of ~1,000,000 blanks made tiktoken's regex give up with a Rust panic (`PanicException`, a
 BaseException: it escaped Flask and killed the worker); combining marks in falling class made

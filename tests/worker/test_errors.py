@@ -6,7 +6,7 @@ import role_injector.errors as errors
 from role_injector.errors import KINDS, RoleInjectorError
 from tests.worker.conftest import REPO
 
-# The REST contract (the founding design's error codes) that the node, the workflows and users rely on.
+# The REST contract (its error codes and statuses) that the node, the workflows and users rely on.
 CONTRACT = {
     "invalid_request": 400,
     "unauthorized": 401,
