@@ -1,7 +1,7 @@
-"""One role file can never freeze, crash or exhaust the service, nor can
-its params: YAML aliases, deep YAML, partial bombs, long `extends` chains, tens of thousands
-of headings, backtracking patterns, params JSON cannot carry. Each is a `RoleError` for its file,
-naming the limit's environment variable, while every other role keeps serving.
+"""One role file, its params included, can never freeze, crash or exhaust the service: YAML
+aliases, deep YAML, partial bombs, long `extends` chains, tens of thousands of headings,
+backtracking patterns, params JSON cannot carry. Each is a `RoleError` for its file, naming the
+limit's environment variable, while every other role keeps serving.
 
 Adversarial inputs are of the size the limits admit; that the work finishes is checked in a
 subprocess with a generous timeout (the old code took minutes to hours, or never ended), never by
