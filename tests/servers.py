@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -77,9 +78,9 @@ def wait_for_http(url: str, timeout: float = 30.0, process: subprocess.Popen[byt
     raise TimeoutError(f"{url} did not answer within {timeout}s")
 
 
-def stop_process(process: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-    process.terminate()
+def stop_process(process: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTERM) -> None:
+    """`sig` (SIGTERM), then SIGKILL if it has not exited within `timeout` seconds."""
+    process.send_signal(sig)
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -109,7 +110,9 @@ def run_worker(
         wait_for_http(url + "/healthz", process=process)
         yield WorkerProcess(url=url, process=process, log_path=log_path)
     finally:
-        stop_process(process, timeout=15)
+        # gunicorn's quick shutdown: a graceful one (SIGTERM) waits up to its graceful timeout (10 s)
+        # for the idle keep-alive connections that the tests' HTTP clients keep in their pools.
+        stop_process(process, timeout=15, sig=signal.SIGINT)
 
 
 def run_worker_at(place: Path, ollama_url: str, **env: str) -> AbstractContextManager[WorkerProcess]:
