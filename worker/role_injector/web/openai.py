@@ -20,7 +20,14 @@ from werkzeug.exceptions import HTTPException
 
 from role_injector import ollama_proxy as proxy
 from role_injector import openai_compat as compat
-from role_injector.errors import KINDS, RoleInjectorError, UpstreamError, code_of_status
+from role_injector.errors import (
+    KINDS,
+    RoleInjectorError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    code_of_status,
+)
 from role_injector.web.bodies import encode_json, parse_ollama_body
 from role_injector.web.ollama import DROPPED_HEADER, proxy_body, rewrite_for_virtual, virtual_model
 from role_injector.web.state import cache, profiles, roles, settings
@@ -125,7 +132,15 @@ def _completion(answer: Answer, completion: compat.ChatAnswer) -> dict[str, Any]
 
 @openai.get("/v1/models")
 def models() -> Response:
-    answer = _send("GET", "/api/tags")
+    try:
+        answer = _send("GET", "/api/tags")
+    except (UpstreamUnreachable, UpstreamTimeout) as exc:
+        # Say why the virtual models the worker knows are not listed either: each runs on an Ollama model.
+        declared = sorted(profiles().virtual_models)
+        if declared:
+            shown = ", ".join(declared[:20]) + (f" and {len(declared) - 20} more" if len(declared) > 20 else "")
+            exc.message += f"; the declared virtual models ({shown}) run on Ollama's models, so none is listed"
+        raise
     if answer.status != 200:
         return _relayed_error(answer)
     return _json(compat.model_list(proxy.tags_response(answer.json("/api/tags"), roles(), profiles())))

@@ -146,6 +146,10 @@ def forward_headers(content_type: str | None = None) -> dict[str, str]:
 # --- Ollama's answer ------------------------------------------------------------------------------
 
 
+# What the person who reads "cannot reach Ollama" can do about it (`make run` sets the variable from OLLAMA_URL).
+START_IT = ". Start Ollama there, or point the worker at it: ROLE_INJECTOR_OLLAMA_URL (OLLAMA_URL for make run)"
+
+
 def _reason(exc: BaseException) -> str:
     short = next((arg for arg in exc.args if isinstance(arg, IncompleteRead)), None)
     if short is not None and short.expected is not None:
@@ -254,13 +258,13 @@ def send(method: str, path: str, body: bytes | Iterable[bytes] | None = None,
         if isinstance(exc, NewConnectionError):  # refused, no route, unknown host (before the timeout
             # check: it subclasses ConnectTimeoutError)
             log.warning("ollama unreachable: %s %s%s: %s", method, target.shown, path, _reason(exc))
-            raise UpstreamUnreachable(f"cannot reach Ollama at {target.shown}: {_reason(exc)}") from None
+            raise UpstreamUnreachable(f"cannot reach Ollama at {target.shown}: {_reason(exc)}{START_IT}") from None
         if isinstance(exc, urllib3.exceptions.TimeoutError):
             log.warning("ollama timeout: %s %s%s after %ss", method, target.shown, path, timeout)
             raise UpstreamTimeout(f"Ollama at {target.shown} did not answer within {timeout:g} s") from None
         if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
             log.warning("ollama failed: %s %s%s: %s", method, target.shown, path, _reason(exc))
-            raise UpstreamUnreachable(f"cannot reach Ollama at {target.shown}: {_reason(exc)}") from None
+            raise UpstreamUnreachable(f"cannot reach Ollama at {target.shown}: {_reason(exc)}{START_IT}") from None
         raise
     return Answer(response, target, path, watch, timeout)
 
