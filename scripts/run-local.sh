@@ -70,7 +70,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C (SIGINT to the whole process group) or SIGTERM: stopping on purpose is no failure.
+trap 'exit 0' INT TERM
 
 # wait_up URL PID NAME [LOG]: until URL answers 2xx (about 150 s at most); stop if the process died.
 wait_up() {
@@ -121,11 +122,14 @@ BANNER
 # n8n outlives the worker: the editor stays up and the node says it cannot reach the worker.
 # When n8n stops, everything stops.
 wait -n "$worker_pid" "$n8n_pid" || true
-if ! kill -0 "$n8n_pid" 2>/dev/null; then
-  fail "n8n" "$logs/n8n.log"
+if kill -0 "$n8n_pid" 2>/dev/null; then
+  say "the worker stopped; n8n keeps running and the Role Injector node reports that it cannot reach"
+  say "the worker. Start the worker again in another terminal:"
+  say "  ROLE_INJECTOR_OLLAMA_URL=$OLLAMA_URL .venv/bin/role-injector serve --host 127.0.0.1 --port $WORKER_PORT --roles roles"
 fi
-say "the worker stopped; n8n keeps running and the Role Injector node reports that it cannot reach"
-say "the worker. Start the worker again in another terminal:"
-say "  ROLE_INJECTOR_OLLAMA_URL=$OLLAMA_URL .venv/bin/role-injector serve --host 127.0.0.1 --port $WORKER_PORT --roles roles"
-wait "$n8n_pid" || true
+# n8n exits with 0 only when it was asked to stop (SIGINT, SIGTERM), e.g. by a Ctrl-C that this shell
+# could not trap (a shell started in the background without job control ignores SIGINT): a stop.
+if wait "$n8n_pid"; then
+  exit 0
+fi
 fail "n8n" "$logs/n8n.log"
