@@ -3,7 +3,8 @@
 # with the Role Injector node and the sample workflows. Ollama is your own (OLLAMA_URL).
 # Ctrl-C stops both. When the worker stops, n8n keeps running (the node then reports it).
 #
-#   OLLAMA_URL    Ollama for the sample workflows and the worker's proxy (http://localhost:11434)
+#   OLLAMA_URL    your Ollama (http://localhost:11434): the worker's proxy forwards to it, and the sample
+#                 workflows reach it through the worker
 #   OLLAMA_MODEL  model set in the sample workflows (qwen3:8b)
 #   WORKER_PORT, N8N_PORT   (8000, 5678)
 #   N8N_HOME      n8n's data folder (.n8n-local in the repository); logs go to $N8N_HOME/logs
@@ -94,8 +95,8 @@ worker_pid=$!
 wait_up "$worker_url/healthz" "$worker_pid" "the worker"
 
 say "importing the sample credentials and workflows (first run only; log: $logs/import.log)"
-SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
-  OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
+SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" \
+  sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
   || fail "importing the samples" "$logs/import.log"
 
 # n8n's own output (hundreds of database migration lines on the first run) goes to its log.

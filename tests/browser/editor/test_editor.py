@@ -96,8 +96,7 @@ def test_executing_the_sample_chat_shows_the_output_and_sends_the_role(editor: E
 
 def test_the_chat_panel_answers_with_the_role_behind_it(editor: Editor, e2e_stack: Stack) -> None:
     editor.open("roleAgentChat")
-    editor.page.locator('[data-test-id="workflow-chat-button"]').click()
-    box = editor.page.locator('[data-test-id="canvas-chat"] [data-test-id="chat-input"]')
+    box = editor.open_chat()
 
     box.fill("Plan a weekend in Lisbon for me.")
     box.press("Enter")
@@ -161,3 +160,31 @@ def test_no_node_of_a_sample_workflow_overlaps_another(editor: Editor) -> None:
                 apart = (a["x"] + a["width"] + MARGIN <= b["x"] or b["x"] + b["width"] + MARGIN <= a["x"]
                          or a["y"] + a["height"] + MARGIN <= b["y"] or b["y"] + b["height"] + MARGIN <= a["y"])
                 assert apart, f"{workflow['name']}: {first} {a} and {second} {b} overlap"
+
+
+def test_without_ollama_every_sample_says_it_cannot_reach_ollama_and_where(editor: Editor, e2e_stack: Stack) -> None:
+    """No Ollama running (nothing listens at its URL): each sample's model step fails with the worker's
+    words, which name Ollama, the URL it was looked for at and what to do."""
+    expected = f"cannot reach Ollama at {e2e_stack.ollama.url}: "
+    hint = "Start Ollama there, or point the worker at it"
+    with e2e_stack.ollama.stopped():
+        # Executed from the editor: the failing step's details say it (the HTTP Request nodes under
+        # n8n's "Bad gateway", the AI Agent as its message).
+        for workflow, step in (("roleChatOllama", "Ollama /api/chat"), ("rawChatmlGenerate", "Ollama /api/generate"),
+                               ("roleAgentOpenai", "AI Agent")):
+            editor.open(workflow)
+            editor.execute()
+            expect(editor.failed(step)).to_be_visible(timeout=60_000)
+            editor.open_node(step)
+            expect(editor.node_error().filter(has_text=expected)).to_contain_text(hint)
+            editor.close_node()
+
+        # The AI Agent's chat: n8n answers "Error in workflow", and the logs beside the chat say why.
+        editor.open("roleAgentChat")
+        box = editor.open_chat()
+        box.fill("Hello?")
+        box.press("Enter")
+        logs = editor.page.locator('[data-test-id="logs-panel"] [data-test-id="node-error-message"]')
+        expect(logs).to_contain_text(expected, timeout=60_000)
+        expect(logs).to_contain_text(hint)
+    assert e2e_stack.ollama.requests == []  # nothing got through while it was stopped
