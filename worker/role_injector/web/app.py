@@ -88,6 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     state.install(app, settings)
 
     from role_injector.web import openai
+    from role_injector.web.docs import docs
     from role_injector.web.ollama import ollama, ollama_error
     from role_injector.web.rest import rest
     from role_injector.web.role_models import role_models
@@ -97,6 +98,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(role_models)
     app.register_blueprint(ollama)
     app.register_blueprint(studio)
+    app.register_blueprint(docs)
     app.register_blueprint(openai.openai)
 
     @app.before_request
