@@ -47,7 +47,11 @@ PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Inject
 # An AI Agent whose tool is the Role Injector node (its tool variant, `roleInjectorTool`).
 AGENT_TOOL_WORKFLOW = "agent-role-tool.json"
 AGENT_TOOL_WORKFLOW_ID = "e2eAgentRoleTool"
-FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW]
+# A Role Injector node as a new user adds it after a Manual Trigger: its Prompt left at the default,
+# which reads a Chat Trigger's message (so n8n stores no `prompt` for it).
+DEFAULT_PROMPT_WORKFLOW = "default-prompt.json"
+DEFAULT_PROMPT_WORKFLOW_ID = "e2eDefaultPrompt"
+FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW, DEFAULT_PROMPT_WORKFLOW]
 # Published on import, so `n8n start` serves their webhooks.
 PUBLISHED_IDS = ["roleApiWebhook"]
 
