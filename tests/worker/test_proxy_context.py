@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from role_injector.tokens import load_tokenizer
 from tests.ollama_standin import OllamaStandin, run_ollama_standin
-from tests.servers import WorkerProcess, run_worker_at
+from tests.servers import WorkerProcess, run_worker_at, write_place
 from tests.worker.chat_templates.render_reference import render_reference
 
 QWEN = load_tokenizer("qwen")
@@ -51,10 +51,7 @@ def standin() -> Iterator[OllamaStandin]:
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory, standin: OllamaStandin) -> Iterator[WorkerProcess]:
-    root = tmp_path_factory.mktemp("proxy-context")
-    (root / "roles").mkdir()
-    (root / "roles" / "tester.md").write_text(ROLE, encoding="utf-8")
-    (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
+    root = write_place(tmp_path_factory.mktemp("proxy-context"), {"tester": ROLE}, PROFILE)
     with run_worker_at(root, standin.url) as process:
         yield process
 

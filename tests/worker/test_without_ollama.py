@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import WorkerProcess, free_port, run_worker_at
+from tests.servers import WorkerProcess, free_port, run_worker_at, write_place
 
 ROLE = "---\ndescription: A test role\n---\nYou help with tests.\n"
 PROFILE = """\
@@ -28,10 +28,7 @@ def nowhere() -> str:
 
 @pytest.fixture(scope="module")
 def worker(tmp_path_factory: pytest.TempPathFactory, nowhere: str) -> Iterator[WorkerProcess]:
-    place = tmp_path_factory.mktemp("without-ollama")
-    (place / "roles").mkdir()
-    (place / "roles" / "tester.md").write_text(ROLE, encoding="utf-8")
-    (place / "models.yaml").write_text(PROFILE, encoding="utf-8")
+    place = write_place(tmp_path_factory.mktemp("without-ollama"), {"tester": ROLE}, PROFILE)
     with run_worker_at(place, nowhere) as process:
         yield process
 
@@ -74,10 +71,7 @@ def test_the_model_list_says_why_the_declared_virtual_models_are_not_listed(work
 
 def test_a_worker_with_no_virtual_models_says_only_that_ollama_cannot_be_reached(tmp_path: Path,
                                                                                   nowhere: str) -> None:
-    (tmp_path / "roles").mkdir()
-    (tmp_path / "roles" / "tester.md").write_text(ROLE, encoding="utf-8")
-    (tmp_path / "models.yaml").write_text("models: []\n", encoding="utf-8")
-    with run_worker_at(tmp_path, nowhere) as plain:
+    with run_worker_at(write_place(tmp_path, {"tester": ROLE}, "models: []\n"), nowhere) as plain:
         reply = requests.get(plain.url + "/v1/models", timeout=30)
     assert reply.status_code == 502, reply.text
     assert reply.json()["error"]["message"] == unreachable(nowhere)
