@@ -102,6 +102,12 @@ class Stack:
         self.worker.log_paths.append(log_path)
         wait_for_http(self.worker.url + "/healthz", process=process)
 
+    def stop_replacement_workers(self) -> None:
+        """Stop the workers `restart_worker` started (they are not part of make run's process group)."""
+        for replacement in self.replacements:
+            stop_process(replacement, timeout=15)
+        self.replacements.clear()
+
     def start_again(self, log_path: Path) -> None:
         """Run make run's script once more with the same settings (after a test stopped it): the samples
         are imported already, so it packs the node, starts the worker and n8n, and prints its banner."""
@@ -234,8 +240,7 @@ def run_stack(base: Path) -> Iterator[Stack]:
             yield stack
         finally:
             stop_group(stack.local.process)
-            for replacement in stack.replacements:
-                stop_process(replacement, timeout=15)
+            stack.stop_replacement_workers()
 
 
 def stop_group(process: subprocess.Popen[bytes]) -> int:

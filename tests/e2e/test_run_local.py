@@ -50,6 +50,7 @@ def test_n8n_outlives_the_worker_and_the_node_says_it_cannot_reach_it(e2e_stack:
 
 
 def test_ctrl_c_stops_n8n_and_the_worker_quietly_with_exit_0(e2e_stack: Stack, tmp_path: Path) -> None:
+    e2e_stack.stop_replacement_workers()  # a worker an earlier test started outside make run, if any
     local = e2e_stack.local
     shown = len(local.log())
     try:

@@ -104,7 +104,7 @@ def test_the_node_offers_the_roles_variables_a_query_and_docs_that_exist(editor:
     name = page.locator('[data-test-id="parameter-input-name"]')
     expect(name.locator("input").first).to_have_value("user_name (required)")
     name.locator("input").first.click()
-    offered = page.locator(".el-select-dropdown__list .option-headline")
+    offered = page.locator(".el-select-dropdown__list .option-headline:visible")
     expect(offered).to_have_text(["user_name (required)", "language"])
     page.keyboard.press("Escape")
     # The Query option is there to add.
@@ -235,7 +235,7 @@ def test_without_ollama_every_sample_says_it_cannot_reach_ollama_and_where(edito
             editor.execute()
             expect(editor.failed(step)).to_be_visible(timeout=60_000)
             editor.open_node(step)
-            expect(editor.node_error().filter(has_text=expected)).to_contain_text(hint)
+            expect(editor.node_error().filter(has_text=expected).first).to_contain_text(hint)
             editor.close_node()
 
         # The AI Agent's chat: n8n answers "Error in workflow", and the logs beside the chat say why.
