@@ -2,9 +2,9 @@
 # Imports the sample credentials and workflows (workflows/) into n8n and publishes the webhook
 # workflow. Used by the compose service `n8n-import`, by scripts/run-local.sh and by the e2e tests.
 #
-# The sample files point at http://localhost:8000 (worker) and http://localhost:11434 (Ollama) and
-# use the model qwen3:8b; on the way in they are rewritten (as JSON) to ROLE_INJECTOR_URL,
-# OLLAMA_URL and OLLAMA_MODEL, and the credentials that point at the worker get ROLE_INJECTOR_API_KEY
+# The sample files point at http://localhost:8000 (the worker, which also carries their calls to
+# Ollama: its proxy knows Ollama's URL) and use the model qwen3:8b; on the way in they are rewritten
+# (as JSON) to ROLE_INJECTOR_URL and OLLAMA_MODEL, and the credentials that point at the worker get ROLE_INJECTOR_API_KEY
 # when there is one (else they keep theirs: "" for the Role Injector one, the placeholder "no-key"
 # for the OpenAI one, as OpenAI clients refuse an empty key). The import runs once per n8n
 # data folder (a marker file), so restarting a stack never overwrites the user's edits;
@@ -14,7 +14,6 @@ set -eu
 SAMPLES_DIR=${SAMPLES_DIR:-/workflows}
 ROLE_INJECTOR_URL=${ROLE_INJECTOR_URL:-http://localhost:8000}
 ROLE_INJECTOR_API_KEY=${ROLE_INJECTOR_API_KEY:-}
-OLLAMA_URL=${OLLAMA_URL:-http://localhost:11434}
 OLLAMA_MODEL=${OLLAMA_MODEL:-qwen3:8b}
 N8N_BIN=${N8N_BIN:-n8n}
 PUBLISH_IDS=${PUBLISH_IDS:-roleApiWebhook}
@@ -39,7 +38,6 @@ rewrite() {
     const env = process.env;
     const values = new Map([
       ["http://localhost:8000", env.ROLE_INJECTOR_URL],
-      ["http://localhost:11434", env.OLLAMA_URL],
       ["qwen3:8b", env.OLLAMA_MODEL],
     ]);
     // A default, or a default followed by a path (e.g. the OpenAI route of the worker, <worker>/v1).
@@ -71,7 +69,7 @@ rewrite() {
     fs.writeFileSync(target, JSON.stringify(data, null, 2) + "\n");
   ' "$1" "$2"
 }
-export ROLE_INJECTOR_URL ROLE_INJECTOR_API_KEY OLLAMA_URL OLLAMA_MODEL
+export ROLE_INJECTOR_URL ROLE_INJECTOR_API_KEY OLLAMA_MODEL
 
 rewrite "$SAMPLES_DIR/credentials.json" "$work/credentials.json"
 for file in "$SAMPLES_DIR"/*.json; do
@@ -87,4 +85,4 @@ for id in $PUBLISH_IDS; do
 done
 mkdir -p "$data_dir"
 touch "$marker"
-echo "import-samples: imported $SAMPLES_DIR (worker $ROLE_INJECTOR_URL, Ollama $OLLAMA_URL, model $OLLAMA_MODEL)"
+echo "import-samples: imported $SAMPLES_DIR (worker $ROLE_INJECTOR_URL, model $OLLAMA_MODEL)"

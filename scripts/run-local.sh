@@ -3,7 +3,8 @@
 # with the Role Injector node and the sample workflows. Ollama is your own (OLLAMA_URL).
 # Ctrl-C stops both. When the worker stops, n8n keeps running (the node then reports it).
 #
-#   OLLAMA_URL    Ollama for the sample workflows and the worker's proxy (http://localhost:11434)
+#   OLLAMA_URL    your Ollama (http://localhost:11434): the worker's proxy forwards to it, and the sample
+#                 workflows reach it through the worker
 #   OLLAMA_MODEL  model set in the sample workflows (qwen3:8b)
 #   WORKER_PORT, N8N_PORT   (8000, 5678)
 #   N8N_HOME      n8n's data folder (.n8n-local in the repository); logs go to $N8N_HOME/logs
@@ -70,7 +71,8 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+# Ctrl-C (SIGINT to the whole process group) or SIGTERM: stopping on purpose is no failure.
+trap 'exit 0' INT TERM
 
 # wait_up URL PID NAME [LOG]: until URL answers 2xx (about 150 s at most); stop if the process died.
 wait_up() {
@@ -93,8 +95,8 @@ worker_pid=$!
 wait_up "$worker_url/healthz" "$worker_pid" "the worker"
 
 say "importing the sample credentials and workflows (first run only; log: $logs/import.log)"
-SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_URL="$OLLAMA_URL" \
-  OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
+SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_MODEL="$OLLAMA_MODEL" N8N_BIN="$n8n" \
+  sh docker/import-samples.sh >"$logs/import.log" 2>&1 \
   || fail "importing the samples" "$logs/import.log"
 
 # n8n's own output (hundreds of database migration lines on the first run) goes to its log.
@@ -121,11 +123,14 @@ BANNER
 # n8n outlives the worker: the editor stays up and the node says it cannot reach the worker.
 # When n8n stops, everything stops.
 wait -n "$worker_pid" "$n8n_pid" || true
-if ! kill -0 "$n8n_pid" 2>/dev/null; then
-  fail "n8n" "$logs/n8n.log"
+if kill -0 "$n8n_pid" 2>/dev/null; then
+  say "the worker stopped; n8n keeps running and the Role Injector node reports that it cannot reach"
+  say "the worker. Start the worker again in another terminal:"
+  say "  ROLE_INJECTOR_OLLAMA_URL=$OLLAMA_URL .venv/bin/role-injector serve --host 127.0.0.1 --port $WORKER_PORT --roles roles"
 fi
-say "the worker stopped; n8n keeps running and the Role Injector node reports that it cannot reach"
-say "the worker. Start the worker again in another terminal:"
-say "  ROLE_INJECTOR_OLLAMA_URL=$OLLAMA_URL .venv/bin/role-injector serve --host 127.0.0.1 --port $WORKER_PORT --roles roles"
-wait "$n8n_pid" || true
+# n8n exits with 0 only when it was asked to stop (SIGINT, SIGTERM), e.g. by a Ctrl-C that this shell
+# could not trap (a shell started in the background without job control ignores SIGINT): a stop.
+if wait "$n8n_pid"; then
+  exit 0
+fi
 fail "n8n" "$logs/n8n.log"

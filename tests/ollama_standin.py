@@ -24,7 +24,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -125,6 +125,7 @@ class OllamaStandin:
     def __init__(self, answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
                  strict_models: bool = False, blob_store: bool = False) -> None:
         self.url = ""
+        self.serving: _Serving | None = None  # set by run_ollama_standin
         self.answer: Answer = answer
         self.models = dict(DEFAULT_MODELS if models is None else models)
         # When strict, a model not in `models` gets Ollama's 404; otherwise any name is served.
@@ -145,6 +146,19 @@ class OllamaStandin:
         """A snapshot of every request received so far, in order of arrival."""
         with self._lock:
             return list(self._requests)
+
+    @contextmanager
+    def stopped(self) -> Iterator[None]:
+        """Inside the block nothing listens at `url`, as when Ollama is not running (connections are
+        refused, open ones dropped); then the stand-in serves at the same URL again."""
+        if self.serving is None:
+            raise RuntimeError("the stand-in is not serving")
+        port = self.serving.port
+        self.serving.close()
+        try:
+            yield
+        finally:
+            self.serving = _Serving(self, port)
 
     def requests_to(self, path: str) -> list[RecordedRequest]:
         return [r for r in self.requests if r.path == path]
@@ -592,9 +606,21 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 1024  # many connections may open at once (a proxy under load)
 
-    def __init__(self, state: OllamaStandin) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, state: OllamaStandin, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.state = state
+        self.connections: set[socket.socket] = set()  # open ones, so that stopping can drop them
+        self.connections_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            self.connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.discard(request)
+        super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         if isinstance(sys.exc_info()[1], BrokenPipeError | ConnectionResetError):
@@ -602,18 +628,34 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+class _Serving:
+    """The stand-in's server on a port, answering from a thread until `close`."""
+
+    def __init__(self, state: OllamaStandin, port: int = 0) -> None:
+        self.server = _Server(state, port)
+        self.port: int = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, name="ollama-standin", daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        """Stop listening and drop every open connection, as a stopped Ollama does."""
+        self.server.shutdown()
+        self.server.server_close()
+        with self.server.connections_lock:
+            for connection in self.server.connections:
+                with suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=5)
+
+
 @contextmanager
 def run_ollama_standin(answer: Answer = DEFAULT_ANSWER, models: dict[str, int] | None = None,
                        strict_models: bool = False, blob_store: bool = False) -> Iterator[OllamaStandin]:
     """Serve an Ollama stand-in on a free loopback port for the duration of the block."""
     state = OllamaStandin(answer, models, strict_models, blob_store)
-    server = _Server(state)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, name="ollama-standin", daemon=True)
-    thread.start()
+    state.serving = _Serving(state)
+    state.url = f"http://127.0.0.1:{state.serving.port}"
     try:
         yield state
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        state.serving.close()

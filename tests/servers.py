@@ -115,6 +115,16 @@ def run_worker(
         stop_process(process, timeout=15, sig=signal.SIGINT)
 
 
+def write_place(root: Path, roles: Mapping[str, str], profile: str) -> Path:
+    """A place for `run_worker_at`: `root/roles/<name>.md` for each role text and the profile file
+    `root/models.yaml`."""
+    (root / "roles").mkdir(parents=True, exist_ok=True)
+    for name, text in roles.items():
+        (root / "roles" / f"{name}.md").write_text(text, encoding="utf-8")
+    (root / "models.yaml").write_text(profile, encoding="utf-8")
+    return root
+
+
 def run_worker_at(place: Path, ollama_url: str, **env: str) -> AbstractContextManager[WorkerProcess]:
     """One worker process serving `place/roles` with the profile file `place/models.yaml`, its proxy
     forwarding to `ollama_url`."""

@@ -57,7 +57,6 @@ def test_urls_name_the_services_that_serve_them(compose: dict[str, Any]) -> None
     urls = [
         svc["worker"]["environment"]["ROLE_INJECTOR_OLLAMA_URL"],
         svc["n8n-import"]["environment"]["ROLE_INJECTOR_URL"],
-        svc["n8n-import"]["environment"]["OLLAMA_URL"],
         svc["ollama-pull"]["environment"]["OLLAMA_HOST"],
     ]
     for url in urls:
@@ -154,19 +153,20 @@ def run_import(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_import_script_points_the_samples_at_the_stack(tmp_path: Path) -> None:
-    run_import(tmp_path, ROLE_INJECTOR_URL="http://worker:8000", OLLAMA_URL="http://ollama:11434",
-               OLLAMA_MODEL="qwen3:0.6b", ROLE_INJECTOR_API_KEY="s3cr&t#key")
+    run_import(tmp_path, ROLE_INJECTOR_URL="http://worker:8000", OLLAMA_MODEL="qwen3:0.6b",
+               ROLE_INJECTOR_API_KEY="s3cr&t#key")
     out = tmp_path / "out"
 
     credentials = {c["type"]: c["data"] for c in json.loads((out / "credentials.json").read_text())}
     assert credentials["roleInjectorApi"] == {"url": "http://worker:8000", "apiKey": "s3cr&t#key"}
-    assert credentials["ollamaApi"] == {"baseUrl": "http://ollama:11434"}
+    # The samples reach Ollama through the worker, whose proxy knows where Ollama is.
+    assert credentials["ollamaApi"] == {"baseUrl": "http://worker:8000"}
     assert credentials["openAiApi"] == {"url": "http://worker:8000/v1", "apiKey": "s3cr&t#key"}
 
     imported = sorted(p.name for p in (out / "workflows").iterdir())
     assert imported == sorted(p.name for p in (REPO / "workflows").glob("*.json")
                               if not p.name.startswith("credentials"))
-    defaults = {"http://localhost:8000", "http://localhost:11434", "qwen3:8b"}
+    defaults = {"http://localhost:8000", "qwen3:8b"}
     for path in (out / "workflows").iterdir():
         workflow = json.loads(path.read_text())
         for node in workflow["nodes"]:
@@ -179,7 +179,7 @@ def test_import_script_points_the_samples_at_the_stack(tmp_path: Path) -> None:
     raw = json.loads((out / "workflows" / "raw-chatml-generate.json").read_text())
     settings = next(n for n in raw["nodes"] if n["name"] == "Settings")
     values = {a["name"]: a["value"] for a in settings["parameters"]["assignments"]["assignments"]}
-    assert values["ollama_url"] == "http://ollama:11434"
+    assert values["ollama_api"] == "http://worker:8000"
     assert values["model"] == "qwen3:0.6b"
 
     calls = (out / "calls").read_text().splitlines()

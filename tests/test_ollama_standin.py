@@ -154,3 +154,14 @@ def test_done_reason_and_images_are_recorded() -> None:
         result = client.chat(model="qwen3:8b", messages=[{"role": "user", "content": "see", "images": [image]}])
         assert (result.message.content, result.done_reason) == ("cut sh", "length")
         assert server.requests_to("/api/chat")[0].body["messages"][0]["images"] == [image]
+
+
+def test_stopped_refuses_connections_drops_open_ones_and_serves_again_at_the_same_url() -> None:
+    with run_ollama_standin() as server, requests.Session() as session:
+        assert session.get(server.url + "/api/version", timeout=5).status_code == 200  # a kept-alive connection
+        with server.stopped():
+            for client in (requests, session):
+                with pytest.raises(requests.ConnectionError):
+                    client.get(server.url + "/api/version", timeout=5)
+        assert session.get(server.url + "/api/version", timeout=5).status_code == 200
+        assert len(server.requests_to("/api/version")) == 2

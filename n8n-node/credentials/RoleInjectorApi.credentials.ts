@@ -17,8 +17,8 @@ export class RoleInjectorApi implements ICredentialType {
 		dark: 'file:../icons/role-injector.dark.svg',
 	};
 
-	documentationUrl =
-		'https://www.npmjs.com/package/n8n-nodes-role-injector#credentials';
+	// The worker serves the package's README as a page (the package is not on the npm registry).
+	documentationUrl = 'http://localhost:8000/docs/n8n-node#credentials';
 
 	properties: INodeProperties[] = [
 		{

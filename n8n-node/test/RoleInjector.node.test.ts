@@ -102,10 +102,29 @@ describe('execute', () => {
 		});
 	});
 
-	it('sends no user message when the prompt is empty', async () => {
-		const [item] = await run({ items: [{}] });
+	it('sends no user message when the Prompt is left empty', async () => {
+		const [item] = await run({ items: [{}], parameters: parameters({ prompt: '' }) });
 
 		expect(item.json.messages).toEqual([{ role: 'system', content: item.json.system }]);
+	});
+
+	it('fails naming the Prompt when its expression gives nothing', async () => {
+		// The default Prompt reads a Chat Trigger's message; after a Manual Trigger there is none.
+		const error = await failure({ items: [{ chatInput: 'Hi' }, {}] });
+
+		expect(error).toBeInstanceOf(NodeOperationError);
+		expect(error.message).toBe('The Prompt is empty for item 2: {{ prompt of the item }} gives nothing');
+		expect(error.description).toContain('clear Prompt');
+	});
+
+	it('sends the query that ranks the sections', async () => {
+		const [item] = await run({
+			parameters: parameters({
+				options: { query: 'poems about the sea', variables: { values: [{ name: 'user_name', value: 'Ada' }] } },
+			}),
+		});
+
+		expect((item.json.trim as IDataObject).selection).toBe('relevance');
 	});
 
 	it('sends a conversation given as an array', async () => {
@@ -631,8 +650,9 @@ describe('description', () => {
 		expect(new RoleInjector().description.usableAsTool).toBeTruthy();
 	});
 
-	it('links its docs to the package page on the registry', () => {
-		const page = 'https://www.npmjs.com/package/n8n-nodes-role-injector';
+	it("links its docs to the worker's page of the package README (the package is not on the registry)", () => {
+		// tests/worker/rest/test_rest_docs.py checks that the worker serves it, anchors included.
+		const page = 'http://localhost:8000/docs/n8n-node';
 		expect(codex.resources.primaryDocumentation[0].url).toBe(page);
 		expect(codex.resources.credentialDocumentation[0].url).toBe(`${page}#credentials`);
 		expect(new RoleInjectorApi().documentationUrl).toBe(`${page}#credentials`);

@@ -112,7 +112,14 @@ export type ExecuteOptions = {
 
 export function executeContext(options: ExecuteOptions): IExecuteFunctions {
 	const items: INodeExecutionData[] = (options.items ?? [{}]).map((json) => ({ json }));
-	const node = { ...testNode, type: options.nodeType ?? testNode.type };
+	// The parameters as the workflow stores them: a value as it is, an expression as its text.
+	const stored = Object.fromEntries(
+		Object.entries(options.parameters).map(([name, value]) => [
+			name,
+			typeof value === 'function' ? `={{ ${name} of the item }}` : value,
+		]),
+	) as INode['parameters'];
+	const node = { ...testNode, type: options.nodeType ?? testNode.type, parameters: stored };
 	const context = {
 		getNode: () => node,
 		getInputData: () => items,
@@ -138,10 +145,18 @@ export function executeContext(options: ExecuteOptions): IExecuteFunctions {
 	return context as unknown as IExecuteFunctions;
 }
 
-export function loadOptionsContext(credentials: Credentials): ILoadOptionsFunctions {
+export function loadOptionsContext(
+	credentials: Credentials,
+	parameters: Record<string, unknown> = {},
+): ILoadOptionsFunctions {
 	const context = {
 		getNode: () => testNode,
 		getCredentials: credentialsGetter(credentials),
+		getCurrentNodeParameter(name: string, parameterOptions?: { extractValue?: boolean }): unknown {
+			const value = parameters[name];
+			if (parameterOptions?.extractValue && isResourceLocator(value)) return value.value;
+			return value;
+		},
 		helpers: { httpRequest, httpRequestWithAuthentication },
 	};
 	return context as unknown as ILoadOptionsFunctions;

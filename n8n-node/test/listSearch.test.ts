@@ -1,6 +1,7 @@
 import { NodeApiError } from 'n8n-workflow';
 import { describe, expect, inject, it } from 'vitest';
 import { searchRoles } from '../nodes/RoleInjector/methods/listSearch';
+import { roleVariables } from '../nodes/RoleInjector/methods/loadOptions';
 import { RoleInjector } from '../nodes/RoleInjector/RoleInjector.node';
 import { loadOptionsContext } from './context';
 import { API_KEY } from './globalSetup';
@@ -17,11 +18,12 @@ describe('role list', () => {
 		expect(node.methods.listSearch.searchRoles).toBe(searchRoles);
 	});
 
-	it('lists every role with its description and size', async () => {
+	it('lists every role with its size right after its name, then its description', async () => {
+		// n8n cuts an entry off at the list's width: what comes first is what is seen.
 		const { results } = await searchRoles.call(context());
 
 		expect(results.map((result) => result.value)).toEqual(['poet', 'tester']);
-		expect(results[1].name).toMatch(/^tester — Test persona for the n8n node \(\d+ tokens\)$/);
+		expect(results[1].name).toMatch(/^tester · [\d,]+ tokens — Test persona for the n8n node$/);
 	});
 
 	it('keeps the roles whose name or description contains the search text', async () => {
@@ -54,5 +56,32 @@ describe('role list', () => {
 		expect((error as NodeApiError).message).toContain(
 			`Cannot reach the Role Injector worker at ${url}/v1/roles`,
 		);
+	});
+});
+
+describe('variable names', () => {
+	const url = () => inject('workerUrl');
+
+	it("are the chosen role's declared variables, required ones marked", async () => {
+		const options = await roleVariables.call(
+			loadOptionsContext({ url: url() }, { role: { __rl: true, mode: 'list', value: 'tester' } }),
+		);
+
+		expect(options.map((option) => option.value)).toContain('user_name');
+		const userName = options.find((option) => option.value === 'user_name');
+		expect(userName?.name).toBe('user_name (required)');
+		expect(userName?.description).toMatch(/^Required/);
+		expect(new RoleInjector().methods.loadOptions.roleVariables).toBe(roleVariables);
+	});
+
+	it('ask for a role first, and name an unknown one', async () => {
+		const none = await roleVariables.call(loadOptionsContext({ url: url() }, {})).catch((e: unknown) => e);
+		const unknown = await roleVariables
+			.call(loadOptionsContext({ url: url() }, { role: 'no-such-role' }))
+			.catch((e: unknown) => e);
+
+		expect((none as Error).message).toContain('Choose a role first');
+		expect(unknown).toBeInstanceOf(NodeApiError);
+		expect((unknown as NodeApiError).message).toContain("role 'no-such-role' not found");
 	});
 });

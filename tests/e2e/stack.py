@@ -47,7 +47,11 @@ PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Inject
 # An AI Agent whose tool is the Role Injector node (its tool variant, `roleInjectorTool`).
 AGENT_TOOL_WORKFLOW = "agent-role-tool.json"
 AGENT_TOOL_WORKFLOW_ID = "e2eAgentRoleTool"
-FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW]
+# A Role Injector node as a new user adds it after a Manual Trigger: its Prompt left at the default,
+# which reads a Chat Trigger's message (so n8n stores no `prompt` for it).
+DEFAULT_PROMPT_WORKFLOW = "default-prompt.json"
+DEFAULT_PROMPT_WORKFLOW_ID = "e2eDefaultPrompt"
+FIXTURE_WORKFLOWS = [PROXY_WORKFLOW, AGENT_TOOL_WORKFLOW, DEFAULT_PROMPT_WORKFLOW]
 # Published on import, so `n8n start` serves their webhooks.
 PUBLISHED_IDS = ["roleApiWebhook"]
 
@@ -97,6 +101,20 @@ class Stack:
         self.replacements.append(process)
         self.worker.log_paths.append(log_path)
         wait_for_http(self.worker.url + "/healthz", process=process)
+
+    def stop_replacement_workers(self) -> None:
+        """Stop the workers `restart_worker` started (they are not part of make run's process group)."""
+        for replacement in self.replacements:
+            stop_process(replacement, timeout=15)
+        self.replacements.clear()
+
+    def start_again(self, log_path: Path) -> None:
+        """Run make run's script once more with the same settings (after a test stopped it): the samples
+        are imported already, so it packs the node, starts the worker and n8n, and prints its banner."""
+        self.local = LocalRun.start(self.local.env, log_path, self.local.worker_port)
+        self.worker.log_paths.append(log_path)
+        self.local.wait_for(BANNER_END, timeout=600)
+        self.n8n.log_in()
 
     def inject(self, **body: Any) -> requests.Response:
         """Ask the worker directly, to know what n8n should have received from it."""
@@ -155,7 +173,16 @@ class LocalRun:
     process: subprocess.Popen[bytes]
     log_path: Path
     worker_port: int
+    env: dict[str, str]
     banner_status: int = 0  # what GET / answered the moment the banner was printed
+
+    @classmethod
+    def start(cls, env: dict[str, str], log_path: Path, worker_port: int) -> LocalRun:
+        with log_path.open("wb") as log:
+            # Its own process group, so that nothing it started outlives the session.
+            process = subprocess.Popen(["bash", str(RUN_LOCAL)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                       stdin=subprocess.DEVNULL, start_new_session=True)
+        return cls(process=process, log_path=log_path, worker_port=worker_port, env=env)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -203,11 +230,7 @@ def run_stack(base: Path) -> Iterator[Stack]:
             "OLLAMA_MODEL": "qwen3:8b",
         }
         log_path = base / "run-local.log"
-        with log_path.open("wb") as log:
-            # Its own process group, so that nothing it started outlives the session.
-            process = subprocess.Popen(["bash", str(RUN_LOCAL)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)
-        local = LocalRun(process=process, log_path=log_path, worker_port=worker_port)
+        local = LocalRun.start(env, log_path, worker_port)
         stack = Stack(n8n=n8n, worker=WorkerEndpoint(worker_url, [log_path]), ollama=ollama, down_url=down_url,
                       local=local)
         try:
@@ -216,18 +239,17 @@ def run_stack(base: Path) -> Iterator[Stack]:
             n8n.log_in()
             yield stack
         finally:
-            stop_group(process)
-            for replacement in stack.replacements:
-                stop_process(replacement, timeout=15)
+            stop_group(stack.local.process)
+            stack.stop_replacement_workers()
 
 
-def stop_group(process: subprocess.Popen[bytes]) -> None:
-    """Ctrl-C, as a user stops `make run`; then SIGKILL to the whole group if it lingers."""
-    try:
+def stop_group(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C, as a user stops `make run`; then SIGKILL to the whole group if it lingers. The script's
+    exit status (-9 when it had to be killed)."""
+    with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGINT)
+    with suppress(subprocess.TimeoutExpired):
         process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        pass
     with suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
+    return process.wait()

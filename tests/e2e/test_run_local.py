@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.e2e.stack import BANNER_END, Stack
+from tests.e2e.stack import BANNER_END, Stack, stop_group
 
 pytestmark = pytest.mark.e2e
 
@@ -45,4 +46,25 @@ def test_n8n_outlives_the_worker_and_the_node_says_it_cannot_reach_it(e2e_stack:
         assert f"Cannot reach the Role Injector worker at {e2e_stack.worker.url}/v1/inject" in run.error_text
     finally:
         e2e_stack.restart_worker(tmp_path)  # for the tests that come after
+    assert e2e_stack.n8n.execute("rawChatmlGenerate").status == "success"
+
+
+def test_ctrl_c_stops_n8n_and_the_worker_quietly_with_exit_0(e2e_stack: Stack, tmp_path: Path) -> None:
+    e2e_stack.stop_replacement_workers()  # a worker an earlier test started outside make run, if any
+    local = e2e_stack.local
+    shown = len(local.log())
+    try:
+        status = stop_group(local.process)  # Ctrl-C: SIGINT to the whole process group, as a terminal sends it
+        after = local.log()[shown:]
+
+        assert status == 0, after
+        assert "run-local: stopping" in after
+        for noise in ("failed", "Traceback", "Error", "n8n.log"):
+            assert noise not in after, after
+        # The script waited for both before it ended: nothing listens any more.
+        for port in (e2e_stack.n8n.port, local.worker_port):
+            with socket.socket() as probe:
+                assert probe.connect_ex(("127.0.0.1", port)) != 0, port
+    finally:
+        e2e_stack.start_again(tmp_path / "run-local-again.log")  # for the tests that come after
     assert e2e_stack.n8n.execute("rawChatmlGenerate").status == "success"

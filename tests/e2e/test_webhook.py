@@ -73,3 +73,14 @@ def test_webhook_reports_an_ollama_failure(e2e_stack: Stack, n8n_url: str) -> No
 
     assert response.status_code == 502, response.text
     assert response.json()["error"]["message"]
+
+
+def test_webhook_without_ollama_answers_502_naming_it_and_its_url(e2e_stack: Stack, n8n_url: str) -> None:
+    with e2e_stack.ollama.stopped():
+        response = requests.post(f"{n8n_url}/webhook/{WEBHOOK_PATH}", timeout=120,
+                                 json={"role": "agi-engineer", "prompt": "hi", "variables": {"user_name": "Bob"}})
+
+    assert response.status_code == 502, response.text
+    message = response.json()["error"]["message"]
+    assert message.startswith(f"cannot reach Ollama at {e2e_stack.ollama.url}: "), message
+    assert "Start Ollama there, or point the worker at it" in message

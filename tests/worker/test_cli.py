@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 from role_injector.errors import KINDS
+from tests.servers import CLEAN_ENV, ROLE_INJECTOR, run_worker
 from tests.worker.conftest import BUNDLED_ROLES, RoleWriter, run_cli
 
 
@@ -73,3 +76,40 @@ def test_render_errors_are_clear() -> None:
     result = run_cli("render", "agi-engineer", "--roles", str(BUNDLED_ROLES))
     assert result.returncode == KINDS["missing_variable"].exit_code
     assert "missing_variable" in result.stderr and "user_name" in result.stderr
+
+
+def test_an_unknown_role_with_no_close_name_lists_the_bundled_ones() -> None:
+    result = run_cli("render", "pirate", "--roles", str(BUNDLED_ROLES))
+    assert result.returncode == KINDS["role_not_found"].exit_code
+    assert result.stderr.strip() == ("error (role_not_found): role 'pirate' not found; the roles are agi-engineer, "
+                                     "base-assistant, code-reviewer, general-assistant, handbook, manifest")
+
+
+def test_render_into_a_reader_that_stops_early_ends_quietly(tmp_path: Path) -> None:
+    """`role-injector render manifest | head -1`, with a window that takes the whole manifest (about
+    90 KB, more than a pipe holds), so the reader leaves while the command still writes."""
+    models = tmp_path / "models.yaml"
+    models.write_text("models:\n  - {match: 'wide*', tokenizer: qwen, format: chatml, context_window: 131072, "
+                      "reserve_output: 1024}\n")
+    env = {**os.environ, **CLEAN_ENV, "ROLE_INJECTOR_MODELS": str(models)}
+    process = subprocess.Popen([str(ROLE_INJECTOR), "render", "manifest", "--roles", str(BUNDLED_ROLES),
+                                "--model", "wide", "--budget", "100000"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    assert process.stdout.readline().startswith(b"You are Keel")
+    process.stdout.close()
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141, stderr  # what a shell reports for a writer whose reader left
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_serve_starts_without_a_warning(tmp_path: Path) -> None:
+    """gevent patches ssl before anything imports it: nothing the command line imports first brings it."""
+    with run_worker(BUNDLED_ROLES, tmp_path) as worker:
+        log = worker.log()
+    assert "Listening at: " in log
+    assert "Warning" not in log, log
+    imports = subprocess.run([str(ROLE_INJECTOR.parent / "python"), "-c",
+                              "import sys, role_injector.cli; print(sorted({'ssl', 'urllib3'} & set(sys.modules)))"],
+                             capture_output=True, text=True, check=True)
+    assert imports.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,26 @@ def test_bundled_roles_all_load() -> None:
         "графами, вниманием и ролями."
     )
     assert agi.variables["user_name"].required
+
+
+# Where a Russian sentence takes a name as it is (the nominative), whatever the name: after a dash or a
+# colon ("Твой собеседник — Анна."), or as the subject at the start of a clause ("Если Анна ошибается").
+# Anywhere else Russian declines it ("вместе с Анной", "советуй Анне"), and a value inserted as it is
+# reads wrong ("вместе с Анна").
+NOMINATIVE_BEFORE = re.compile(r"(?:^|[.!?:—,]\s*|\b(?:[Ее]сли|[Кк]огда|[Пп]ока|что)\s+)$")
+
+
+def test_the_bundled_russian_role_puts_a_name_only_where_it_reads_right_in_any_form() -> None:
+    roles = RoleStore(BUNDLED_ROLES).current().roles
+    russian = [role for role in roles.values() if re.search("[а-яё]", role.content) and "user_name" in role.variables]
+    assert [role.name for role in russian] == ["agi-engineer"]
+    for role in russian:
+        places = [role.content[: m.start()].rsplit("\n", 1)[-1]
+                  for m in re.finditer(r"\{\{user_name\}\}", role.content)]
+        assert places
+        for before in places:
+            assert NOMINATIVE_BEFORE.search(before), f"{role.name}: a name would be declined after {before[-40:]!r}"
+    # and so, filled in, no preposition stands before the name
+    role = roles["agi-engineer"]
+    text = fill_variables(role.content, resolve_variables(role, {"user_name": "Анна"}))
+    assert re.search(r"\b(?:с|со|к|ко|для|о|об|у|от|до|без|при|про|над|под|за|из|по|на|в)\s+Анна\b", text) is None

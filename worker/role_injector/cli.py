@@ -3,31 +3,39 @@ model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md)
 another program's files: text-generation-webui's character and instruction template).
 
 Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
-`role_injector.errors.KINDS` (2 for a wrong command line).
+`role_injector.errors.KINDS` (2 for a wrong command line); 141 when the reader of the output went away
+(`| head`), as for any program that SIGPIPE ends.
+
+The commands that talk to Ollama import its client (urllib3, and with it ssl) when they run, not here:
+`serve` has gevent patch ssl before anything imports it (`server.patch_for_gevent`).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from role_injector import bake, ollama_models, text_generation_webui
+from role_injector import text_generation_webui
 from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
 from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest, inject
-from role_injector.ollama_client import OllamaClient, file_digest
 from role_injector.options import SELECTIONS, RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
 from role_injector.tokens import VOCABULARIES, load_tokenizer
+
+if TYPE_CHECKING:
+    from role_injector import bake
+    from role_injector.ollama_client import OllamaClient
 
 GGUF_MAGIC = b"GGUF"
 
@@ -107,6 +115,8 @@ def current_roles(args: argparse.Namespace) -> RoleSet:
 
 
 def client(args: argparse.Namespace, **options: Any) -> OllamaClient:
+    from role_injector.ollama_client import OllamaClient
+
     settings = Settings.from_env()
     return OllamaClient.at(args.ollama_url, timeout=settings.upstream_timeout,
                            max_json_bytes=settings.max_upstream_json_bytes, **options)
@@ -128,6 +138,8 @@ def follow(lines: Iterable[dict[str, Any]]) -> dict[str, Any]:
 
 
 def cmd_ollama_create(args: argparse.Namespace) -> int:
+    from role_injector import ollama_models
+
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
                                           fit_cache(), args.role, base=args.base, name=args.name,
                                           budget=args.budget, variables=parse_vars(args.var))
@@ -136,6 +148,8 @@ def cmd_ollama_create(args: argparse.Namespace) -> int:
 
 
 def cmd_ollama_modelfile(args: argparse.Namespace) -> int:
+    from role_injector import ollama_models
+
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
                                           fit_cache(), args.role, base=args.base, name=args.name,
                                           budget=args.budget, variables=parse_vars(args.var))
@@ -148,6 +162,8 @@ def cmd_ollama_modelfile(args: argparse.Namespace) -> int:
 
 
 def cmd_ollama_list(args: argparse.Namespace) -> int:
+    from role_injector import ollama_models
+
     ollama = client(args)
     models = ollama_models.list_role_models(ollama, current_roles(args))
     deleted = ollama_models.prune_stale_labels(ollama, models) if args.prune else []
@@ -199,6 +215,8 @@ class ProgressBar:
 
 
 def cmd_bake_dataset(args: argparse.Namespace) -> int:
+    from role_injector import bake
+
     roles = current_roles(args)
     teacher = bake.Teacher.for_role(
         client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
@@ -235,6 +253,8 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
 
 def read_adapter(path: Path) -> tuple[str, str]:
     """(file name for Ollama, sha256 digest) of a GGUF adapter file."""
+    from role_injector.ollama_client import file_digest
+
     try:
         with path.open("rb") as handle:
             magic = handle.read(4)
@@ -248,6 +268,8 @@ def read_adapter(path: Path) -> tuple[str, str]:
 
 
 def cmd_bake_create(args: argparse.Namespace) -> int:
+    from role_injector import ollama_models
+
     adapter = Path(args.adapter)
     name, digest = read_adapter(adapter)
     model = ollama_models.plan_baked_model(current_roles(args), load_profiles(Settings.from_env().models_file),
@@ -383,13 +405,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The status a shell reports for a program that SIGPIPE ended (128 + 13): its reader went away.
+READER_GONE = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # here, so that a reader gone by now is seen below, not at exit
+        return code
     except RoleInjectorError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)
         return exc.kind.exit_code
+    except BrokenPipeError:
+        # `role-injector render ... | head`: the reader had enough. Stop quietly; stdout goes to /dev/null
+        # so that Python's own flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return READER_GONE
 
 
 if __name__ == "__main__":

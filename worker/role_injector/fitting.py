@@ -176,31 +176,62 @@ class SectionFit:
     position: int | None  # 0-based place of the kept text among the pieces of `system`; None when dropped
 
 
+def is_heading_line(line: str) -> bool:
+    """A Markdown ATX heading: up to three spaces, one to six `#`, then a blank or the line's end."""
+    stripped = line.lstrip(" ")
+    hashes = len(stripped) - len(stripped.lstrip("#"))
+    return len(line) - len(stripped) <= 3 and 1 <= hashes <= 6 and stripped[hashes:hashes + 1] in ("", " ", "\t")
+
+
+def leads_into_next(line: str) -> bool:
+    """Whether a line only leads into what follows it, so that text cut right after it would end on
+    nothing: a heading (`is_heading_line`, or a setext underline), a thematic break, or a line that
+    introduces what comes next, ending with a colon (closing `*` or `_` of emphasis aside)."""
+    stripped = line.strip()
+    if not stripped:
+        return False
+    if is_heading_line(line) or any(set(stripped) <= {mark, " "} for mark in "=-*_"):
+        return True  # a setext underline (`===`, `---`) or a thematic break (`---`, `***`, `___`)
+    return stripped.rstrip("*_").endswith((":", "："))
+
+
 def cut_points(text: str, has_heading: bool) -> list[int]:
     """Offsets after which `text` may be cut: sentence ends inside the first paragraph of the body,
-    then paragraph ends. Never inside a code fence, never inside the heading line."""
+    then paragraph ends. Never inside a code fence, never inside the heading line, and never right
+    after a line that only leads into what was cut (`leads_into_next`; a sentence end inside a heading
+    line counts as that line)."""
     body_start = text.find("\n") + 1 if has_heading else 0
     if has_heading and body_start == 0:
         return []
     paragraph_ends: list[int] = []
+    leading_ends: set[int] = set()  # paragraph ends whose last line leads into what follows
+    line_starts: list[int] = []
+    heading_lines: list[bool] = []
     in_fence = False
     offset = 0
     last_text_end = 0  # end of the last line that had text
+    last_leads = False
     for line in text.split("\n"):
+        line_starts.append(offset)
+        heading_lines.append(not in_fence and is_heading_line(line))
         if FENCE.match(line):
             in_fence = not in_fence
         if line.strip():
             last_text_end = offset + len(line.rstrip())
+            last_leads = not in_fence and leads_into_next(line)
         elif not in_fence and last_text_end > body_start and (not paragraph_ends or last_text_end > paragraph_ends[-1]):
             paragraph_ends.append(last_text_end)
+            if last_leads:
+                leading_ends.add(last_text_end)
         offset += len(line) + 1
     first_end = paragraph_ends[0] if paragraph_ends else len(text)
     first_paragraph = text[body_start:first_end]
     sentence_ends = []
     if not FENCE.search(first_paragraph) and "```" not in first_paragraph:
         sentence_ends = [body_start + m.end() for m in SENTENCE_END.finditer(first_paragraph)]
+        sentence_ends = [c for c in sentence_ends if not heading_lines[bisect.bisect_right(line_starts, c) - 1]]
     end = len(text.rstrip())
-    return sorted({c for c in sentence_ends + paragraph_ends if body_start < c < end})
+    return sorted({c for c in sentence_ends + paragraph_ends if body_start < c < end and c not in leading_ends})
 
 
 def measure_section(index: int, section: Section, text: str, tokenizer: Tokenizer) -> MeasuredSection:

@@ -92,12 +92,26 @@ class Injection:
         return self.fit.system
 
 
+# An unknown role's message names at most this many of the roles there are (when none is close).
+LISTED_ROLES = 20
+
+
 def find_role(roles: RoleSet, name: str) -> Role:
-    """The role called `name`, or `RoleNotFound` with up to three close names as suggestions."""
+    """The role called `name`, or `RoleNotFound` with up to three close names as suggestions; when none
+    is close, its message names the roles there are (the first `LISTED_ROLES` by name, and how many
+    more), so a user who guessed a name sees what to pick."""
     role = roles.roles.get(name)
     if role is None:
         suggestions = difflib.get_close_matches(name, list(roles.roles), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
+        if suggestions:
+            hint = f"; did you mean {', '.join(suggestions)}?"
+        elif roles.roles:
+            names = sorted(roles.roles)
+            more = len(names) - LISTED_ROLES
+            hint = f"; the roles are {', '.join(names[:LISTED_ROLES])}"
+            hint += f" and {more} more (GET /v1/roles lists them all)" if more > 0 else ""
+        else:
+            hint = "; there are no roles in the roles folder"
         raise RoleNotFound(f"role {name!r} not found{hint}", details={"role": name, "suggestions": suggestions})
     return role
 

@@ -83,6 +83,14 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
                 warnings.simplefilter("ignore", MonkeyPatchWarning)
                 super().patch()
 
+        def handle_quit(self, sig: int, frame: Any) -> None:
+            # Ctrl-C reaches each worker twice: SIGINT from the terminal, then SIGQUIT from the master.
+            # gunicorn quits from a greenlet each time, and the second one, run while the interpreter
+            # shuts down, printed a SystemExit traceback: quit once.
+            if self.alive:
+                self.alive = False
+                super().handle_quit(sig, frame)
+
         def timeout_ctx(self) -> Any:
             return gevent.Timeout(read_timeout, False)  # (gunicorn's own uses `keepalive`, whole seconds)
 

@@ -7,8 +7,9 @@ import type {
 	JsonObject,
 } from 'n8n-workflow';
 import { NodeApiError, NodeConnectionTypes, NodeOperationError } from 'n8n-workflow';
-import { OUTPUT_FIELDS, properties } from './description';
+import { DEFAULT_PROMPT, OUTPUT_FIELDS, properties } from './description';
 import { searchRoles } from './methods/listSearch';
+import { roleVariables } from './methods/loadOptions';
 import { CREDENTIAL_TYPE, workerRequest } from './transport';
 
 type Options = {
@@ -19,6 +20,7 @@ type Options = {
 	contextPolicy?: string;
 	historyShare?: unknown;
 	selection?: string;
+	query?: unknown;
 	variables?: { values?: Array<{ name?: unknown; value?: unknown }> };
 	variablesJson?: unknown;
 	outputFields?: string[];
@@ -55,6 +57,7 @@ export class RoleInjector implements INodeType {
 
 	methods = {
 		listSearch: { searchRoles },
+		loadOptions: { roleVariables },
 	};
 
 	async execute(this: IExecuteFunctions): Promise<INodeExecutionData[][]> {
@@ -132,8 +135,17 @@ function injectBody(context: IExecuteFunctions, i: number, options: Options): ID
 		if (typeof prompt === 'object' && prompt !== null) {
 			throw fail('The prompt must be text', 'To send a conversation, set Input to "Messages".');
 		}
-		// No text (e.g. no chatInput on the item) asks for the system prompt alone.
-		if (prompt !== undefined && prompt !== null && prompt !== '') body.prompt = String(prompt);
+		if (prompt !== undefined && prompt !== null && prompt !== '') {
+			body.prompt = String(prompt);
+		} else if (context.getNode().parameters.prompt !== '') {
+			// An expression (the default reads a Chat Trigger's message) that gave nothing: say so rather
+			// than answer with a system prompt and no question. A Prompt left empty asks for that.
+			const written = String(context.getNode().parameters.prompt ?? DEFAULT_PROMPT).replace(/^=/, '');
+			throw fail(
+				`The Prompt is empty for item ${i + 1}: ${written} gives nothing`,
+				'The default, {{ $json.chatInput }}, is the message of a Chat Trigger. After another trigger, set Prompt to your text or an expression that gives it; to ask for the system prompt alone, clear Prompt.',
+			);
+		}
 	}
 	return { ...body, ...optionFields(options, fail) };
 }
@@ -204,6 +216,7 @@ function optionFields(options: Options, fail: Fail): IDataObject {
 		body.history_share = share;
 	}
 	if (options.selection) body.selection = options.selection;
+	if (typeof options.query === 'string' && options.query.trim()) body.query = options.query;
 	return body;
 }
 

@@ -1,5 +1,8 @@
 import type { INodeProperties } from 'n8n-workflow';
 
+/** The Prompt's default: the message of a Chat Trigger. */
+export const DEFAULT_PROMPT = '={{ $json.chatInput }}';
+
 /** Fields of the worker's /v1/inject response that the node can pass on. */
 export const OUTPUT_FIELDS = [
 	'system',
@@ -79,8 +82,9 @@ const inputProperties: INodeProperties[] = [
 		name: 'prompt',
 		type: 'string',
 		typeOptions: { rows: 4 },
-		default: '={{ $json.chatInput }}',
-		description: 'The user message. The default reads the message of a Chat Trigger.',
+		default: DEFAULT_PROMPT,
+		description:
+			'The user message. The default reads the message of a Chat Trigger. Empty: the system prompt alone.',
 		displayOptions: { show: { ...asNode, input: ['prompt'] } },
 	},
 	{
@@ -235,6 +239,15 @@ const optionsProperty: INodeProperties = {
 			displayOptions: { show: asNode },
 		},
 		{
+			displayName: 'Query',
+			name: 'query',
+			type: 'string',
+			typeOptions: { rows: 2 },
+			default: '',
+			description:
+				'Text to rank the sections by in relevance selection, instead of the conversation; it is not sent to the model. Setting it chooses relevance unless Selection says Priority.',
+		},
+		{
 			displayName: 'Reserve for the Answer',
 			name: 'reserveOutput',
 			type: 'number',
@@ -277,11 +290,16 @@ const optionsProperty: INodeProperties = {
 					name: 'values',
 					values: [
 						{
-							displayName: 'Name',
+							displayName: 'Name or ID',
 							name: 'name',
-							type: 'string',
+							type: 'options',
+							typeOptions: {
+								loadOptionsMethod: 'roleVariables',
+								loadOptionsDependsOn: ['role.value'],
+							},
 							default: '',
-							placeholder: 'e.g. user_name',
+							description:
+								'One of the role\'s declared variables (required ones are marked). Choose from the list, or specify an ID using an <a href="https://docs.n8n.io/code/expressions/">expression</a>.',
 						},
 						{
 							displayName: 'Value',

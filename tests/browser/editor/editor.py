@@ -46,3 +46,17 @@ class Editor:
     def succeeded(self, name: str) -> Locator:
         """The node's success check mark on the canvas (it appears once the node has run)."""
         return self.node(name).locator('[data-test-id="canvas-node-status-success"]')
+
+    def failed(self, name: str) -> Locator:
+        """The node's error mark on the canvas (it appears once the node has failed)."""
+        return self.node(name).locator('[data-test-id="canvas-node-status-mark-error"]')
+
+    def node_error(self) -> Locator:
+        """The error a node's details view shows in its output panel: its message and description."""
+        return self.page.locator('[data-test-id="output-panel"] [data-test-id="node-error-message"], '
+                                 '[data-test-id="output-panel"] [data-test-id="node-error-description"]')
+
+    def open_chat(self) -> Locator:
+        """Open the workflow's chat; return its message box."""
+        self.page.locator('[data-test-id="workflow-chat-button"]').click()
+        return self.page.locator('[data-test-id="canvas-chat"] [data-test-id="chat-input"]')

@@ -8,12 +8,14 @@ import re
 from collections.abc import Iterator
 
 import pytest
+import requests
 from playwright.sync_api import Page, expect
 
 from tests.browser.editor.conftest import doc_screenshot
 from tests.browser.editor.editor import Editor
 from tests.e2e.stack import (
     AGENT_TOOL_WORKFLOW_ID,
+    DEFAULT_PROMPT_WORKFLOW_ID,
     WORKFLOWS,
     Stack,
     assignment,
@@ -64,14 +66,71 @@ def test_the_role_list_comes_from_the_worker_and_the_pick_shows_on_the_canvas(ed
     items = editor.page.locator('[data-test-id="rlc-item"]')
 
     expect(items).to_have_count(len(roles))
-    # Each entry: the name, the description and the size in tokens, as the worker reports them.
+    # Each entry: the name, the size in tokens and the description, as the worker reports them. n8n
+    # cuts an entry off at the list's width, so the size comes right after the name, where it is seen.
     role = next(r for r in roles if r["name"] == "general-assistant")
-    entry = items.filter(has_text=f"{role['name']} — ")
-    expect(entry).to_have_text(f"{role['name']} — {role['description']} ({role['tokens']} tokens)")
+    entry = items.filter(has_text=f"{role['name']} · ")
+    expect(entry).to_have_text(f"{role['name']} · {role['tokens']:,} tokens — {role['description']}")
+    for item in items.all():
+        assert item.evaluate(SIZE_IS_SHOWN), item.text_content()
     doc_screenshot(editor.page, "editor-role-picker")
     entry.click()
     editor.close_node()
     expect(editor.node("Role Injector")).to_contain_text("general-assistant")
+
+
+# Whether an entry's " tokens" ends inside the part of its line that is not cut off.
+SIZE_IS_SHOWN = """entry => {
+    const walker = document.createTreeWalker(entry, NodeFilter.SHOW_TEXT);
+    for (let text = walker.nextNode(); text; text = walker.nextNode()) {
+        const end = text.data.indexOf(" tokens");
+        if (end < 0) continue;
+        const range = document.createRange();
+        range.setStart(text, 0);
+        range.setEnd(text, end + " tokens".length);
+        const shown = text.parentElement.getBoundingClientRect();
+        return range.getBoundingClientRect().right <= shown.right + 0.5;
+    }
+    return false;
+}"""
+
+
+def test_the_node_offers_the_roles_variables_a_query_and_docs_that_exist(editor: Editor, e2e_stack: Stack) -> None:
+    editor.open("roleChatOllama")  # its Role Injector: agi-engineer, user_name set under Variables
+    editor.open_node("Role Injector")
+    page = editor.page
+
+    # Variables: the name is one of the role's own variables, the required one marked.
+    name = page.locator('[data-test-id="parameter-input-name"]')
+    expect(name.locator("input").first).to_have_value("user_name (required)")
+    name.locator("input").first.click()
+    offered = page.locator(".el-select-dropdown__list .option-headline:visible")
+    expect(offered).to_have_text(["user_name (required)", "language"])
+    page.keyboard.press("Escape")
+    # The Query option is there to add.
+    page.locator('[data-test-id="collection-parameter-add"]').click()
+    expect(page.locator('[data-test-id="collection-parameter-option"]').filter(has_text="Query")).to_have_count(1)
+    page.keyboard.press("Escape")
+
+    # Docs: the node's link and the credential's lead to the page the worker serves (at its default
+    # URL, http://localhost:8000; here the session's worker answers on its own port).
+    docs = page.locator('[data-test-id="ndv"] a', has_text="Docs")
+    assert (docs.get_attribute("href") or "").startswith("http://localhost:8000/docs/n8n-node?")
+    page.locator('[data-test-id="credential-edit-button"]').click()
+    credential_docs = page.locator('a[href="http://localhost:8000/docs/n8n-node#credentials"]')
+    expect(credential_docs).to_be_visible()
+    served = requests.get(e2e_stack.worker.url + "/docs/n8n-node", timeout=30)
+    assert served.status_code == 200 and 'id="credentials"' in served.text
+
+
+def test_the_default_prompt_after_a_manual_trigger_fails_naming_it(editor: Editor) -> None:
+    editor.open(DEFAULT_PROMPT_WORKFLOW_ID)
+    editor.execute()
+    expect(editor.failed("Role Injector")).to_be_visible(timeout=60_000)
+    editor.open_node("Role Injector")
+    expect(editor.node_error().first).to_have_text(
+        "The Prompt is empty for item 1: {{ $json.chatInput }} gives nothing")
+    expect(editor.node_error().last).to_contain_text("clear Prompt")
 
 
 def test_executing_the_sample_chat_shows_the_output_and_sends_the_role(editor: Editor, e2e_stack: Stack) -> None:
@@ -96,8 +155,7 @@ def test_executing_the_sample_chat_shows_the_output_and_sends_the_role(editor: E
 
 def test_the_chat_panel_answers_with_the_role_behind_it(editor: Editor, e2e_stack: Stack) -> None:
     editor.open("roleAgentChat")
-    editor.page.locator('[data-test-id="workflow-chat-button"]').click()
-    box = editor.page.locator('[data-test-id="canvas-chat"] [data-test-id="chat-input"]')
+    box = editor.open_chat()
 
     box.fill("Plan a weekend in Lisbon for me.")
     box.press("Enter")
@@ -161,3 +219,31 @@ def test_no_node_of_a_sample_workflow_overlaps_another(editor: Editor) -> None:
                 apart = (a["x"] + a["width"] + MARGIN <= b["x"] or b["x"] + b["width"] + MARGIN <= a["x"]
                          or a["y"] + a["height"] + MARGIN <= b["y"] or b["y"] + b["height"] + MARGIN <= a["y"])
                 assert apart, f"{workflow['name']}: {first} {a} and {second} {b} overlap"
+
+
+def test_without_ollama_every_sample_says_it_cannot_reach_ollama_and_where(editor: Editor, e2e_stack: Stack) -> None:
+    """No Ollama running (nothing listens at its URL): each sample's model step fails with the worker's
+    words, which name Ollama, the URL it was looked for at and what to do."""
+    expected = f"cannot reach Ollama at {e2e_stack.ollama.url}: "
+    hint = "Start Ollama there, or point the worker at it"
+    with e2e_stack.ollama.stopped():
+        # Executed from the editor: the failing step's details say it (the HTTP Request nodes under
+        # n8n's "Bad gateway", the AI Agent as its message).
+        for workflow, step in (("roleChatOllama", "Ollama /api/chat"), ("rawChatmlGenerate", "Ollama /api/generate"),
+                               ("roleAgentOpenai", "AI Agent")):
+            editor.open(workflow)
+            editor.execute()
+            expect(editor.failed(step)).to_be_visible(timeout=60_000)
+            editor.open_node(step)
+            expect(editor.node_error().filter(has_text=expected).first).to_contain_text(hint)
+            editor.close_node()
+
+        # The AI Agent's chat: n8n answers "Error in workflow", and the logs beside the chat say why.
+        editor.open("roleAgentChat")
+        box = editor.open_chat()
+        box.fill("Hello?")
+        box.press("Enter")
+        logs = editor.page.locator('[data-test-id="logs-panel"] [data-test-id="node-error-message"]')
+        expect(logs).to_contain_text(expected, timeout=60_000)
+        expect(logs).to_contain_text(hint)
+    assert e2e_stack.ollama.requests == []  # nothing got through while it was stopped

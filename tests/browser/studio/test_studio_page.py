@@ -6,6 +6,7 @@ Every figure the page shows is checked against what /v1/inject answers for the s
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -347,3 +348,70 @@ def test_when_the_worker_goes_away_the_page_says_so(watched: Watched, studio_rol
                                                                                 timeout=15_000)
     expect(page.locator('#roles button[data-role="plain"]')).to_be_visible()
     expect(page.locator("#summary .used")).to_be_visible()
+
+
+def test_every_budget_figure_says_where_it_comes_from(watched: Watched, studio: WorkerProcess) -> None:
+    """manifest's file asks for 8,000 tokens; in Qwen's 8,192-token context the context policy leaves
+    5,120, and the list counts the file as written while the plan counts it with its variables filled."""
+    page = watched.page
+    open_studio(page, studio.url, "manifest")
+    plan = inject(studio.url, {"role": "manifest"})
+    usage = plan["usage"]
+    roles = requests.get(studio.url + "/v1/roles", timeout=10).json()["roles"]
+    listed = next(r for r in roles if r["name"] == "manifest")
+    assert (listed["budget"], usage["budget"], usage["context_window"]) == (8000, 5120, 8192)
+    assert listed["tokens"] != usage["system_tokens_full"]
+
+    expect(page.locator("#role-facts")).to_contain_text("Budget in the file8,000 tokens")
+    expect(page.get_by_label("Budget in tokens")).to_have_value("5120")
+    expect(page.locator("#summary .budget-note")).to_have_text(
+        "Budget 5,120: the role file's 8,000, capped by the context policy (keep_role): a 8,192-token context "
+        "less 1,024 for the answer and 25% kept for the conversation.")
+    expect(page.locator("#summary .whole-role")).to_have_text(
+        f"Whole role: {usage['system_tokens_full']:,} tokens with its variables filled, its sections joined as "
+        f"fitted, by qwen; the list's {listed['tokens']:,} counts the file as written, {{{{variables}}}} unfilled.")
+    reset = page.get_by_role("button", name="Role's budget")
+    expect(reset).to_have_attribute("title", re.compile("capped by the context"))
+
+    page.get_by_label("Budget in tokens").fill("3000")
+    wait_for_plan(page, "manifest", 3000, "")
+    expect(page.locator("#summary .budget-note")).to_contain_text("Budget 3,000: the 3,000 asked; the context policy")
+
+
+def test_a_query_in_another_language_than_the_role_says_why_it_picks_nothing(watched: Watched,
+                                                                            studio: WorkerProcess) -> None:
+    page = watched.page
+    open_studio(page, studio.url, "handbook")
+    expect(page.locator("#query-help")).to_contain_text("It matches words, not meaning")
+    question = "Где оставить велосипед?"
+    page.get_by_label("Query", exact=True).fill(question)
+    wait_for_plan(page, "handbook", None, "", query=question)
+    line = page.locator("#summary .selection-line")
+    expect(line).to_contain_text("no section matches the query")
+    expect(line).to_contain_text("this role has no Russian words, so a Russian query finds nothing")
+
+
+def test_on_a_narrow_window_the_dropped_sections_of_a_long_role_fold_away(watched: Watched,
+                                                                          studio: WorkerProcess) -> None:
+    page = watched.page
+    page.set_viewport_size({"width": 390, "height": 844})
+    open_studio(page, studio.url, "handbook")
+    question = "Where do I leave my bicycle and my dog?"
+    page.get_by_label("Query", exact=True).fill(question)
+    wait_for_plan(page, "handbook", None, "", query=question)
+    bars = page.locator("#sections li")
+    dropped = page.locator('#sections li[data-state="dropped"]')
+    total, folded = bars.count(), dropped.count()
+    assert total > 100 and folded > 100
+    expect(dropped.first).to_be_hidden()
+    expect(page.locator('#sections li[data-picked="true"]').first).to_be_visible()
+    toggle = page.get_by_role("button", name=f"Show the {folded} dropped sections")
+    height = page.evaluate("document.documentElement.scrollHeight")
+    assert height < 6000, height  # it was about 13,000 px with every bar shown
+
+    toggle.click()
+    expect(dropped.first).to_be_visible()
+    expect(page.get_by_role("button", name=f"Hide the {folded} dropped sections")).to_have_attribute(
+        "aria-expanded", "true")
+    page.set_viewport_size({"width": 1280, "height": 800})  # a wide window shows every bar, no button
+    expect(page.locator("#show-dropped")).to_be_hidden()

@@ -33,11 +33,12 @@ def document(api: Api) -> dict[str, Any]:
 
 def routes(app: Flask) -> dict[str, set[str]]:
     """Flask's routes as OpenAPI paths with their methods: not the static files, not the Ollama proxy
-    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`), not the role studio's page, not
-    the OpenAI-compatible routes (tests/worker/test_openai_route.py checks those against the document)."""
+    (/api/* and the other routes of its blueprint, such as Ollama's `GET /`), not the role studio's page or the
+    documentation pages (/docs/*), not the OpenAI-compatible routes (tests/worker/test_openai_route.py checks
+    those against the document)."""
     found: dict[str, set[str]] = {}
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith(("ollama.", "studio.", "openai.")) \
+        if rule.endpoint == "static" or rule.endpoint.startswith(("ollama.", "studio.", "docs.", "openai.")) \
                 or rule.rule.startswith("/api/"):
             continue
         path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)

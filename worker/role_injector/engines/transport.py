@@ -102,9 +102,11 @@ class Transport:
     loading the app, so each worker makes its own pool on first use)."""
 
     def __init__(self, url: EngineUrl, label: str, *, timeout: float, max_json_bytes: int,
-                 pool_size: int = 64) -> None:
+                 pool_size: int = 64, unreachable_hint: str = "") -> None:
         self.url = url
         self.label = label  # how messages name the engine: "Ollama"
+        # What the person who reads "cannot reach ..." can do about it, e.g. the setting to change.
+        self.unreachable_hint = unreachable_hint
         self.timeout = timeout
         self.max_json_bytes = max_json_bytes
         self.pool_size = pool_size
@@ -169,14 +171,16 @@ class Transport:
         if isinstance(exc, NewConnectionError):  # refused, no route, unknown host (before the timeout
             # check: it subclasses ConnectTimeoutError)
             log.warning("%s unreachable: %s %s%s: %s", self.label, method, self.url.shown, path, _reason(exc))
-            return UpstreamUnreachable(f"cannot reach {self.where}: {_reason(exc)}", details={"url": self.url.shown})
+            return UpstreamUnreachable(f"cannot reach {self.where}: {_reason(exc)}{self.unreachable_hint}",
+                                       details={"url": self.url.shown})
         if isinstance(exc, urllib3.exceptions.TimeoutError):
             log.warning("%s timeout: %s %s%s after %ss", self.label, method, self.url.shown, path, self.timeout)
             return UpstreamTimeout(f"{self.where} did not answer within {self.timeout:g} s",
                                    details={"url": self.url.shown})
         if isinstance(exc, urllib3.exceptions.HTTPError | OSError):
             log.warning("%s failed: %s %s%s: %s", self.label, method, self.url.shown, path, _reason(exc))
-            return UpstreamUnreachable(f"cannot reach {self.where}: {_reason(exc)}", details={"url": self.url.shown})
+            return UpstreamUnreachable(f"cannot reach {self.where}: {_reason(exc)}{self.unreachable_hint}",
+                                       details={"url": self.url.shown})
         return exc
 
 

@@ -17,6 +17,7 @@ from flask.json.provider import JSONProvider
 from role_injector.errors import ConfigError, Unauthorized
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
+from role_injector.web.docs import docs
 from role_injector.web.error_shapes import answer_errors
 from role_injector.web.ollama import ollama
 from role_injector.web.openai import openai
@@ -87,7 +88,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         if settings.api_key and request.path.startswith(PROTECTED_PREFIXES) and not authorised(settings.api_key):
             raise Unauthorized("missing or wrong API key: send 'Authorization: Bearer <key>'")
 
-    for blueprint in (rest, role_models, ollama, studio, openai):
+    for blueprint in (rest, role_models, ollama, studio, docs, openai):
         app.register_blueprint(blueprint)
     answer_errors(app)  # what no blueprint routed: by the path's family
 

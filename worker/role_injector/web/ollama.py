@@ -19,7 +19,7 @@ from role_injector.engines.transport import encode_json
 from role_injector.injection import Injection, VirtualRequest
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_body
 from role_injector.web.error_shapes import OLLAMA, answer_errors
-from role_injector.web.negotiation import wants_page
+from role_injector.web.pages import wants_page
 from role_injector.web.state import profiles, roles
 from role_injector.web.upstream import api_path, forward_headers, relay, send
 from role_injector.web.virtual_models import mark_dropped, placing, target

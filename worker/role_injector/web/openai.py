@@ -20,7 +20,7 @@ from role_injector.engines.answer import ChatAnswer, Delta
 from role_injector.engines.engine import Engine
 from role_injector.engines.lines import read_lines
 from role_injector.engines.transport import Answer
-from role_injector.errors import UpstreamError
+from role_injector.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body
 from role_injector.web.error_shapes import OPENAI, answer_errors
 from role_injector.web.state import cache, engine, profiles, roles
@@ -90,7 +90,16 @@ def _completion(serving: Engine, deltas: Iterator[Delta], answer: ChatAnswer) ->
 @openai.get("/v1/models")
 def models() -> Response:
     serving = engine()
-    answer = send("GET", serving.models_path, headers=forward_headers())
+    try:
+        answer = send("GET", serving.models_path, headers=forward_headers())
+    except (UpstreamUnreachable, UpstreamTimeout) as exc:
+        # Say why the virtual models the worker knows are not listed either: each runs on an engine's model.
+        declared = sorted(profiles().virtual_models)
+        if declared:
+            shown = ", ".join(declared[:20]) + (f" and {len(declared) - 20} more" if len(declared) > 20 else "")
+            exc.message += (f"; the declared virtual models ({shown}) run on {serving.label}'s models, so none"
+                            " is listed")
+        raise
     if answer.status != 200:
         return _relayed_error(serving, answer)
     listed = serving.model_list(answer.json(serving.models_path), roles(), profiles())

@@ -10,17 +10,10 @@ from __future__ import annotations
 from flask import Blueprint, Response
 
 from role_injector.web.error_shapes import REST, answer_errors
+from role_injector.web.pages import SECURITY_HEADERS
 
 studio = Blueprint("studio", __name__, static_folder="studio", static_url_path="/studio")
 answer_errors(studio, REST)
-
-SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-                               "connect-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-    "Cache-Control": "no-cache",  # revalidate (ETag), so an upgraded worker never runs an old script
-}
 
 
 @studio.get("/studio/")

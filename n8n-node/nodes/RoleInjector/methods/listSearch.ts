@@ -27,10 +27,15 @@ export async function searchRoles(
 	return { results };
 }
 
-// n8n's list shows only an entry's name, so the description and size go into it.
+// n8n's list shows only an entry's name, on one line cut off at the list's width (no tooltip), so
+// the size goes right after the name and the description last.
 function label(role: RoleSummary): string {
-	const parts = [role.name];
-	if (role.description) parts.push(`— ${role.description}`);
-	if (typeof role.tokens === 'number') parts.push(`(${role.tokens} tokens)`);
-	return parts.join(' ');
+	let text = role.name;
+	if (typeof role.tokens === 'number') text += ` · ${thousands(role.tokens)} tokens`;
+	if (role.description) text += ` — ${role.description}`;
+	return text;
+}
+
+function thousands(n: number): string {
+	return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ',');
 }

@@ -19,6 +19,7 @@ function el(tag, props = {}, ...children) {
 
 const state = {
   roles: null, // last /v1/roles text, to notice changes
+  listed: [], // its roles
   role: null, // /v1/roles/<name> of the selected role
   budget: null, // null: the role's default (no budget sent)
   plan: null, // last successful /v1/plan answer
@@ -157,6 +158,7 @@ async function loadRoles() {
   const text = JSON.stringify(answer);
   if (text === state.roles) return;
   state.roles = text;
+  state.listed = answer.roles;
   drawRoles(answer);
   const wanted = state.role?.name || decodeURIComponent(location.hash.slice(1));
   const current = answer.roles.find((role) => role.name === wanted);
@@ -179,7 +181,8 @@ function drawRoles(answer) {
     const button = el("button", { type: "button" },
       el("span", { className: "name", textContent: role.name }),
       el("span", { className: "description", dir: "auto", textContent: role.description || "(no description)" }),
-      el("span", { className: "meta", textContent: meta, title: role.version }));
+      el("span", { className: "meta", textContent: meta,
+        title: `Tokens of the file as written ({{variables}} unfilled), by the tokenizer of the role's model; version ${role.version}` }));
     if (brokenFiles.has(`${role.name}.md`)) {
       button.append(el("span", { className: "warning", textContent: "Its file does not load: this is the last good version" }));
     }
@@ -235,7 +238,7 @@ function drawRole(role, keepInputs) {
   const fact = (term, value) => facts.append(el("div", {}, el("dt", { textContent: term }), el("dd", { textContent: value })));
   fact("Version", role.version);
   fact("Model", role.model || "none set");
-  fact("Default budget", role.budget ? `${number(role.budget)} tokens` : "the window less the answer and the conversation's share");
+  fact("Budget in the file", role.budget ? `${number(role.budget)} tokens` : "none: what the context leaves");
   if (role.extends) fact("Extends", role.extends);
   if (role.tags.length) fact("Tags", role.tags.join(", "));
   $("model").placeholder = role.model ? `${role.model} (the role's)` : "the default profile";
@@ -393,6 +396,14 @@ function drawPlan(answer, body) {
     summary.append(el("span", { className: "over",
       textContent: ` · the context leaves ${number(usage.budget)} tokens, less than the ${number(body.budget)} asked` }));
   }
+  summary.append(el("br"), budgetNote(state.role, usage, body));
+  const listed = state.listed.find((role) => role.name === answer.role.name);
+  if (listed && listed.tokens !== usage.system_tokens_full) {
+    summary.append(el("br"), el("span", { className: "note whole-role", textContent:
+      `Whole role: ${number(usage.system_tokens_full)} tokens with its variables filled, its sections joined as `
+      + `fitted, by ${usage.tokenizer}; the list's ${number(listed.tokens)} counts the file as written, `
+      + "{{variables}} unfilled." }));
+  }
   summary.append(el("br"), `${answer.model || "default model"}: tokenizer ${usage.tokenizer} `
     + `(${usage.exact ? "exact" : "estimated"}) · format ${answer.format} · context ${number(usage.context_window)}, `
     + `${number(usage.reserve_output)} kept for the answer · whole prompt ${number(usage.prompt_tokens)} tokens`);
@@ -426,12 +437,45 @@ function selectionSummary(answer, body) {
   } else if (!answer.sections.some((s) => s.score > 0)) {
     line.append(`no section matches ${by} (only stop words, or words the role does not use): `
       + "the core, then priority order");
+    line.append(el("span", { className: "note", textContent: ` · ${matchHint(body.query ?? body.prompt, state.role)}` }));
   } else {
     const count = `${picked} section${picked === 1 ? "" : "s"} picked`;
     line.append(el("span", { className: "picked-count", textContent: count }),
       ", after the stable part (required and core)");
   }
   return line;
+}
+
+// Where the budget came from, in the worker's figures: a number on the page never differs unexplained.
+function budgetNote(role, usage, body) {
+  const line = el("span", { className: "note budget-note" });
+  const share = `${Math.round(usage.history_share * 100)}%`;
+  const room = `a ${number(usage.context_window)}-token context less ${number(usage.reserve_output)} for the answer`
+    + (usage.context_policy === "keep_role" ? ` and ${share} kept for the conversation` : " and the conversation");
+  const from = body.budget !== undefined ? `the ${number(body.budget)} asked`
+    : role.budget ? `the role file's ${number(role.budget)}` : null;
+  if (from && usage.budget < (body.budget ?? role.budget)) {
+    line.textContent = `Budget ${number(usage.budget)}: ${from}, capped by the context policy (${usage.context_policy}): `
+      + `${room}.`;
+  } else if (from) {
+    line.textContent = `Budget ${number(usage.budget)}: ${from}; the context policy (${usage.context_policy}) `
+      + `would allow up to what ${room} leaves.`;
+  } else {
+    line.textContent = `Budget ${number(usage.budget)}: the role file sets none, so the context policy `
+      + `(${usage.context_policy}) gives what ${room} leaves.`;
+  }
+  return line;
+}
+
+// What relevance selection matches, said where a query found nothing: words, not meaning.
+const CYRILLIC = /[\u0400-\u04ff]/;
+const LATIN = /[a-z]/i;
+function matchHint(text, role) {
+  const words = "Selection matches words (their English or Russian stems) in titles and text, not meaning";
+  const content = role.content || "";
+  if (CYRILLIC.test(text) && !CYRILLIC.test(content)) return `${words}: this role has no Russian words, so a Russian query finds nothing`;
+  if (LATIN.test(text) && !CYRILLIC.test(text) && !LATIN.test(content)) return `${words}: this role has no English words, so an English query finds nothing`;
+  return `${words}: use the words the role itself uses`;
 }
 
 // Which request the result shows (and the worker's figures), for tests and tools that read the page.
@@ -459,9 +503,26 @@ function drawNoPlan(error, body) {
   $("prompt").textContent = "";
 }
 
+// On a narrow window a book-sized role's dropped sections fold away behind this button, so that what
+// was kept, cut and picked stands together instead of among a hundred bars (studio.css).
+const FOLD_DROPPED_FROM = 12;
+$("show-dropped").addEventListener("click", () => {
+  const open = $("sections").classList.toggle("unfolded");
+  $("show-dropped").setAttribute("aria-expanded", String(open));
+  foldLabel();
+});
+function foldLabel() {
+  const dropped = $("sections").querySelectorAll('li[data-state="dropped"]').length;
+  $("show-dropped").textContent = $("sections").classList.contains("unfolded")
+    ? `Hide the ${number(dropped)} dropped sections` : `Show the ${number(dropped)} dropped sections`;
+}
+
 function drawSections(sections) {
   const list = $("sections");
   list.replaceChildren();
+  const dropped = sections.filter((section) => section.state === "dropped").length;
+  list.classList.toggle("foldable", sections.length > FOLD_DROPPED_FROM && dropped > 0);
+  $("show-dropped").hidden = !list.classList.contains("foldable");
   const longest = Math.max(1, ...sections.map((section) => section.tokens));
   for (const section of sections) {
     const heading = el("span", { className: "name" });
@@ -497,6 +558,7 @@ function drawSections(sections) {
       picked: String(why.picked) });
     list.append(item);
   }
+  foldLabel();
 }
 
 // Picked: ranked for the query and kept (whole or cut), as the worker's reason and state say.
