@@ -140,16 +140,24 @@ class N8n:
             "N8N_WORKFLOW_PUBLICATION_RECONCILE_INTERVAL_SECONDS": "1",
         }
 
-    def log_in(self) -> None:
-        """Create the owner on a fresh n8n (or log in as it); later requests carry its session cookie."""
-        session = requests.Session()
-        setup = session.post(f"{self.url}/rest/owner/setup", json=OWNER, timeout=30)
-        if setup.status_code != 200:  # the owner exists already: log in
-            login = session.post(f"{self.url}/rest/login", timeout=30,
+    def log_in(self, timeout: float = 120) -> None:
+        """Create the owner on a fresh n8n (or log in as it); later requests carry its session cookie.
+        n8n serves its page and /rest/settings a moment before its other routes: while /rest/login is
+        404, it is still starting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            session = requests.Session()
+            setup = session.post(f"{self.url}/rest/owner/setup", json=OWNER, timeout=30)
+            if setup.status_code == 200:
+                break
+            login = session.post(f"{self.url}/rest/login", timeout=30,  # the owner exists already: log in
                                  json={"emailOrLdapLoginId": OWNER["email"], "password": OWNER["password"]})
-            if login.status_code != 200:
+            if login.status_code == 200:
+                break
+            if login.status_code != 404 or time.monotonic() > deadline:
                 raise N8nError(f"cannot log in to n8n: {setup.status_code} {setup.text[:300]} / "
                                f"{login.status_code} {login.text[:300]}")
+            time.sleep(0.5)
         self._session = session
 
     @property
