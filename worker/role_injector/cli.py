@@ -384,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    try:  # the parser's defaults come from the settings: a wrong one is a clear error too
+        args = build_parser().parse_args(argv)
         return int(args.run(args))
     except RoleInjectorError as exc:
         print(f"error ({exc.code}): {exc.message}", file=sys.stderr)

@@ -15,6 +15,7 @@ from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 class Settings:
     roles_dir: str = "./roles"
     api_key: str | None = field(default=None, repr=False)  # secrets: never in a repr (logs, tracebacks)
+    metrics_key: str | None = field(default=None, repr=False)  # opens /metrics (as the API key does)
     ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
@@ -49,6 +50,7 @@ class Settings:
         values: dict[str, object] = {
             "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,
             "api_key": env.get("ROLE_INJECTOR_API_KEY") or None,
+            "metrics_key": env.get("ROLE_INJECTOR_METRICS_KEY") or None,
             "ollama_url": (env.get("ROLE_INJECTOR_OLLAMA_URL") or cls.ollama_url).rstrip("/"),
             "models_file": env.get("ROLE_INJECTOR_MODELS") or None,
             "max_body_bytes": number("ROLE_INJECTOR_MAX_BODY_BYTES", cls.max_body_bytes),

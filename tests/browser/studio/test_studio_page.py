@@ -347,3 +347,19 @@ def test_when_the_worker_goes_away_the_page_says_so(watched: Watched, studio_rol
                                                                                 timeout=15_000)
     expect(page.locator('#roles button[data-role="plain"]')).to_be_visible()
     expect(page.locator("#summary .used")).to_be_visible()
+
+
+@pytest.mark.parametrize("fragment", ["%E0%A4%A", "%", "%ZZ", "%E0%A4", "manifest%"])
+def test_a_hash_that_is_no_escape_names_no_role(watched: Watched, studio: WorkerProcess, fragment: str) -> None:
+    """A hand-made address (#%E0%A4%A) opens the studio with no role picked, and leaving a role for it
+    keeps the page working; no script error (the `watched` fixture fails on any)."""
+    page = watched.page
+    page.goto(f"{studio.url}/studio/#{fragment}")
+    expect(page.locator("#roles-status")).not_to_have_text("Loading roles…")
+    expect(page.locator("#pick-hint")).to_be_visible()
+    page.locator('#roles button[data-role="manifest"]').click()
+    wait_for_plan(page, "manifest", None, "")
+    page.goto(f"{studio.url}/studio/#{fragment}")  # only the hash changes: a hashchange
+    page.goto(f"{studio.url}/studio/#plain")
+    wait_for_plan(page, "plain", None)
+    expect(page.locator('.message[data-source="page"]')).to_have_count(0)

@@ -153,7 +153,8 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
     ("/v1/count", "post", "415"): [req("POST", "/v1/count", data=b'{"text": "a"}',
                                        headers={"Content-Type": "application/x-www-form-urlencoded"})],
     ("/openapi.json", "get", "200"): [req("GET", "/openapi.json", key=False)],
-    ("/metrics", "get", "200"): [req("GET", "/metrics", key=False)],
+    ("/metrics", "get", "200"): [req("GET", "/metrics")],
+    ("/metrics", "get", "401"): [req("GET", "/metrics", key=False)],
 }
 
 

@@ -41,7 +41,7 @@ from typing import Any
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
 from role_injector.engines.engine import ChatCall, Engine
 from role_injector.engines.transport import encode_json
-from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
+from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError, shown
 from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
 from role_injector.injection import Injection, InjectRequest, VirtualRequest, count_messages, find_role, inject
@@ -97,7 +97,7 @@ def num_ctx_option(value: Any, where: str) -> int | None:
     try:
         return tokens(value, "options.num_ctx", whole_floats=True)
     except InvalidRequest:
-        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_TOKENS}, not {value!r}",
+        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_TOKENS}, not {shown(value)}",
                       "options.num_ctx") from None
 
 
@@ -340,7 +340,7 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> floa
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise invalid(f"'{name}' must be a number from {low:g} to {high:g}, not {value!r}", name)
+        raise invalid(f"'{name}' must be a number from {low:g} to {high:g}, not {shown(value)}", name)
     return value
 
 
@@ -351,7 +351,7 @@ def _integer(body: Mapping[str, Any], name: str, low: int, high: int = MAX_TOKEN
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid(f"'{name}' must be a whole number from {low} to {high}, not {value!r}", name)
+        raise invalid(f"'{name}' must be a whole number from {low} to {high}, not {shown(value)}", name)
     return value
 
 
@@ -399,7 +399,7 @@ def _content(value: Any, role: str, where: str) -> tuple[str, list[str]]:
         elif kind in ("input_audio", "file"):
             raise invalid(f"'{here}': {kind} parts are not supported by Ollama's chat API", here)
         else:
-            raise invalid(f"'{here}.type' {kind!r} is not a content part a {role} message can have", here)
+            raise invalid(f"'{here}.type' {shown(kind)} is not a content part a {role} message can have", here)
     return "\n".join(texts), images
 
 
@@ -456,7 +456,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         if role is None:
             hint = "; the 'function' role is deprecated: send tool results as 'tool'" \
                 if message.get("role") == "function" else ""
-            raise invalid(f"'{where}.role' must be one of {', '.join(ROLES)}, not {message.get('role')!r}{hint}",
+            raise invalid(f"'{where}.role' must be one of {', '.join(ROLES)}, not {shown(message.get('role'))}{hint}",
                           f"{where}.role")
         text, images = _content(message.get("content"), role, where)
         native: dict[str, Any] = {"role": role, "content": text}
@@ -513,7 +513,7 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = choice["function"].get("name")
         chosen = [t for t in tools if t["function"]["name"] == name]
         if not chosen:
-            raise invalid(f"'tool_choice' names the function {name!r}, which is not in 'tools'", "tool_choice")
+            raise invalid(f"'tool_choice' names the function {shown(name)}, which is not in 'tools'", "tool_choice")
         return chosen
     raise invalid("'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", "
                   "\"function\": {\"name\": ...}}", "tool_choice")
@@ -641,10 +641,13 @@ def answer_delta(line: Mapping[str, Any]) -> Delta:
     if "error" in line:
         raise UpstreamError(f"Ollama: {line['error']}")
     message = mapping(line.get("message"))
+    listed = message.get("tool_calls") or []
+    if not isinstance(listed, list):
+        raise UpstreamError("Ollama's answer has tool_calls that are not a list")
     calls = tuple(
         ToolCall(name=str(function.get("name") or ""), arguments=function.get("arguments"),
                  id=call["id"] if isinstance(call.get("id"), str) and call["id"] else None)
-        for call in message.get("tool_calls") or () if isinstance(call, dict)
+        for call in listed if isinstance(call, dict)
         for function in (mapping(call.get("function")),)
     )
     text, thinking = message.get("content"), message.get("thinking")
