@@ -44,6 +44,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("invalid_request", "the request is malformed or names something that cannot be used",
               400, 400, "invalid_request_error", 2),
     ErrorKind("unauthorized", "missing or wrong API key", 401, 401, "authentication_error", 2),
+    ErrorKind("host_not_allowed", "without an API key, the request names a Host the worker does not answer to"
+              " (DNS rebinding; ROLE_INJECTOR_ALLOWED_HOSTS)", 403, 403, "invalid_request_error", 2),
     ErrorKind("not_found", "no such endpoint", 404, 404, "invalid_request_error", 2),
     ErrorKind("role_not_found", "no role of that name (close names in details.suggestions)",
               404, 404, "invalid_request_error", 3),
@@ -74,6 +76,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 13),
     ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
+    ErrorKind("model_exists", "Ollama has a model of that name that Role Injector did not make (replace it"
+              " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -155,6 +159,10 @@ class Unauthorized(RoleInjectorError):
     code = "unauthorized"
 
 
+class HostNotAllowed(RoleInjectorError):
+    code = "host_not_allowed"
+
+
 class RoleNotFound(RoleInjectorError):
     code = "role_not_found"
 
@@ -209,6 +217,12 @@ class UpstreamTimeout(RoleInjectorError):
 
 class ModelNotFound(RoleInjectorError):
     code = "model_not_found"
+
+
+class ModelExists(RoleInjectorError):
+    """Creating a model would overwrite one that Role Injector did not make."""
+
+    code = "model_exists"
 
 
 class UpstreamRefused(RoleInjectorError):

@@ -1,5 +1,5 @@
-"""The Flask app factory: what the requests share (`state`), the blueprints, the API key and the
-metrics key, the plain-path rule of the Ollama API's
+"""The Flask app factory: what the requests share (`state`), the blueprints, the Host names answered
+without a key (`hosts`), the API key and the metrics key, the plain-path rule of the Ollama API's
 paths, the log line of every request, and errors answered in each family's shape (`error_shapes`)."""
 
 from __future__ import annotations
@@ -15,10 +15,11 @@ import orjson
 from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 
-from role_injector.errors import MAX_DETAIL_CHARS, ConfigError, Unauthorized, bounded
+from role_injector.errors import MAX_DETAIL_CHARS, ConfigError, HostNotAllowed, Unauthorized, bounded
 from role_injector.settings import Settings
 from role_injector.web import metrics, state
 from role_injector.web.error_shapes import answer_errors
+from role_injector.web.hosts import AllowedHosts, host_name
 from role_injector.web.ollama import ollama
 from role_injector.web.openai import openai
 from role_injector.web.rest import rest
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     check_api_key(settings.api_key)
     check_api_key(settings.metrics_key, "ROLE_INJECTOR_METRICS_KEY")
+    allowed_hosts = AllowedHosts(settings.allowed_hosts)
     app = Flask(__name__)
     app.json = OrjsonProvider(app)
     app.url_map.merge_slashes = False  # '//' is answered by the API (JSON), not redirected (HTML)
@@ -89,6 +91,17 @@ def create_app(settings: Settings | None = None) -> Flask:
         """The request's timer and the figures its log line will carry."""
         g.started = time.perf_counter()
         g.log = {}
+
+    @app.before_request
+    def known_host() -> None:
+        """Without an API key, only the Host names the worker answers to (`web/hosts.py`)."""
+        host = request.environ.get("HTTP_HOST")
+        if not settings.api_key and host not in allowed_hosts:
+            name = host_name(host) or host
+            raise HostNotAllowed(
+                f"this worker has no API key and does not answer to the name {name!r} (a web page could "
+                "otherwise reach it through DNS rebinding): add the name to ROLE_INJECTOR_ALLOWED_HOSTS "
+                "or set ROLE_INJECTOR_API_KEY", details={"host": name})
 
     @app.before_request
     def require_key() -> None:

@@ -28,7 +28,7 @@ from role_injector.web.state import settings
 
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
                  "reserve_output", "format", "context_policy", "history_share", "selection", "query"}
-ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables"}
+ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables", "replace"}
 
 
 def invalid(message: str, **details: Any) -> InvalidRequest:
@@ -205,9 +205,13 @@ def parse_count(body: Mapping[str, Any]) -> tuple[str, str | None]:
     return text, _model(body)
 
 
-def parse_role_model(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body."""
+def parse_role_model(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body,
+    and whether an existing model that Role Injector did not make may be replaced."""
     _unknown(body, ROLE_MODEL_FIELDS)
     options = parse_options(body, {"budget", "variables"})
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise invalid("'replace' must be true or false", field="replace")
     return {"base": _string(body, "base"), "name": _string(body, "name"), "budget": options.budget,
-            "variables": options.variables}
+            "variables": options.variables}, replace
