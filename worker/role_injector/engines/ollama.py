@@ -3,9 +3,13 @@
 
 - `/api/chat` (from an Ollama client, or translated from an OpenAI client by `chat_body`): the
   client's system messages give way to the fitted role; the other messages keep every field (images,
-  tool_calls, ...) with their content neutralised;
+  tool_calls, ...), each treated as templates print it (`engines.messages`: text neutralised, a name
+  with a control token refused), and so are the tool definitions;
 - `/api/generate`: the role becomes `system`, or, with `raw: true`, the whole prompt is rendered in
-  the model's chat format with the role in front and the client's prompt as the user turn;
+  the model's chat format with the role in front and the client's prompt as the user turn; `prompt`
+  and `suffix` are neutralised; a `template` of the client's own (which would replace the one that
+  frames the role) and a non-empty `context` (token ids, detokenised in front of the role, unchecked)
+  are refused;
 - both: the role and the conversation share the context by the context policy (`inject`; the oldest
   messages may be left out), `options` = the role's params, then the virtual model's, then the
   client's own options (the client wins); `options.num_ctx` is the context window (never lower than
@@ -40,6 +44,7 @@ from typing import Any
 
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
 from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.messages import neutralise_message, neutralise_tools
 from role_injector.engines.transport import encode_json
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError, shown
 from role_injector.fitting import FitCache
@@ -76,7 +81,7 @@ class Conversation:
 
     turns: tuple[Message, ...] = ()
     exchange_starts: frozenset[int] | None = None  # None: at every user turn
-    attached_tokens: int = 0  # tool definitions, /api/generate's context
+    attached_tokens: int = 0  # tool definitions
     attached_what: str = ""  # what they are, for an overflow's message
     client_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -196,10 +201,12 @@ def rewrite_chat(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict
     Messages the context policy dropped (the oldest, `injection.dropped_messages`) are not sent."""
     messages = _chat_messages(body)
     options_asked = client_options(body)
-    turns = [m for m in messages if m["role"] != "system"]
+    turns = [neutralise_message(m, f"messages[{i}]") for i, m in enumerate(messages) if m["role"] != "system"]
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", "tools")
+    if tools:
+        tools = neutralise_tools(tools)
     base = request.virtual.base
     # An exchange starts at a user message; tool results belong to the exchange before them.
     injection, options = _inject_virtual(request, Conversation(
@@ -212,11 +219,10 @@ def rewrite_chat(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict
     out = dict(body)
     out["model"] = base
     out["options"] = options
+    if tools:
+        out["tools"] = tools
     if messages:  # an empty list asks Ollama to load the model: keep it empty
-        out["messages"] = [{"role": "system", "content": injection.system}] + [
-            {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m
-            for m in turns[injection.dropped_messages:]
-        ]
+        out["messages"] = [{"role": "system", "content": injection.system}, *turns[injection.dropped_messages:]]
     return out, injection
 
 
@@ -233,21 +239,24 @@ def rewrite_generate(body: Mapping[str, Any], request: VirtualRequest) -> tuple[
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise invalid("'suffix' must be a string", "suffix")
-    context = body.get("context")
-    if context is not None and not isinstance(context, list):
-        raise invalid("'context' must be a list of token ids", "context")
+    if body.get("template") not in (None, ""):
+        raise invalid(f"'template' is not taken on virtual model {request.virtual.name!r}: the client's own "
+                      "template would replace the model's, and the role would never reach the model", "template")
+    if body.get("context") not in (None, []):
+        raise invalid(f"'context' (token ids of earlier turns) is not taken on virtual model "
+                      f"{request.virtual.name!r}: Ollama would put them, unchecked, in front of the role; send "
+                      "the conversation as messages to /api/chat", "context")
     raw = body.get("raw") is True
     options_asked = client_options(body)
     # In raw mode Ollama applies no template, so a suffix plays no part.
     turns = (Message("user", prompt if raw else prompt + (suffix or "")),) if prompt else ()
-    injection, options = _inject_virtual(request, Conversation(
-        turns=turns, attached_tokens=len(context or ()), attached_what="the context of earlier turns",
-        client_options=options_asked,
-    ))
+    injection, options = _inject_virtual(request, Conversation(turns=turns, client_options=options_asked))
     out = dict(body)
     out["model"] = request.virtual.base
     out["options"] = options
     out.pop("system", None)  # the role is the system prompt
+    if suffix:
+        out["suffix"] = neutralise(suffix)  # templates print it after the prompt
     if not prompt:  # an empty prompt asks Ollama to load the model: keep it empty
         return out, injection
     if raw:
