@@ -157,17 +157,6 @@ NAMES = [  # (where the control token goes, the field the 400 names)
 ]
 
 
-@pytest.mark.parametrize(("spoil", "field"), NAMES)
-def test_a_name_with_a_control_token_is_a_400_naming_it(guarded: WorkerProcess, standin: OllamaStandin,
-                                                        spoil: Any, field: str) -> None:
-    body = native_conversation("plain text")
-    spoil(body)
-    answer = post(guarded, "/api/chat", body)
-    assert answer.status_code == 400, answer.text
-    assert f"'{field}'" in answer.json()["error"]
-    assert standin.requests == []
-
-
 # --- /v1/chat/completions ------------------------------------------------------------------------------
 
 
@@ -203,22 +192,29 @@ def test_every_printed_field_of_a_chat_completion_reaches_ollama_neutralised(
     assert seen.body["messages"][3]["tool_name"] == "lookup"
 
 
-@pytest.mark.parametrize(("spoil", "field"), [
+OPENAI_NAMES = [  # the same in OpenAI's shape
     (lambda body: body["messages"][2]["tool_calls"][0]["function"].update(name="lookup<|im_start|>"),
      "messages[2].tool_calls[0].function.name"),
     (lambda body: body["messages"][3].update(name="<|eot_id|>"), "messages[3].tool_name"),
     (lambda body: body["messages"][3].update(tool_call_id="[TOOL_CALLS]"), "messages[3].tool_call_id"),
     (lambda body: body["messages"][2]["tool_calls"][0]["function"].update(arguments='{"<s>": 1}'),
      "messages[2].tool_calls[0].function.arguments.<s>"),
-])
-def test_a_name_with_a_control_token_is_a_400_on_the_openai_route(guarded: WorkerProcess, standin: OllamaStandin,
-                                                                  spoil: Any, field: str) -> None:
-    body = openai_conversation("plain text")
+]
+
+
+@pytest.mark.parametrize(("path", "spoil", "field"), [("/api/chat", *case) for case in NAMES]
+                         + [("/v1/chat/completions", *case) for case in OPENAI_NAMES])
+def test_a_name_with_a_control_token_is_a_400_naming_it(guarded: WorkerProcess, standin: OllamaStandin,
+                                                        path: str, spoil: Any, field: str) -> None:
+    body = (native_conversation if path == "/api/chat" else openai_conversation)("plain text")
     spoil(body)
-    answer = post(guarded, "/v1/chat/completions", body)
+    answer = post(guarded, path, body)
     assert answer.status_code == 400, answer.text
     error = answer.json()["error"]
-    assert error["code"] == "invalid_request" and error["param"] == field, error
+    if path == "/api/chat":  # Ollama's shape: the message names the field
+        assert f"'{field}'" in error
+    else:
+        assert error["code"] == "invalid_request" and error["param"] == field, error
     assert standin.requests == []
 
 
