@@ -209,7 +209,8 @@ def main() -> int:
         profile.write_text(PROFILE)
         env = {"ROLE_INJECTOR_OLLAMA_URL": ollama_url, "ROLE_INJECTOR_MODELS": str(profile),
                "ROLE_INJECTOR_READ_TIMEOUT": "900", "ROLE_INJECTOR_WRITE_TIMEOUT": "900",
-               "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "900"}
+               "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "900",
+               "ROLE_INJECTOR_ALLOWED_HOSTS": "worker,w"}  # the Host names of its raw requests
         with run_worker(REPO / "roles", Path(tmp), env=env, workers=1) as worker:
             host, port = worker.url.rsplit("//", 1)[1].rsplit(":", 1)
             (pid,) = worker.worker_pids()

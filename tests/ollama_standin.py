@@ -67,7 +67,7 @@ class Fault:
     delay: float = 0.0  # seconds to wait before answering at all
     chunk_delay: float = 0.0  # seconds between streamed chunks
     status: int | None = None  # answer this status with `body` instead of the real answer
-    body: Any = None  # JSON value, or a str sent as text/plain
+    body: Any = None  # JSON value, a str sent as text/plain, or bytes sent as they are (NDJSON lines)
     model_not_found: bool = False  # 404 with Ollama's own message for the requested model
     chunks: int = 3  # how many pieces a streamed answer comes in (before the final `done` line)
     times: int | None = None  # how many requests it spoils before it goes away (None: all)
@@ -128,6 +128,7 @@ class OllamaStandin:
         self.serving: _Serving | None = None  # set by run_ollama_standin
         self.answer: Answer = answer
         self.models = dict(DEFAULT_MODELS if models is None else models)
+        self._first_models = dict(self.models)  # what `clear` goes back to
         # When strict, a model not in `models` gets Ollama's 404; otherwise any name is served.
         self.strict_models = strict_models
         # Without a blob store, /api/blobs/* is only recorded (and answered 404).
@@ -186,15 +187,14 @@ class OllamaStandin:
 
     def clear(self) -> None:
         """Forget recorded requests, faults and interruptions, created models and blobs, and restore
-        the default answer."""
+        the default answer and the models it started with (also one a test created over)."""
         with self._lock:
             self._requests.clear()
             self._faults.clear()
             self._interrupted = 0
             self.most_in_flight = 0
             self.answer = DEFAULT_ANSWER
-            for name in self.created:
-                self.models.pop(name, None)
+            self.models = dict(self._first_models)
             self.created.clear()
             self.blobs.clear()
 
@@ -292,7 +292,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if fault.status is not None:
             body = fault.body if fault.body is not None else {"error": "injected fault"}
-            if fault.length is not None or fault.cut_after is not None:
+            if fault.length is not None or fault.cut_after is not None or isinstance(body, bytes):
                 self._send_fixed_length(fault, body)
             else:
                 self._send(fault.status, body)
@@ -404,7 +404,8 @@ class _Handler(BaseHTTPRequestHandler):
         return False
 
     def _send_fixed_length(self, fault: Fault, body: Any) -> None:
-        encoded = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        encoded = (body if isinstance(body, bytes) else body.encode() if isinstance(body, str)
+                   else json.dumps(body).encode())
         if fault.length is not None and isinstance(body, dict) and fault.length > len(encoded) + 12:
             opening = b'{"pad": "'  # {"pad": "xxx…", ...the body's own fields}
             closing = b'"' + (b", " + encoded[1:] if body else b"}")
@@ -414,7 +415,8 @@ class _Handler(BaseHTTPRequestHandler):
         length = len(opening) + padding + len(closing)
         limit = length if fault.cut_after is None else min(fault.cut_after, length)
         self.send_response(fault.status or 200)
-        kind = "text/plain" if isinstance(body, str) else "application/json"
+        kind = ("application/x-ndjson" if isinstance(body, bytes) else "text/plain" if isinstance(body, str)
+                else "application/json")
         self.send_header("Content-Type", f"{kind}; charset=utf-8")
         self.send_header("Content-Length", str(length))
         self.end_headers()

@@ -3,8 +3,9 @@ target one process) in front of the Ollama stand-in, and a raw HTTP client that 
 exactly as given, like `curl --path-as-is` (no normalising of the path, any method).
 
 Servers are session-scoped and few: `guarded` (short read/write timeouts, Ollama's URL with userinfo)
-and `roomy` (long timeouts, for holding many connections). Tests that need other settings start their
-own with `tests.servers.run_worker_at`.
+and `roomy` (long timeouts, for holding many connections); both answer to the Host name `worker`, as
+the compose file's worker does (raw requests here name it). Tests that need other settings start
+their own with `tests.servers.run_worker_at`.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ def with_userinfo(url: str, user: str = OLLAMA_USER, password: str = OLLAMA_PASS
 def guarded(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     """Short timeouts (read 1 s, write 1 s, Ollama 3 s); Ollama's URL carries a user and password."""
     with run_worker_at(place, with_userinfo(standin.url), ROLE_INJECTOR_READ_TIMEOUT="1",
-                      ROLE_INJECTOR_WRITE_TIMEOUT="1", ROLE_INJECTOR_UPSTREAM_TIMEOUT="3") as server:
+                      ROLE_INJECTOR_WRITE_TIMEOUT="1", ROLE_INJECTOR_UPSTREAM_TIMEOUT="3",
+                      ROLE_INJECTOR_ALLOWED_HOSTS="worker") as server:
         yield server
 
 
@@ -75,7 +77,7 @@ def guarded(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
 def roomy(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     """Long timeouts: connections stay open as long as a test holds them."""
     with run_worker_at(place, standin.url, ROLE_INJECTOR_READ_TIMEOUT="120",
-                      ROLE_INJECTOR_WRITE_TIMEOUT="120") as server:
+                      ROLE_INJECTOR_WRITE_TIMEOUT="120", ROLE_INJECTOR_ALLOWED_HOSTS="worker") as server:
         yield server
 
 
@@ -101,10 +103,12 @@ def address(server: WorkerProcess) -> tuple[str, int]:
 
 def raw_request(server: WorkerProcess, method: str, target: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None, timeout: float = 30) -> RawAnswer:
-    """Send `method target` exactly as written (no path normalising, any method) and read the answer."""
+    """Send `method target` exactly as written (no path normalising, any method; a Host of the
+    caller's instead of the server's address) and read the answer."""
     connection = http.client.HTTPConnection(*address(server), timeout=timeout)
     try:
-        connection.putrequest(method, target, skip_accept_encoding=True)
+        own_host = any(name.lower() == "host" for name in headers or {})
+        connection.putrequest(method, target, skip_host=own_host, skip_accept_encoding=True)
         for name, value in (headers or {}).items():
             connection.putheader(name, value)
         if body is not None:

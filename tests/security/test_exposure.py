@@ -1,8 +1,9 @@
 """Class 9 (web part): what the server exposes and leaves behind.
 
-Metric labels stay bounded whatever methods and paths clients send; serving beyond loopback without
-an API key is announced loudly; an API key that clients cannot send is refused at start; compose
-publishes ports on 127.0.0.1 only; a start and stop leaves no metrics folder behind.
+Metric labels stay bounded whatever methods and paths clients send; /metrics, which names the roles,
+needs the API key or the metrics key once either is set; serving beyond loopback without an API key
+is announced loudly; an API key that clients cannot send is refused at start; compose publishes
+ports on 127.0.0.1 only; a start and stop leaves no metrics folder behind.
 """
 
 from __future__ import annotations
@@ -17,8 +18,18 @@ import pytest
 import requests
 import yaml
 
+from tests.ollama_standin import OllamaStandin
 from tests.security.conftest import raw_request
-from tests.servers import CLEAN_ENV, REPO, ROLE_INJECTOR, WorkerProcess, free_port, stop_process, wait_for_http
+from tests.servers import (
+    CLEAN_ENV,
+    REPO,
+    ROLE_INJECTOR,
+    WorkerProcess,
+    free_port,
+    run_worker_at,
+    stop_process,
+    wait_for_http,
+)
 
 
 def series(metrics: str, name: str) -> list[str]:
@@ -121,3 +132,42 @@ def test_compose_publishes_on_loopback_unless_told_otherwise() -> None:
     variable = re.search(r"\$\{([A-Z_]+):-127\.0\.0\.1\}", str(published[0][1]))
     assert variable and f"{variable.group(1)}=" in env_example
     assert "/api/*" in env_example and "/v1/*" in env_example
+
+
+# --- /metrics names the roles: it needs a key once one is set -----------------------------------------
+
+
+METRICS_KEY = "scrape-only-key-0123456789"
+
+
+@pytest.mark.parametrize(("env", "open_api"), [
+    ({"ROLE_INJECTOR_API_KEY": "api-key-0123456789", "ROLE_INJECTOR_METRICS_KEY": METRICS_KEY}, False),
+    ({"ROLE_INJECTOR_API_KEY": "api-key-0123456789"}, False),
+    ({"ROLE_INJECTOR_METRICS_KEY": METRICS_KEY}, True),
+])
+def test_metrics_need_a_key_once_one_is_set(place: Path, standin: OllamaStandin, env: dict[str, str],
+                                            open_api: bool) -> None:
+    with run_worker_at(place, standin.url, **env) as server:
+        api_key = env.get("ROLE_INJECTOR_API_KEY")
+        too_small = requests.post(server.url + "/v1/inject", json={"role": "guarded", "budget": 1}, timeout=10,
+                                  headers={"Authorization": f"Bearer {api_key}"} if api_key else {})
+        assert too_small.json()["error"]["code"] == "budget_too_small"  # counted by role
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": "wrong"}):
+            refused = requests.get(server.url + "/metrics", headers=headers, timeout=10)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+            assert "guarded" not in refused.text
+        for key in (METRICS_KEY if "ROLE_INJECTOR_METRICS_KEY" in env else None, api_key):
+            if key:
+                for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+                    scraped = requests.get(server.url + "/metrics", headers=headers, timeout=10)
+                    assert scraped.status_code == 200 and 'role="guarded"' in scraped.text
+        # The metrics key opens /metrics only.
+        listed = requests.get(server.url + "/v1/roles", headers={"Authorization": f"Bearer {METRICS_KEY}"}, timeout=10)
+        assert listed.status_code == (200 if open_api else 401)
+        assert requests.get(server.url + "/healthz", timeout=10).status_code == 200
+
+
+def test_a_metrics_key_clients_cannot_send_is_refused_at_start(tmp_path: Path) -> None:
+    process, _, log = start_serving("127.0.0.1", tmp_path, ROLE_INJECTOR_METRICS_KEY="clé métriques")
+    assert process.wait(timeout=60) == 9
+    assert "ROLE_INJECTOR_METRICS_KEY" in log.read_text() and "visible ASCII" in log.read_text()

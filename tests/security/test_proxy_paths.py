@@ -50,6 +50,22 @@ def test_crooked_paths_are_400_and_reach_nothing(guarded: WorkerProcess, standin
     assert standin.requests == []
 
 
+UNROUTED = ["/api//chat", "/api///tags", "/api//", "/api/x//y", "/api/show//", "/api//blobs/sha256:00",
+            "/api/chat//", "/api/./", "/api/%2F"]
+
+
+@pytest.mark.parametrize("target", [t for t in ATTACKS if t.startswith("/api/")] + UNROUTED)
+def test_every_crooked_api_path_is_the_documented_400_routed_or_not(guarded: WorkerProcess,
+                                                                    standin: OllamaStandin, target: str) -> None:
+    """Not a 404 in the REST shape where no route matched: the same 400 in Ollama's shape as any other."""
+    for method in METHODS:
+        answer = raw_request(guarded, method, target, CHAT, {"Content-Type": "application/json"})
+        assert answer.status == 400, (method, target, answer.status, answer.body)
+        assert "not an Ollama API path" in answer.json()["error"]
+    assert raw_request(guarded, "HEAD", target).status == 400
+    assert standin.requests == []
+
+
 def test_absolute_form_targets_are_checked_the_same(guarded: WorkerProcess, standin: OllamaStandin) -> None:
     for path in ("/api/./chat", "/api/x/../chat", "/api/%2e/chat"):
         answer = raw_request(guarded, "POST", guarded.url + path, CHAT)

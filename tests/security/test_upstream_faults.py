@@ -109,9 +109,17 @@ def test_a_passed_through_answer_that_stalls_or_breaks(guarded: WorkerProcess, s
         answer = requests.post(guarded.url + "/api/chat", json={**CHAT, "model": model}, timeout=30)
         assert answer.status_code == status and set(answer.json()) == {"error"}, answer.text
         assert logged_statuses(guarded, "/api/chat")[-1] == status
-    # After some of it went out: the connection is cut, so the client cannot take it for a whole answer.
+    # After some of it: an answer that is not a stream is read whole before the status goes out, so
+    # it is still a JSON 504 / 502, never a 200 with a cut body.
+    for fault, status in (({"stall": 6}, 504), ({"stall": 0}, 502)):
+        standin.set_fault("/api/chat", status=200, body={"done": True}, length=50_000, cut_after=20_000, **fault)
+        answer = requests.post(guarded.url + "/api/chat", json={**CHAT, "model": model}, timeout=30)
+        assert answer.status_code == status and set(answer.json()) == {"error"}, answer.text
+        assert logged_statuses(guarded, "/api/chat")[-1] == status
+    # One larger than ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES is relayed as it comes: after some of it went
+    # out, the connection is cut, so the client cannot take it for a whole answer.
     for stall in (6, 0):
-        standin.set_fault("/api/chat", status=200, body={"done": True}, length=50_000, cut_after=20_000,
+        standin.set_fault("/api/chat", status=200, body={"done": True}, length=17 * MiB, cut_after=16 * MiB + 1,
                           stall=stall)
         with pytest.raises(requests.exceptions.ChunkedEncodingError):
             requests.post(guarded.url + "/api/chat", json={**CHAT, "model": model}, timeout=30).content  # noqa: B018 - read the whole answer

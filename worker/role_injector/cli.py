@@ -143,7 +143,7 @@ def cmd_ollama_create(args: argparse.Namespace) -> int:
     model = ollama_models.plan_role_model(current_roles(args), load_profiles(Settings.from_env().models_file),
                                           fit_cache(), args.role, base=args.base, name=args.name,
                                           budget=args.budget, variables=parse_vars(args.var))
-    print_json(follow(ollama_models.create_role_model(client(args), model)))
+    print_json(follow(ollama_models.create_role_model(client(args), model, replace=args.replace)))
     return 0
 
 
@@ -282,7 +282,7 @@ def cmd_bake_create(args: argparse.Namespace) -> int:
     else:
         print(f"uploading {adapter} ({adapter.stat().st_size} bytes) as {digest}", file=sys.stderr)
         ollama.push_blob(adapter, digest)
-    print_json(follow(ollama_models.create_role_model(ollama, model)))
+    print_json(follow(ollama_models.create_role_model(ollama, model, replace=args.replace)))
     return 0
 
 
@@ -346,9 +346,12 @@ def build_parser() -> argparse.ArgumentParser:
         if ollama:
             command.add_argument("--ollama-url", default=ollama_url, help="default: ROLE_INJECTOR_OLLAMA_URL")
 
-    def model_options(command: argparse.ArgumentParser) -> None:
+    def model_options(command: argparse.ArgumentParser, creates: bool = True) -> None:
         command.add_argument("--base", help="the base model (default: the role's model)")
         command.add_argument("--name", help="the model to create (default: the role's name)")
+        if creates:
+            command.add_argument("--replace", action="store_true",
+                                 help="overwrite a model of that name that Role Injector did not make")
 
     ollama = commands.add_parser("ollama", help="the role as an Ollama model: its SYSTEM, num_ctx and params")
     ollama_commands = ollama.add_subparsers(dest="ollama_command", required=True)
@@ -360,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.set_defaults(run=cmd_ollama_create)
     modelfile = ollama_commands.add_parser("modelfile", help="print an equivalent Modelfile")
     role_options(modelfile, ollama=False)
-    model_options(modelfile)
+    model_options(modelfile, creates=False)
     modelfile.add_argument("--budget", type=int)
     modelfile.set_defaults(run=cmd_ollama_modelfile)
     listing = ollama_commands.add_parser("list", help="the models created from roles, and which are stale")
@@ -410,8 +413,8 @@ READER_GONE = 141
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
+    try:  # the parser's defaults come from the settings: a wrong one is a clear error too
+        args = build_parser().parse_args(argv)
         code = int(args.run(args))
         sys.stdout.flush()  # here, so that a reader gone by now is seen below, not at exit
         return code

@@ -8,8 +8,16 @@ the OpenAPI document and the README are derived from it or tested against it.
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass
 from typing import Any
+
+# What an error or a log line repeats of a client's (or an engine's) values is bounded: a 4 MiB model
+# name is not answered, logged or printed back whole.
+MAX_MESSAGE_CHARS = 2000  # an error's message
+MAX_DETAIL_CHARS = 500  # a string in an error's details, a value in a request's log line
+MAX_DETAIL_ITEMS = 20  # a list in an error's details
+MAX_SHOWN_CHARS = 120  # a value quoted in a message (`shown`)
 
 
 @dataclass(frozen=True)
@@ -36,6 +44,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("invalid_request", "the request is malformed or names something that cannot be used",
               400, 400, "invalid_request_error", 2),
     ErrorKind("unauthorized", "missing or wrong API key", 401, 401, "authentication_error", 2),
+    ErrorKind("host_not_allowed", "without an API key, the request names a Host the worker does not answer to"
+              " (DNS rebinding; ROLE_INJECTOR_ALLOWED_HOSTS)", 403, 403, "invalid_request_error", 2),
     ErrorKind("not_found", "no such endpoint", 404, 404, "invalid_request_error", 2),
     ErrorKind("role_not_found", "no role of that name (close names in details.suggestions)",
               404, 404, "invalid_request_error", 3),
@@ -66,6 +76,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 13),
     ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
+    ErrorKind("model_exists", "Ollama has a model of that name that Role Injector did not make (replace it"
+              " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -83,15 +95,46 @@ def code_of_status(status: int) -> str:
     return HTTP_STATUS_CODES.get(status, "invalid_request" if status < 500 else "internal_error")
 
 
+def bounded(text: str, limit: int) -> str:
+    """`text`, or, when longer than `limit`, its start and end with how much was left out between."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 4
+    return f"{text[:limit - tail]} … [{len(text) - limit} characters left out] … {text[len(text) - tail:]}"
+
+
+def bounded_value(value: Any) -> Any:
+    """A JSON-like value with its strings (keys too) and lists bounded (`MAX_DETAIL_*`)."""
+    if isinstance(value, str):
+        return bounded(value, MAX_DETAIL_CHARS)
+    if isinstance(value, dict):
+        return {bounded(str(key), MAX_DETAIL_CHARS): bounded_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        kept = [bounded_value(item) for item in value[:MAX_DETAIL_ITEMS]]
+        return kept + ([f"… {len(value) - MAX_DETAIL_ITEMS} more"] if len(value) > MAX_DETAIL_ITEMS else [])
+    return value
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = _SHOWN.maxlong = MAX_SHOWN_CHARS
+
+
+def shown(value: Any) -> str:
+    """A client's value quoted in a message, as `repr` but bounded (long strings cut in the middle)."""
+    return _SHOWN.repr(value)
+
+
 class RoleInjectorError(Exception):
-    """Base error: a stable `code` (a key of `KINDS`), a message for people, details for programs."""
+    """Base error: a stable `code` (a key of `KINDS`), a message for people, details for programs.
+    Both are bounded here, once for every surface (REST, the proxies, the CLI, logs)."""
 
     code = "invalid_request"
 
     def __init__(self, message: str, *, details: dict[str, Any] | None = None) -> None:
+        message = bounded(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.message = message
-        self.details: dict[str, Any] = details or {}
+        self.details: dict[str, Any] = bounded_value(details) if details else {}
 
     @property
     def kind(self) -> ErrorKind:
@@ -114,6 +157,10 @@ class ClientClosed(RoleInjectorError):
 
 class Unauthorized(RoleInjectorError):
     code = "unauthorized"
+
+
+class HostNotAllowed(RoleInjectorError):
+    code = "host_not_allowed"
 
 
 class RoleNotFound(RoleInjectorError):
@@ -170,6 +217,12 @@ class UpstreamTimeout(RoleInjectorError):
 
 class ModelNotFound(RoleInjectorError):
     code = "model_not_found"
+
+
+class ModelExists(RoleInjectorError):
+    """Creating a model would overwrite one that Role Injector did not make."""
+
+    code = "model_exists"
 
 
 class UpstreamRefused(RoleInjectorError):

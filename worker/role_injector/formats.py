@@ -20,7 +20,8 @@ Speaker = Literal["user", "assistant"]
 ZERO_WIDTH_SPACE = "\u200b"
 CONTROL_TOKEN = re.compile(
     r"<\|[A-Za-z0-9_]+\|>"  # Qwen and Llama 3: <|im_start|>, <|eot_id|>, ...
-    r"|</?s>|<(?:bos|eos|pad|start_of_turn|end_of_turn)>"  # Mistral, Gemma
+    r"|</?s>|<(?:bos|eos|pad|start_of_turn|end_of_turn|start_of_image|end_of_image)>"  # Mistral, Gemma
+    r"|</?(?:think|tool_call|tool_response|tools)>"  # Qwen's reasoning and tool frames (tokens of its own)
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_RESULTS|TOOL_CALLS)\]"  # Mistral
 )
 

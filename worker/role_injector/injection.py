@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from role_injector.context import first_kept, role_budget, step_down
-from role_injector.errors import ContextOverflow, RoleNotFound
+from role_injector.errors import ContextOverflow, RoleNotFound, shown
 from role_injector.fitting import Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.options import RoleOptions
@@ -112,7 +112,7 @@ def find_role(roles: RoleSet, name: str) -> Role:
             hint += f" and {more} more (GET /v1/roles lists them all)" if more > 0 else ""
         else:
             hint = "; there are no roles in the roles folder"
-        raise RoleNotFound(f"role {name!r} not found{hint}", details={"role": name, "suggestions": suggestions})
+        raise RoleNotFound(f"role {shown(name)} not found{hint}", details={"role": name, "suggestions": suggestions})
     return role
 
 

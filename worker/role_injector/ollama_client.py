@@ -12,7 +12,6 @@ Ollama's API), `UpstreamRefused` (Ollama's own error), `ModelNotFound`.
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -32,6 +31,7 @@ from role_injector.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from role_injector.json_text import parse_engine_json
 
 RETRIED_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_JSON_BYTES = 16 * 1024 * 1024  # one JSON answer (the default of ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES)
@@ -81,10 +81,11 @@ class OllamaClient:
 
     def _refusal(self, answer: Answer, what: str) -> RoleInjectorError:
         """The error for an answer with an error status, with Ollama's own message."""
-        text = answer.body(f"{answer.path} error").decode("utf-8", "replace")
+        data = answer.body(f"{answer.path} error")
+        text = data.decode("utf-8", "replace")
         try:
-            message = json.loads(text).get("error") or text
-        except (ValueError, AttributeError):
+            message = parse_engine_json(data).get("error") or text
+        except (ValueError, RecursionError, AttributeError):
             message = text.strip() or f"HTTP {answer.status}"
         details = {"status": answer.status, "retriable": answer.status in RETRIED_STATUSES}
         if answer.status == 404 and "not found" in str(message):

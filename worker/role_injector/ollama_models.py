@@ -8,6 +8,10 @@ create request. Both names share one manifest, so `/api/tags` shows them with th
 `list_role_models` finds every label, the names that share its digest, and compares the version
 with the role's current one. Ollama keeps no comments or labels of its own in a model, and a name
 is the one thing every Ollama client lists.
+
+The label is also how a model made here is told from one made otherwise: creating a model never
+overwrites an existing one that no label shares a digest with (a model pulled or made by the user,
+`qwen3:8b` say) unless asked to (`replace`): that is a `ModelExists`.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from role_injector.engines.ollama import num_ctx_option
-from role_injector.errors import InvalidRequest, ModelNotFound, RoleError
+from role_injector.errors import InvalidRequest, ModelExists, ModelNotFound, RoleError
 from role_injector.fitting import Fit, FitCache
 from role_injector.injection import InjectRequest, Usage, find_role, inject
 from role_injector.modelfile import carried_text, check_parameters, render_modelfile
@@ -224,14 +228,38 @@ def role_modelfile(model: RoleModel) -> tuple[str, bool]:
     return text, system != model.system
 
 
-def create_role_model(client: OllamaClient, model: RoleModel) -> Iterator[dict[str, Any]]:
-    """Create `model` in Ollama and label it: Ollama's progress lines, then `model.summary()`.
+def _entry_name(entry: Mapping[str, Any]) -> str:
+    return str(entry.get("name") or entry.get("model"))
+
+
+def check_replaceable(client: OllamaClient, name: str) -> None:
+    """`ModelExists` when Ollama has a model `name` that Role Injector did not make: one that is no
+    label and shares its digest with none."""
+    wanted = display_name(name).lower()
+    models = client.tags()
+    found = next((entry for entry in models if display_name(_entry_name(entry)).lower() == wanted), None)
+    if found is None or LABEL.fullmatch(_entry_name(found)):
+        return
+    digest = found.get("digest")
+    if digest and any(entry.get("digest") == digest and LABEL.fullmatch(_entry_name(entry)) for entry in models):
+        return
+    raise ModelExists(f"Ollama at {client.url} has a model {name!r} that Role Injector did not make; "
+                      "creating the role's model would overwrite it. Choose another name, or replace it "
+                      "explicitly (\"replace\": true; role-injector ollama create --replace)",
+                      details={"model": name})
+
+
+def create_role_model(client: OllamaClient, model: RoleModel, *, replace: bool = False) -> Iterator[dict[str, Any]]:
+    """Create `model` in Ollama and label it: Ollama's progress lines, then `model.summary()`. An
+    existing model of that name that Role Injector did not make is overwritten only with `replace`.
     Nothing is sent before iteration starts; errors before the first line are raised from it."""
     try:
         client.show(model.base)
     except ModelNotFound:
         raise ModelNotFound(f"Ollama at {client.url} has no model {model.base!r}; pull it first: "
                             f"ollama pull {model.base}", details={"model": model.base}) from None
+    if not replace:
+        check_replaceable(client, model.name)
     for line in client.create(model.create_body()):
         if line.get("status") != "success":  # the last line is ours, once the label is there
             yield line

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from role_injector.engines.answer import ChatAnswer, Delta, compact
-from role_injector.errors import InvalidRequest
+from role_injector.errors import MAX_MESSAGE_CHARS, InvalidRequest, bounded, shown
 
 OWNER = "role-injector"  # `owned_by` of virtual models in /v1/models
 
@@ -25,8 +25,9 @@ def invalid(message: str, param: str | None = None) -> InvalidRequest:
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:
-    """An error in OpenAI's shape; `kind` is OpenAI's `type` (see `errors.KINDS`)."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """An error in OpenAI's shape; `kind` is OpenAI's `type` (see `errors.KINDS`). The message is
+    bounded, as every error's is (an engine's refusal may repeat a client's value whole)."""
+    return {"error": {"message": bounded(message, MAX_MESSAGE_CHARS), "type": kind, "param": param, "code": code}}
 
 
 # --- the request -----------------------------------------------------------------------------------
@@ -45,7 +46,7 @@ class ChatRequest:
 def flag(body: Mapping[str, Any], name: str) -> bool:
     value = body.get(name)
     if value is not None and not isinstance(value, bool):
-        raise invalid(f"'{name}' must be true or false, not {value!r}", name)
+        raise invalid(f"'{name}' must be true or false, not {shown(value)}", name)
     return bool(value)
 
 

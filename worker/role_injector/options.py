@@ -20,7 +20,7 @@ from functools import cached_property
 from typing import Any, Literal
 
 from role_injector.context import ContextPolicy, PolicyName, history_share, policy_name
-from role_injector.errors import InvalidRequest
+from role_injector.errors import InvalidRequest, shown
 from role_injector.yaml_input import json_problem
 
 # Any count of tokens a role, profile or request may name (a budget, a context window, an answer's
@@ -58,7 +58,7 @@ def tokens(value: object, name: str, minimum: int = 1, whole_floats: bool = Fals
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_TOKENS:
         span = (f"a positive whole number of tokens (at most {MAX_TOKENS})" if minimum == 1
                 else f"a whole number of tokens from {minimum} to {MAX_TOKENS}")
-        raise OptionError(name, f"must be {span}, not {value!r}")
+        raise OptionError(name, f"must be {span}, not {shown(value)}")
     return value
 
 
@@ -66,7 +66,7 @@ def selection(value: object) -> Selection:
     for name in SELECTIONS:
         if value == name:
             return name
-    raise ValueError(f"must be one of {', '.join(SELECTIONS)}, not {value!r}")
+    raise ValueError(f"must be one of {', '.join(SELECTIONS)}, not {shown(value)}")
 
 
 def _checked(name: str, check: Any, value: object) -> Any:

@@ -10,13 +10,25 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from role_injector.errors import ProfileError
+from role_injector.errors import InvalidRequest, ProfileError
 from role_injector.formats import FORMATS
 from role_injector.options import VIRTUAL_FIELDS, OptionError, RoleOptions, parse_options, tokens
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, NAME_PATTERN, RoleLimits
 from role_injector.store import read_regular_file
 from role_injector.tokens import VOCABULARIES
 from role_injector.yaml_input import YamlRefused, load_yaml
+
+# Ollama's longest model name (host 350 characters, namespace, model and tag 80 each) with '@' and a
+# role name fits well within this; a longer name is no model's, and is refused before it is logged,
+# sent on or repeated in an answer.
+MAX_MODEL_NAME_CHARS = 1024
+
+
+def check_model_length(name: Any, field: str = "model") -> None:
+    """`InvalidRequest` naming `field` when `name` is a string longer than any model's name."""
+    if isinstance(name, str) and len(name) > MAX_MODEL_NAME_CHARS:
+        raise InvalidRequest(f"'{field}' has {len(name)} characters; a model name has at most "
+                             f"{MAX_MODEL_NAME_CHARS}", details={"field": field})
 
 
 @dataclass(frozen=True)

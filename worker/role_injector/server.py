@@ -18,6 +18,7 @@ size limit allows; several worker processes (`--workers`, default 2) use more co
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import ipaddress
 import logging
@@ -175,9 +176,12 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
     from role_injector.settings import Settings
     from role_injector.tokens import VOCABULARIES, load_tokenizer
     from role_injector.web import create_app
+    from role_injector.web.hosts import is_address
 
     try:
         settings = Settings.from_env(roles_dir=roles_dir)
+        if not is_address(host):  # the name it listens on is a name it answers to (web/hosts.py)
+            settings = dataclasses.replace(settings, allowed_hosts=settings.allowed_hosts | {host.lower()})
         app = create_app(settings)
         for name in VOCABULARIES:  # built once in the master, shared by the forked workers
             load_tokenizer(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -10,11 +11,29 @@ from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
+# A name in ROLE_INJECTOR_ALLOWED_HOSTS: a host name (`worker`, `roles.example.com`), `.example.com`
+# for every name under it, or `*` for any.
+ALLOWED_HOST = re.compile(r"\*|\.?[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?(?:\.[a-z0-9_](?:[a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def allowed_hosts(raw: str | None) -> frozenset[str]:
+    """ROLE_INJECTOR_ALLOWED_HOSTS: names separated by commas or blanks, compared without case."""
+    names = frozenset(name.lower().rstrip(".") or "." for name in re.split(r"[,\s]+", raw or "") if name)
+    wrong = sorted(name for name in names if not ALLOWED_HOST.fullmatch(name))
+    if wrong:
+        raise ConfigError(f"ROLE_INJECTOR_ALLOWED_HOSTS: {', '.join(map(repr, wrong[:5]))} is not a host name "
+                          "(a name such as worker or roles.example.com, .example.com for the names under it, "
+                          "or *; no ports, no schemes)")
+    return names
+
 
 @dataclass(frozen=True)
 class Settings:
     roles_dir: str = "./roles"
     api_key: str | None = field(default=None, repr=False)  # secrets: never in a repr (logs, tracebacks)
+    metrics_key: str | None = field(default=None, repr=False)  # opens /metrics (as the API key does)
+    # Without an API key: the Host names answered besides localhost and IP addresses (web/hosts.py).
+    allowed_hosts: frozenset[str] = frozenset()
     ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
@@ -49,6 +68,8 @@ class Settings:
         values: dict[str, object] = {
             "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,
             "api_key": env.get("ROLE_INJECTOR_API_KEY") or None,
+            "metrics_key": env.get("ROLE_INJECTOR_METRICS_KEY") or None,
+            "allowed_hosts": allowed_hosts(env.get("ROLE_INJECTOR_ALLOWED_HOSTS")),
             "ollama_url": (env.get("ROLE_INJECTOR_OLLAMA_URL") or cls.ollama_url).rstrip("/"),
             "models_file": env.get("ROLE_INJECTOR_MODELS") or None,
             "max_body_bytes": number("ROLE_INJECTOR_MAX_BODY_BYTES", cls.max_body_bytes),

@@ -415,3 +415,17 @@ def test_on_a_narrow_window_the_dropped_sections_of_a_long_role_fold_away(watche
         "aria-expanded", "true")
     page.set_viewport_size({"width": 1280, "height": 800})  # a wide window shows every bar, no button
     expect(page.locator("#show-dropped")).to_be_hidden()
+@pytest.mark.parametrize("fragment", ["%E0%A4%A", "%", "%ZZ", "%E0%A4", "manifest%"])
+def test_a_hash_that_is_no_escape_names_no_role(watched: Watched, studio: WorkerProcess, fragment: str) -> None:
+    """A hand-made address (#%E0%A4%A) opens the studio with no role picked, and leaving a role for it
+    keeps the page working; no script error (the `watched` fixture fails on any)."""
+    page = watched.page
+    page.goto(f"{studio.url}/studio/#{fragment}")
+    expect(page.locator("#roles-status")).not_to_have_text("Loading roles…")
+    expect(page.locator("#pick-hint")).to_be_visible()
+    page.locator('#roles button[data-role="manifest"]').click()
+    wait_for_plan(page, "manifest", None, "")
+    page.goto(f"{studio.url}/studio/#{fragment}")  # only the hash changes: a hashchange
+    page.goto(f"{studio.url}/studio/#plain")
+    wait_for_plan(page, "plain", None)
+    expect(page.locator('.message[data-source="page"]')).to_have_count(0)

@@ -82,7 +82,9 @@ def test_open_endpoints_with_a_key_set(secured_api: Api) -> None:
     reply = secured_api.request("GET", "/healthz")
     assert reply.status == 200 and reply.json()["status"] == "ok"
     assert secured_api.request("GET", "/openapi.json").status == 200
-    assert secured_api.request("GET", "/metrics").status == 200
+    # /metrics names the roles: with a key set it needs one (tests/security/test_exposure.py).
+    assert_error(secured_api.request("GET", "/metrics"), 401, "unauthorized")
+    assert secured_api.request("GET", "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).status == 200
     # Wrong credentials on an open endpoint do not close it.
     assert secured_api.request("GET", "/healthz", headers={"Authorization": "Bearer wrong"}).status == 200
 

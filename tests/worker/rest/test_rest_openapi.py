@@ -102,6 +102,7 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
                              req("POST", MODEL, {"variables": ADA, "name": "bad name"})],
     (ROLE_MODEL, "post", "401"): [req("POST", MODEL, {"variables": ADA}, key=False)],
     (ROLE_MODEL, "post", "404"): [req("POST", "/v1/roles/helpr/ollama-model", {})],
+    (ROLE_MODEL, "post", "409"): [req("POST", MODEL, {"variables": ADA, "name": "qwen3:0.6b"})],
     (ROLE_MODEL, "post", "413"): [req("POST", MODEL, {"variables": {"user_name": "x" * 5000}})],
     (ROLE_MODEL, "post", "415"): [req("POST", MODEL, data=b"{}", headers={"Content-Type": "text/plain"})],
     (ROLE_MODEL, "post", "422"): [req("POST", MODEL, {}), req("POST", MODEL, {"variables": ADA, "budget": 5}),
@@ -154,7 +155,8 @@ CASES: dict[tuple[str, str, str], list[dict[str, Any]]] = {
     ("/v1/count", "post", "415"): [req("POST", "/v1/count", data=b'{"text": "a"}',
                                        headers={"Content-Type": "application/x-www-form-urlencoded"})],
     ("/openapi.json", "get", "200"): [req("GET", "/openapi.json", key=False)],
-    ("/metrics", "get", "200"): [req("GET", "/metrics", key=False)],
+    ("/metrics", "get", "200"): [req("GET", "/metrics")],
+    ("/metrics", "get", "401"): [req("GET", "/metrics", key=False)],
 }
 
 

@@ -1,15 +1,16 @@
 """An engine's streamed answer as JSON objects, line by line, whatever pieces the bytes arrive in:
 NDJSON (Ollama: one object a line) or server-sent events (OpenAI-compatible servers: `data: {…}`
-lines, `data: [DONE]` last). Every line is bounded; what is not a JSON object is an `UpstreamError`.
+lines, `data: [DONE]` last). Every line is bounded; what is not a JSON object is an `UpstreamError`; strings are text
+(`json_text.parse_engine_json`: a lone surrogate is U+FFFD).
 The engine decides what an object means (an error line, the last one)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal
 
 from role_injector.errors import UpstreamError
+from role_injector.json_text import parse_engine_json
 
 LineFormat = Literal["ndjson", "sse"]
 MAX_LINE_BYTES = 8 * 1024 * 1024  # one line of a stream: a piece of the answer
@@ -52,7 +53,7 @@ class LineReader:
         if not line.strip():
             return
         try:
-            value = json.loads(line)
+            value = parse_engine_json(line)
         except (ValueError, RecursionError):
             value = None
         if not isinstance(value, dict):

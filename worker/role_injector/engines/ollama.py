@@ -3,9 +3,13 @@
 
 - `/api/chat` (from an Ollama client, or translated from an OpenAI client by `chat_body`): the
   client's system messages give way to the fitted role; the other messages keep every field (images,
-  tool_calls, ...) with their content neutralised;
+  tool_calls, ...), each treated as templates print it (`engines.messages`: text neutralised, a name
+  with a control token refused), and so are the tool definitions;
 - `/api/generate`: the role becomes `system`, or, with `raw: true`, the whole prompt is rendered in
-  the model's chat format with the role in front and the client's prompt as the user turn;
+  the model's chat format with the role in front and the client's prompt as the user turn; `prompt`
+  and `suffix` are neutralised; a `template` of the client's own (which would replace the one that
+  frames the role) and a non-empty `context` (token ids, detokenised in front of the role, unchecked)
+  are refused;
 - both: the role and the conversation share the context by the context policy (`inject`; the oldest
   messages may be left out), `options` = the role's params, then the virtual model's, then the
   client's own options (the client wins); `options.num_ctx` is the context window (never lower than
@@ -40,8 +44,9 @@ from typing import Any
 
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
 from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.messages import neutralise_message, neutralise_tools
 from role_injector.engines.transport import encode_json
-from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError
+from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError, shown
 from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
 from role_injector.injection import Injection, InjectRequest, VirtualRequest, count_messages, find_role, inject
@@ -76,7 +81,7 @@ class Conversation:
 
     turns: tuple[Message, ...] = ()
     exchange_starts: frozenset[int] | None = None  # None: at every user turn
-    attached_tokens: int = 0  # tool definitions, /api/generate's context
+    attached_tokens: int = 0  # tool definitions
     attached_what: str = ""  # what they are, for an overflow's message
     client_options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -97,7 +102,7 @@ def num_ctx_option(value: Any, where: str) -> int | None:
     try:
         return tokens(value, "options.num_ctx", whole_floats=True)
     except InvalidRequest:
-        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_TOKENS}, not {value!r}",
+        raise invalid(f"{where} must be a whole number of tokens from 1 to {MAX_TOKENS}, not {shown(value)}",
                       "options.num_ctx") from None
 
 
@@ -196,10 +201,12 @@ def rewrite_chat(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict
     Messages the context policy dropped (the oldest, `injection.dropped_messages`) are not sent."""
     messages = _chat_messages(body)
     options_asked = client_options(body)
-    turns = [m for m in messages if m["role"] != "system"]
+    turns = [neutralise_message(m, f"messages[{i}]") for i, m in enumerate(messages) if m["role"] != "system"]
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise invalid("'tools' must be a list", "tools")
+    if tools:
+        tools = neutralise_tools(tools)
     base = request.virtual.base
     # An exchange starts at a user message; tool results belong to the exchange before them.
     injection, options = _inject_virtual(request, Conversation(
@@ -212,11 +219,10 @@ def rewrite_chat(body: Mapping[str, Any], request: VirtualRequest) -> tuple[dict
     out = dict(body)
     out["model"] = base
     out["options"] = options
+    if tools:
+        out["tools"] = tools
     if messages:  # an empty list asks Ollama to load the model: keep it empty
-        out["messages"] = [{"role": "system", "content": injection.system}] + [
-            {**m, "content": neutralise(m["content"])} if isinstance(m.get("content"), str) else m
-            for m in turns[injection.dropped_messages:]
-        ]
+        out["messages"] = [{"role": "system", "content": injection.system}, *turns[injection.dropped_messages:]]
     return out, injection
 
 
@@ -233,21 +239,24 @@ def rewrite_generate(body: Mapping[str, Any], request: VirtualRequest) -> tuple[
     suffix = body.get("suffix")
     if suffix is not None and not isinstance(suffix, str):
         raise invalid("'suffix' must be a string", "suffix")
-    context = body.get("context")
-    if context is not None and not isinstance(context, list):
-        raise invalid("'context' must be a list of token ids", "context")
+    if body.get("template") not in (None, ""):
+        raise invalid(f"'template' is not taken on virtual model {request.virtual.name!r}: the client's own "
+                      "template would replace the model's, and the role would never reach the model", "template")
+    if body.get("context") not in (None, []):
+        raise invalid(f"'context' (token ids of earlier turns) is not taken on virtual model "
+                      f"{request.virtual.name!r}: Ollama would put them, unchecked, in front of the role; send "
+                      "the conversation as messages to /api/chat", "context")
     raw = body.get("raw") is True
     options_asked = client_options(body)
     # In raw mode Ollama applies no template, so a suffix plays no part.
     turns = (Message("user", prompt if raw else prompt + (suffix or "")),) if prompt else ()
-    injection, options = _inject_virtual(request, Conversation(
-        turns=turns, attached_tokens=len(context or ()), attached_what="the context of earlier turns",
-        client_options=options_asked,
-    ))
+    injection, options = _inject_virtual(request, Conversation(turns=turns, client_options=options_asked))
     out = dict(body)
     out["model"] = request.virtual.base
     out["options"] = options
     out.pop("system", None)  # the role is the system prompt
+    if suffix:
+        out["suffix"] = neutralise(suffix)  # templates print it after the prompt
     if not prompt:  # an empty prompt asks Ollama to load the model: keep it empty
         return out, injection
     if raw:
@@ -340,7 +349,7 @@ def _number(body: Mapping[str, Any], name: str, low: float, high: float) -> floa
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise invalid(f"'{name}' must be a number from {low:g} to {high:g}, not {value!r}", name)
+        raise invalid(f"'{name}' must be a number from {low:g} to {high:g}, not {shown(value)}", name)
     return value
 
 
@@ -351,7 +360,7 @@ def _integer(body: Mapping[str, Any], name: str, low: int, high: int = MAX_TOKEN
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise invalid(f"'{name}' must be a whole number from {low} to {high}, not {value!r}", name)
+        raise invalid(f"'{name}' must be a whole number from {low} to {high}, not {shown(value)}", name)
     return value
 
 
@@ -399,7 +408,7 @@ def _content(value: Any, role: str, where: str) -> tuple[str, list[str]]:
         elif kind in ("input_audio", "file"):
             raise invalid(f"'{here}': {kind} parts are not supported by Ollama's chat API", here)
         else:
-            raise invalid(f"'{here}.type' {kind!r} is not a content part a {role} message can have", here)
+            raise invalid(f"'{here}.type' {shown(kind)} is not a content part a {role} message can have", here)
     return "\n".join(texts), images
 
 
@@ -456,7 +465,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         if role is None:
             hint = "; the 'function' role is deprecated: send tool results as 'tool'" \
                 if message.get("role") == "function" else ""
-            raise invalid(f"'{where}.role' must be one of {', '.join(ROLES)}, not {message.get('role')!r}{hint}",
+            raise invalid(f"'{where}.role' must be one of {', '.join(ROLES)}, not {shown(message.get('role'))}{hint}",
                           f"{where}.role")
         text, images = _content(message.get("content"), role, where)
         native: dict[str, Any] = {"role": role, "content": text}
@@ -513,7 +522,7 @@ def _tools(body: Mapping[str, Any]) -> list[dict[str, Any]]:
         name = choice["function"].get("name")
         chosen = [t for t in tools if t["function"]["name"] == name]
         if not chosen:
-            raise invalid(f"'tool_choice' names the function {name!r}, which is not in 'tools'", "tool_choice")
+            raise invalid(f"'tool_choice' names the function {shown(name)}, which is not in 'tools'", "tool_choice")
         return chosen
     raise invalid("'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", "
                   "\"function\": {\"name\": ...}}", "tool_choice")
@@ -641,10 +650,13 @@ def answer_delta(line: Mapping[str, Any]) -> Delta:
     if "error" in line:
         raise UpstreamError(f"Ollama: {line['error']}")
     message = mapping(line.get("message"))
+    listed = message.get("tool_calls") or []
+    if not isinstance(listed, list):
+        raise UpstreamError("Ollama's answer has tool_calls that are not a list")
     calls = tuple(
         ToolCall(name=str(function.get("name") or ""), arguments=function.get("arguments"),
                  id=call["id"] if isinstance(call.get("id"), str) and call["id"] else None)
-        for call in message.get("tool_calls") or () if isinstance(call, dict)
+        for call in listed if isinstance(call, dict)
         for function in (mapping(call.get("function")),)
     )
     text, thinking = message.get("content"), message.get("thinking")

@@ -45,6 +45,7 @@ from role_injector.errors import (
     UpstreamTimeout,
     UpstreamUnreachable,
 )
+from role_injector.json_text import parse_engine_json
 
 log = logging.getLogger("role_injector.upstream")
 # A full pool is normal with many concurrent streams: the extra connection is closed, not kept.
@@ -248,7 +249,7 @@ class Answer:
         """The whole body as JSON, bounded as `body`; else UpstreamError."""
         data = self.body(what)
         try:
-            return json.loads(data)
+            return parse_engine_json(data)
         except (ValueError, RecursionError):
             raise UpstreamError(f"{self.transport.label}'s {what} answer is not JSON "
                                 f"(from {self.transport.url.shown})") from None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -17,19 +16,19 @@ from role_injector.errors import (
     RequestTimeout,
     RoleInjectorError,
     UnsupportedMediaType,
+    shown,
 )
 from role_injector.formats import FORMATS, Message
 from role_injector.injection import InjectRequest
+from role_injector.json_text import SURROGATE_ESCAPE, has_lone_surrogate
 from role_injector.options import MAX_MESSAGES, REQUEST_FIELDS, parse_options, tokens
+from role_injector.profiles import check_model_length
 from role_injector.roles import NAME_PATTERN
 from role_injector.web.state import settings
 
-# A JSON escape of a UTF-16 surrogate (\ud800-\udfff); paired ones decode to one character, lone ones
-# become strings that cannot be encoded as UTF-8 (and so could not be answered or logged).
-SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 INJECT_FIELDS = {"role", "messages", "prompt", "variables", "model", "budget", "context_window",
                  "reserve_output", "format", "context_policy", "history_share", "selection", "query"}
-ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables"}
+ROLE_MODEL_FIELDS = {"base", "name", "budget", "variables", "replace"}
 
 
 def invalid(message: str, **details: Any) -> InvalidRequest:
@@ -105,26 +104,9 @@ def _json_object(data: bytes) -> dict[str, Any]:
         raise invalid("the body is not valid JSON in UTF-8 (or is nested too deeply)") from None
     if not isinstance(body, dict):
         raise invalid(f"the body must be a JSON object, not {type(body).__name__}")
-    if SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(body):
+    if SURROGATE_ESCAPE.search(text) and has_lone_surrogate(body):
         raise invalid("the body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff), which is not text")
     return body
-
-
-def _has_lone_surrogate(value: Any) -> bool:
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    return False
 
 
 def check_role_name(name: Any, field: str = "role") -> str:
@@ -148,6 +130,12 @@ def _string(body: Mapping[str, Any], field: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise invalid(f"'{field}' must be a string", field=field)
     return value
+
+
+def _model(body: Mapping[str, Any]) -> str | None:
+    model = _string(body, "model")
+    check_model_length(model)
+    return model
 
 
 def _unknown(body: Mapping[str, Any], allowed: set[str]) -> None:
@@ -175,7 +163,7 @@ def parse_messages(value: Any) -> tuple[Message, ...]:
                 field=where,
             )
         if role not in ("user", "assistant"):
-            raise invalid(f"{where}.role must be 'user' or 'assistant', not {role!r}", field=where)
+            raise invalid(f"{where}.role must be 'user' or 'assistant', not {shown(role)}", field=where)
         if not isinstance(content, str):
             raise invalid(f"{where}.content must be a string", field=where)
         turns.append(Message(role, content))
@@ -201,7 +189,7 @@ def parse_inject(body: Mapping[str, Any]) -> InjectRequest:
         role=role,
         turns=turns,
         options=options,
-        model=_string(body, "model"),
+        model=_model(body),
         context_window=_tokens(body, "context_window"),
         reserve_output=_tokens(body, "reserve_output", minimum=0),
         format=format_name,
@@ -214,12 +202,16 @@ def parse_count(body: Mapping[str, Any]) -> tuple[str, str | None]:
     text = body.get("text")
     if not isinstance(text, str):
         raise invalid("'text' must be a string", field="text")
-    return text, _string(body, "model")
+    return text, _model(body)
 
 
-def parse_role_model(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body."""
+def parse_role_model(body: Mapping[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The options of `ollama_models.plan_role_model` from a POST /v1/roles/<name>/ollama-model body,
+    and whether an existing model that Role Injector did not make may be replaced."""
     _unknown(body, ROLE_MODEL_FIELDS)
     options = parse_options(body, {"budget", "variables"})
+    replace = body.get("replace", False)
+    if not isinstance(replace, bool):
+        raise invalid("'replace' must be true or false", field="replace")
     return {"base": _string(body, "base"), "name": _string(body, "name"), "budget": options.budget,
-            "variables": options.variables}
+            "variables": options.variables}, replace

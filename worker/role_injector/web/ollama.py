@@ -21,7 +21,7 @@ from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_
 from role_injector.web.error_shapes import OLLAMA, answer_errors
 from role_injector.web.pages import wants_page
 from role_injector.web.state import profiles, roles
-from role_injector.web.upstream import api_path, forward_headers, relay, send
+from role_injector.web.upstream import forward_headers, is_stream, relay, send
 from role_injector.web.virtual_models import mark_dropped, placing, target
 
 ollama = Blueprint("ollama", __name__)
@@ -34,27 +34,20 @@ Rewrite = Callable[[dict[str, Any], VirtualRequest], tuple[dict[str, Any], Injec
 
 def forward(method: str, path: str, body: Any = None, content_type: str | None = None,
             length: int | None = None) -> Response:
-    """Send to the engine and stream its answer back as it is; errors inside an NDJSON stream as Ollama's."""
+    """Send to the engine and relay its answer as it is; errors inside an NDJSON stream as Ollama's."""
     answer = send(method, path, body, forward_headers(content_type), length)
-    ndjson = "ndjson" in answer.headers.get("Content-Type", "")
-    return relay(answer, error_line=OLLAMA.stream_line if ndjson else None)
+    return relay(answer, shape=OLLAMA if is_stream(answer) else None)
 
 
 def answer_json(value: Any) -> Response:
     return current_app.json.response(value)
 
 
-@ollama.before_request
-def plain_path() -> None:
-    """Only plain Ollama API paths are served (and so forwarded): see `upstream.api_path`."""
-    if request.path != "/":
-        api_path()
-
-
 def _completion(path: str, rewrite: Rewrite) -> Response:
     raw = read_proxy_body()
     body = parse_ollama_body(raw)
-    on_virtual = target(body.get(native.model_field(body))).virtual
+    field = native.model_field(body)
+    on_virtual = target(body.get(field), field).virtual
     if on_virtual is None:
         return forward("POST", path, raw)  # a plain model: the client's bytes, untouched
     with placing(on_virtual.virtual) as placed:
@@ -77,7 +70,8 @@ def generate() -> Response:
 def show() -> Response:
     raw = read_proxy_body()
     body = parse_ollama_body(raw)
-    on_virtual = target(body.get(native.model_field(body))).virtual
+    field = native.model_field(body)
+    on_virtual = target(body.get(field), field).virtual
     if on_virtual is None:
         return forward("POST", "/api/show", raw)
     answer = send("POST", "/api/show", encode_json(native.rewrite_show(body, on_virtual.virtual)),

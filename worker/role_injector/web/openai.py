@@ -125,7 +125,7 @@ def chat_completions() -> Response:
     elif asked.stream:
         stream = compat.ChatStream(ChatAnswer(asked.model), asked.include_usage)
         response = relay(answer, _events(serving, _deltas(serving, answer), stream), status=200,
-                         error_line=OPENAI.stream_line, headers=SSE_HEADERS)
+                         shape=OPENAI, headers=SSE_HEADERS)
     else:
         response = current_app.json.response(_completion(serving, _deltas(serving, answer), ChatAnswer(asked.model)))
     return mark_dropped(response, call.injection)

@@ -2,7 +2,8 @@
 
 The answer streams (NDJSON) Ollama's progress lines as they come and, last, what was made (or
 `{"error": {code, message, details}}` if Ollama fails after it started). What fails before Ollama
-has said anything — a bad body, a role that cannot be fitted, a base model Ollama does not have —
+has said anything — a bad body, a role that cannot be fitted, a base model Ollama does not have, a
+model of that name that Role Injector did not make (409 `model_exists`, unless `"replace": true`) —
 is an ordinary error response.
 """
 
@@ -41,10 +42,10 @@ def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[by
 
 @role_models.post("/v1/roles/<path:name>/ollama-model")
 def create_ollama_model(name: str) -> Response:
-    options = parse_role_model(parse_json_object(read_body(), request.content_type))
+    options, replace = parse_role_model(parse_json_object(read_body(), request.content_type))
     model = plan_role_model(roles(), profiles(), cache(), check_role_name(name, "name"), **options)
     g.log.update(role=model.role.name, model=model.name, base=model.base)
     # The engine's transport: its pooled connections, its timeouts, its bounds. One retry of what may pass.
-    lines = create_role_model(OllamaClient(engine().transport, retries=1), model)
+    lines = create_role_model(OllamaClient(engine().transport, retries=1), model, replace=replace)
     first = next(lines)  # errors before Ollama's first line are answered as errors
     return Response(stream(first, lines), mimetype="application/x-ndjson")

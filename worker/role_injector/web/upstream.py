@@ -3,31 +3,36 @@ proxy, the OpenAI-compatible route): the Flask side of `role_injector.engines.tr
 
     api_path()                                          # the client's path, if it is a plain /api/ path
     answer = send("POST", "/api/chat", body, forward_headers("application/json"))
-    return relay(answer)                                # streamed through as it arrives
+    return relay(answer)                                # relayed as it arrives (a stream) or read whole
 
 - `send` goes through the app's engine's transport (`state.engine()`) with the client watched
   (`client_watch`): when the client disconnects while the engine is silent, the connection to the
   engine is closed at once, which tells it to stop; the request ends with `ClientClosed` (499, logged).
-- `relay(answer, body=None, ...)` is the Flask response: it waits for the first piece, so a failure
-  before any byte is a proper error answer (JSON 502/504 in the blueprint's shape); after that a
-  failure ends the stream with `error_line(exc)` (the shape's stream line) or cuts the connection,
-  never a truncated body that looks complete. `body` may be any iterator made from `answer.chunks()`
-  (e.g. a translated stream).
+- `relay(answer, body=None, ...)` is the Flask response. Before the status goes out it waits for the
+  first piece of a stream (NDJSON, SSE) and reads any other answer whole (up to
+  ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES; a larger one is relayed as it comes), so a failure until then
+  is a proper error answer (JSON 502/504 in the blueprint's shape), never a 200 with a cut body. After
+  that a failure of any kind ends the stream with the shape's stream line (Ollama's error line, an SSE
+  error event) or, where the answer has no such line, cuts the connection: never a truncated body that
+  looks complete. `body` may be any iterator made from `answer.chunks()` (e.g. a translated stream).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from flask import Response, request
 
+from role_injector.engines.lines import MAX_LINE_BYTES
 from role_injector.engines.transport import Answer
 from role_injector.engines.url import SEGMENT
 from role_injector.errors import ClientClosed, InvalidRequest, RoleInjectorError
 from role_injector.web.client_watch import ClientWatch
+from role_injector.web.error_shapes import ErrorShape, InternalError
 from role_injector.web.state import engine, settings
 
 log = logging.getLogger("role_injector.upstream")
@@ -37,6 +42,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy
 NOT_SENT_UP = HOP_BY_HOP | {"host", "content-length", "accept-encoding", "expect"}
 NOT_SENT_DOWN = HOP_BY_HOP | {"date", "server"}  # gunicorn sets its own
 OUR_AUTH = frozenset({"authorization", "x-api-key"})
+STREAM_TYPES = ("application/x-ndjson", "text/event-stream")  # answers relayed piece by piece as they come
 
 
 # --- the client's request -------------------------------------------------------------------------
@@ -96,36 +102,103 @@ def _cut() -> BrokenPipeError:
     return BrokenPipeError(errno.EPIPE, "answer cut off")
 
 
+class WholeLines:
+    """A line-by-line stream passed on in whole lines, so that an error line after a failure follows no
+    half line of the engine's (a line longer than `lines.MAX_LINE_BYTES` goes on as it comes)."""
+
+    def __init__(self) -> None:
+        self.held = bytearray()  # the start of a line not complete yet
+        self.mid_line = False  # what went out ends inside a line (one that was too long to hold)
+
+    def feed(self, piece: bytes) -> bytes:
+        end = piece.rfind(b"\n") + 1
+        if end == 0:
+            self.held += piece
+            if len(self.held) <= MAX_LINE_BYTES:
+                return b""
+            out, self.mid_line = bytes(self.held), True
+            self.held.clear()
+            return out
+        out = bytes(self.held) + piece[:end]
+        self.held[:] = piece[end:]
+        self.mid_line = False
+        return out
+
+    def rest(self) -> bytes:
+        out = bytes(self.held)
+        self.held.clear()
+        return out
+
+    def ending(self) -> bytes:
+        """What goes before an error line: a newline if the last line went out unfinished (a line
+        broken off halfway is dropped)."""
+        self.held.clear()
+        return b"\n" if self.mid_line else b""
+
+
+def is_stream(answer: Answer) -> bool:
+    """Whether the engine streams this answer (NDJSON, SSE), rather than sending one body."""
+    return answer.headers.get("Content-Type", "").split(";")[0].strip().lower() in STREAM_TYPES
+
+
+def _first(answer: Answer, pieces: Iterator[bytes], whole: bool) -> bytes:
+    """What goes out with the status: the first piece, or (`whole`) the whole body when it ends within
+    the transport's `max_json_bytes` (else as much, the rest relayed as it comes)."""
+    if not whole:
+        return next(pieces, b"")
+    limit = answer.transport.max_json_bytes
+    declared = answer.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return next(pieces, b"")
+    held = bytearray()
+    for piece in pieces:
+        held += piece
+        if len(held) > limit:
+            break
+    return bytes(held)
+
+
 def relay(answer: Answer, body: Iterable[bytes] | None = None, *, status: int | None = None,
-          headers: list[tuple[str, str]] | None = None,
-          error_line: Callable[[RoleInjectorError], bytes | None] | None = None) -> Response:
-    """The answer to the client, streamed: the engine's status and headers (or the given ones) and
-    `body` (default: the engine's bytes as they come)."""
+          headers: list[tuple[str, str]] | None = None, shape: ErrorShape | None = None) -> Response:
+    """The answer to the client: the engine's status and headers (or the given ones) and `body`
+    (default: the engine's bytes, read whole first unless the engine streams them). A failure after
+    the status went out ends a stream in `shape` with its stream line (without a shape: the
+    connection is cut)."""
     pieces = iter(body if body is not None else answer.chunks())
     try:
-        first = next(pieces, b"")  # a failure before the first byte is still a proper error answer
+        first = _first(answer, pieces, whole=body is None and not is_stream(answer))
     except BaseException:
         answer.close()
         raise
     if headers is None:
         drop = NOT_SENT_DOWN | _connection_tokens(answer.headers)
+        if shape is not None:  # relayed chunked, so that a failure can still add its error line
+            drop |= {"content-length"}
         headers = [(name, value) for name, value in answer.headers.items() if name.lower() not in drop]
+
+    lines = WholeLines() if shape is not None else None
+
+    def ending(exc: RoleInjectorError) -> bytes:
+        if shape is None or lines is None:
+            raise _cut() from None
+        return lines.ending() + shape.stream_line(exc)
 
     def stream() -> Iterator[bytes]:
         try:
-            if first:
-                yield first
-            for piece in pieces:
-                if piece:
-                    yield piece
+            for piece in itertools.chain((first,), pieces):
+                out = lines.feed(piece) if lines is not None else piece
+                if out:
+                    yield out
+            if lines is not None and lines.held:
+                yield lines.rest()  # a last line without its newline, as it came
         except ClientClosed:
             raise _cut() from None
         except RoleInjectorError as exc:
             log.warning("%s: %s", answer.path, exc.message)
-            line = error_line(exc) if error_line is not None else None
-            if line is None:
-                raise _cut() from None
-            yield line
+            yield ending(exc)
+        except Exception:  # a defect: the client still learns the answer ended in an error
+            log.exception("relaying the answer to %s failed", answer.path)
+            yield ending(InternalError(shape.internal if shape is not None else ""))
         finally:
             answer.close()
 

@@ -16,7 +16,7 @@ from role_injector.engines.engine import Engine
 from role_injector.errors import InvalidRequest
 from role_injector.injection import Injection, VirtualRequest
 from role_injector.options import OptionError, RoleOptions
-from role_injector.profiles import VirtualModel, resolve_virtual
+from role_injector.profiles import VirtualModel, check_model_length, resolve_virtual
 from role_injector.web import metrics
 from role_injector.web.state import cache, engine, profiles, roles
 
@@ -36,9 +36,10 @@ class Target:
     virtual: VirtualRequest | None
 
 
-def target(name: Any) -> Target:
-    """The engine and virtual model (logged) a request's model name means; a plain model's name is
-    sent to the engine as it is."""
+def target(name: Any, field: str = "model") -> Target:
+    """The engine and virtual model (logged) a request's model name (its `field`) means; a plain
+    model's name is sent to the engine as it is. A name longer than any model's is a 400."""
+    check_model_length(name, field)
     virtual = resolve_virtual(profiles(), name)
     if virtual is None:
         return Target(engine(), None)

@@ -151,6 +151,16 @@ $("forget-key").addEventListener("click", () => {
 
 // --- the roles list --------------------------------------------------------------------------
 
+// The role the address names (#name). A hash typed or linked by hand may be no valid escape
+// (#%E0%A4%A): it names no role then, rather than stopping the page.
+function hashRole() {
+  try {
+    return decodeURIComponent(location.hash.slice(1));
+  } catch {
+    return "";
+  }
+}
+
 async function loadRoles() {
   if (state.waitingForKey) return;
   const answer = await ask("roles", "v1/roles");
@@ -160,7 +170,7 @@ async function loadRoles() {
   state.roles = text;
   state.listed = answer.roles;
   drawRoles(answer);
-  const wanted = state.role?.name || decodeURIComponent(location.hash.slice(1));
+  const wanted = state.role?.name || hashRole();
   const current = answer.roles.find((role) => role.name === wanted);
   const fileError = answer.errors.find((error) => error.file === `${wanted}.md`);
   say("role-file", current && fileError ? { code: "invalid_role", message: `${fileError.file}: ${fileError.message}` } : null);
@@ -715,7 +725,7 @@ function start() {
 }
 
 window.addEventListener("hashchange", () => { // a link to #name, or back and forward
-  const name = decodeURIComponent(location.hash.slice(1));
+  const name = hashRole();
   if (name && name !== state.role?.name) selectRole(name, false);
 });
 window.addEventListener("error", (event) => {
