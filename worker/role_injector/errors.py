@@ -65,6 +65,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 13),
     ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
+    ErrorKind("tool_failed", "a llama.cpp tool (trainer, quantizer, server) failed; the message ends with its output",
+              500, 500, "server_error", 15),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -175,3 +177,9 @@ class UpstreamRefused(RoleInjectorError):
     """Ollama said no: an error status or an error line in its stream (`details.status`)."""
 
     code = "upstream_refused"
+
+
+class ToolFailed(RoleInjectorError):
+    """A llama.cpp tool run by `bake` exited with an error; the message ends with its last lines."""
+
+    code = "tool_failed"
