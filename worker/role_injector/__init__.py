@@ -5,7 +5,9 @@ built on it). A request's path: `RoleStore` → `Role` → `fit_budget` → `ren
 `inject` doing it all, role and conversation sharing the context window by a `ContextPolicy`
 (`role_injector.context`); docs/architecture.md has the whole map. A role as an Ollama model:
 `plan_role_model` → `create_role_model` (with an `OllamaClient`), `list_role_models`; as a
-Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset: `Teacher` → `bake_dataset`.
+Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset: `Teacher` → `bake_dataset`;
+baking on the CPU: `role_injector.bake_train.train` and `role_injector.bake_eval.evaluate`, with
+llama.cpp's tools (`role_injector.llama_tools`, `role_injector.llama_server`).
 """
 
 from role_injector.bake import DatasetFiles, Teacher, bake_dataset, generate_questions

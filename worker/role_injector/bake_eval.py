@@ -29,9 +29,11 @@ from role_injector.bake import MAX_QUESTION_CHARS, Progress, read_pairs
 from role_injector.errors import InvalidRequest
 from role_injector.formats import neutralise
 from role_injector.llama_server import LlamaServerClient
-from role_injector.yaml_input import load_yaml
+from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES
+from role_injector.yaml_input import YamlRefused, load_yaml
 
 MAX_NEUTRAL = 10_000
+MAX_FILE_BYTES = 4 * 1024 * 1024  # a checks or neutral-questions file
 # A language is told by its commonest short words (a program's check, not a classifier): the
 # language whose words an answer uses most, if it uses any.
 STOP_WORDS: dict[str, frozenset[str]] = {
@@ -47,6 +49,15 @@ STOP_WORDS: dict[str, frozenset[str]] = {
 WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 
 Messages = list[dict[str, str]]
+
+
+def _read_small(path: Path) -> str:
+    try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise InvalidRequest(f"{path} is larger than {MAX_FILE_BYTES} bytes", details={"file": str(path)})
+        return path.read_text("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"cannot read {path}: {exc}", details={"file": str(path)}) from None
 
 
 def language_of(text: str) -> str | None:
@@ -72,10 +83,9 @@ class Checks:
     def read(cls, path: Path) -> Checks:
         """`opening: …`, `language: fr`, `forbidden: [word, …]` from a YAML file."""
         try:
-            text = path.read_text("utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InvalidRequest(f"cannot read {path}: {exc}", details={"file": str(path)}) from None
-        value = load_yaml(text, str(path))
+            value = load_yaml(_read_small(path), DEFAULT_LIMITS.max_yaml_depth, LIMIT_VARIABLES["max_yaml_depth"])
+        except YamlRefused as exc:
+            raise InvalidRequest(f"{path}: {exc}", details={"file": str(path)}) from None
         if not isinstance(value, dict) or not set(value) <= {"opening", "language", "forbidden"}:
             raise InvalidRequest(f"{path}: expected a mapping of opening, language, forbidden",
                                  details={"file": str(path)})
@@ -110,10 +120,7 @@ class Checks:
 
 def read_neutral(path: Path) -> list[tuple[str, list[str]]]:
     """Neutral questions: JSON lines `{"question": "...", "expect": ["...", ...]}`."""
-    try:
-        lines = path.read_text("utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"cannot read {path}: {exc}", details={"file": str(path)}) from None
+    lines = _read_small(path).splitlines()
     found = []
     for number, line in enumerate(lines, 1):
         if not line.strip():

@@ -188,6 +188,7 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
     text = "".join(exchange_text(template, question, answer) for question, answer in pairs)
     summary = TrainSummary(role=meta.role, version=meta.version, base=str(base_path), out=str(out), pairs=len(pairs),
                            text_bytes=len(text.encode("utf-8")), dequantized=bool(quantized), epochs=settings.epochs)
+    out.parent.mkdir(parents=True, exist_ok=True)
     resources = check_resources(base, out, summary.text_bytes, min_free_disk)
     summary.disk_needed_bytes = resources.disk_needed - min_free_disk
     work = out.with_name(out.name + ".work")
@@ -205,8 +206,9 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
         progress = finetune(folder, model, text_path, trained, settings, work / "llama-finetune.log", on_progress)
         summary.training_seconds = time.monotonic() - training_started
         summary.steps, summary.first_loss, summary.last_loss = progress.total, progress.first_loss, progress.loss
-        finished = _checked_output(trained, read_gguf(model))
-        metadata = {**read_gguf(model).raw_metadata, **_provenance(meta, dataset)}
+        trained_from = read_gguf(model)
+        finished = _checked_output(trained, trained_from)
+        metadata = {**trained_from.raw_metadata, **_provenance(meta, dataset)}
         partial = work / "baked.gguf"
         write_with_metadata(finished, metadata, partial)
         if not read_gguf(partial).complete():

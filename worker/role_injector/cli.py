@@ -1,5 +1,6 @@
 """Command line: `lint`, `render`, `serve`; `ollama create|modelfile|list` (a role as an Ollama
-model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md).
+model); `bake dataset|train|eval|create` (a role trained into a model's weights: on the CPU with
+llama.cpp's tools, or a LoRA adapter trained elsewhere; docs/bake.md).
 
 Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
 `role_injector.errors.KINDS` (2 for a wrong command line).
