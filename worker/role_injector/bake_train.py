@@ -22,7 +22,7 @@ from __future__ import annotations
 import resource
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,12 @@ from role_injector.chat_template import ChatTemplate
 from role_injector.errors import InvalidRequest, ToolFailed
 from role_injector.formats import neutralise
 from role_injector.gguf import F32, GgufFile, read_gguf, string_entry, write_with_metadata
-from role_injector.llama_tools import TrainingProgress, TrainingSettings, dequantize, finetune
+from role_injector.llama_server import LlamaServerClient
+from role_injector.llama_tools import TrainingProgress, TrainingSettings, dequantize, finetune, llama_server
 from role_injector.store import RoleSet
 
 DEFAULT_SETTINGS = TrainingSettings()
+COUNT_BATCH_CHARS = 1 << 20
 MEMORY_PER_F32_BYTE = 5  # weights, gradients, two AdamW moments and the graph: 2.5 GB measured for 540 MB
 TOKENS = "tokenizer.ggml.tokens"
 SPECIAL_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id"}
@@ -144,6 +146,7 @@ class TrainSummary:
     out: str
     pairs: int = 0
     text_bytes: int = 0
+    tokens: int = 0  # of the training text, as llama-finetune reads it
     dequantized: bool = False
     epochs: int = 0
     steps: int = 0
@@ -158,6 +161,24 @@ class TrainSummary:
 
     def as_json(self) -> dict[str, Any]:
         return dict(vars(self), training_seconds=round(self.training_seconds, 1), seconds=round(self.seconds, 1))
+
+
+def count_tokens(folder: Path, model: Path, exchanges: Sequence[str], work: Path) -> int:
+    """The tokens of the training text as llama-finetune reads it (control tokens parsed), counted by
+    a short-lived llama-server with the base's own tokenizer, about a MiB at a time (split between
+    exchanges, where a template's control tokens keep tokens from joining)."""
+    with llama_server(folder, model, work / "llama-server.log", context=512, threads=1) as url:
+        client = LlamaServerClient(url)
+        try:
+            total, batch = 0, ""
+            for exchange in [*exchanges, ""]:
+                if batch and (not exchange or len(batch) + len(exchange) > COUNT_BATCH_CHARS):
+                    total += len(client.tokenize(batch, special=True))
+                    batch = ""
+                batch += exchange
+            return total
+        finally:
+            client.close()
 
 
 def _provenance(meta: DatasetMeta, dataset: Path) -> dict[str, bytes]:
@@ -185,7 +206,8 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
         raise _fail(base_path, f"has {', '.join(quantized)} weights and llama-finetune trains F32 weights only: leave "
                                f"out --no-dequantize (an F32 copy is made first: {base.f32_size() >> 20} MiB)")
     template = chat_template(base)
-    text = "".join(exchange_text(template, question, answer) for question, answer in pairs)
+    exchanges = [exchange_text(template, question, answer) for question, answer in pairs]
+    text = "".join(exchanges)
     summary = TrainSummary(role=meta.role, version=meta.version, base=str(base_path), out=str(out), pairs=len(pairs),
                            text_bytes=len(text.encode("utf-8")), dequantized=bool(quantized), epochs=settings.epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +217,13 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
     work.mkdir(parents=True)
     try:
+        summary.tokens = count_tokens(folder, base_path, exchanges, work)
+        # llama-finetune takes a window every context / 2 tokens and needs one at least: with fewer
+        # tokens its unsigned arithmetic wraps round and it asks for an enormous dataset.
+        if summary.tokens < settings.context + settings.context // 2 + 1:
+            raise InvalidRequest(f"{dataset} makes {summary.tokens} tokens of training text, fewer than one training "
+                                 f"window of --context {settings.context} needs ({settings.context * 3 // 2 + 1}): "
+                                 "add pairs, or lower --context", details={"tokens": summary.tokens})
         text_path = work / "train.txt"
         text_path.write_text(text, encoding="utf-8")
         model = base_path
