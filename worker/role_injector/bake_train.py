@@ -150,8 +150,7 @@ class TrainSummary:
     dequantized: bool = False
     epochs: int = 0
     steps: int = 0
-    first_loss: float | None = None
-    last_loss: float | None = None
+    epoch_losses: list[float] = field(default_factory=list)  # each epoch's mean loss, as llama-finetune reports it
     training_seconds: float = 0.0
     seconds: float = 0.0
     peak_memory_bytes: int = 0  # of the tools this process ran
@@ -234,7 +233,7 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
         training_started = time.monotonic()
         progress = finetune(folder, model, text_path, trained, settings, work / "llama-finetune.log", on_progress)
         summary.training_seconds = time.monotonic() - training_started
-        summary.steps, summary.first_loss, summary.last_loss = progress.total, progress.first_loss, progress.loss
+        summary.steps, summary.epoch_losses = progress.total, progress.epoch_losses
         trained_from = read_gguf(model)
         finished = _checked_output(trained, trained_from)
         metadata = {**trained_from.raw_metadata, **_provenance(meta, dataset)}

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import urllib3
@@ -70,14 +70,15 @@ def dequantize(folder: Path, source: Path, target: Path) -> None:
 
 @dataclass
 class TrainingProgress:
-    """What llama-finetune reported last: the step of all epochs, and its running mean loss."""
+    """What llama-finetune reported last: the step of all epochs, and its loss (the mean over the
+    epoch's steps so far); `epoch_losses` the last of each epoch, i.e. each epoch's mean loss."""
 
     epoch: int = 0
     epochs: int = 1
     step: int = 0  # of this epoch
     steps: int = 0  # per epoch
     loss: float | None = None
-    first_loss: float | None = None
+    epoch_losses: list[float] = field(default_factory=list)
 
     @property
     def done(self) -> int:
@@ -120,8 +121,8 @@ def finetune(folder: Path, model: Path, text: Path, output: Path, settings: Trai
                 elif (found := PROGRESS.search(line)) and found["phase"] == "train":
                     progress.step, progress.steps = int(found["done"]), int(found["total"])
                     progress.loss = float(found["loss"])
-                    if progress.first_loss is None:
-                        progress.first_loss = progress.loss
+                    del progress.epoch_losses[progress.epoch:]
+                    progress.epoch_losses.append(progress.loss)
                     if on_progress:
                         on_progress(progress)
         except BaseException:
