@@ -39,11 +39,11 @@ Find the bug before it finds the users.
 """
 
 
-def run_cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, stderr: Any = subprocess.PIPE, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`role-injector ARGS` of this venv, with none of the developer's ROLE_INJECTOR_* settings."""
     env = {**os.environ, **CLEAN_ENV}
-    return subprocess.run([str(ROLE_INJECTOR), *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
-                          check=False, env=env)
+    return subprocess.run([str(ROLE_INJECTOR), *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                          timeout=timeout, check=False, env=env)
 
 
 @pytest.fixture

@@ -9,8 +9,11 @@ tools it built. The shared libraries they need are beside them (`LD_LIBRARY_PATH
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -26,6 +29,7 @@ from role_injector.errors import ConfigError, ToolFailed
 
 TOOLS = ("llama-server", "llama-finetune", "llama-quantize")
 DEFAULT_TOOLS_DIR = "~/.cache/role-injector/tools"
+PR_SET_PDEATHSIG = 1  # prctl(2)
 LOG_LINES = 12  # of a failed tool's output, in its error
 SERVER_START_SECONDS = 120.0
 # llama-finetune's progress (ggml_opt_epoch_callback_progress_bar), one line per step, ended by \r:
@@ -50,6 +54,13 @@ def tools_folder(option: str | None = None, env: Mapping[str, str] | None = None
 
 def _environment(folder: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LD_LIBRARY_PATH": str(folder)}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): killed when the command that started it dies, however it dies,
+    so no trainer or server is left running on its own."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _failed(tool: str, code: int, lines: Sequence[str], log: Path | None = None) -> ToolFailed:
@@ -110,7 +121,8 @@ def finetune(folder: Path, model: Path, text: Path, output: Path, settings: Trai
     progress = TrainingProgress(epochs=settings.epochs)
     recent: deque[str] = deque(maxlen=LOG_LINES)
     with log.open("w", encoding="utf-8", buffering=1) as log_file, subprocess.Popen(  # line by line: tail -f
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_environment(folder)) as process:
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=_environment(folder),
+            preexec_fn=_die_with_parent) as process:
         assert process.stdout is not None
         try:
             for line in _lines(process.stdout):
@@ -164,7 +176,8 @@ def llama_server(folder: Path, model: Path, log: Path, *, context: int = 4096, t
                "-c", str(context), "-np", "1", "-t", str(threads), "--no-webui", *extra]
     url = f"http://127.0.0.1:{port}"
     with log.open("wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=_environment(folder))
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=_environment(folder),
+                                   preexec_fn=_die_with_parent)
     try:
         _wait_healthy(url, process, log)
         yield url
