@@ -332,5 +332,6 @@ def test_the_teacher_can_be_an_openai_compatible_server(place: Path, llama_serve
     # llama-server counted the fitted role in each prompt: more than the question and the template's frame.
     assert summary["prompt_tokens"] > 2 * (summary["system_tokens"] + 10)
     pairs = lines(place / "out" / "data.jsonl")
-    assert [p["messages"][0]["content"] for p in pairs] == ["What is a flaky test?", "Should I mock the database?"]
+    assert sorted(p["messages"][0]["content"] for p in pairs) == ["Should I mock the database?",
+                                                                   "What is a flaky test?"]
     assert all(p["messages"][1]["content"].strip() for p in pairs)
