@@ -15,7 +15,8 @@ questions the mean log-likelihood per answer token and the behaviour score of th
 role, with it and of the baked model without it, each as retention (target >= 0.5), and the neutral
 score of the base and the baked model (within 0.1).
 
-Run: .venv/bin/python bench/bake_bench.py [--epochs 2] [--keep DIR]   (about 20-30 minutes on 2 cores)
+Run: .venv/bin/python bench/bake_bench.py [--epochs 1] [--learning-rate 3e-5] [--keep DIR]
+(about 25 minutes on 2 idle cores, an hour or more on busy ones; --keep reuses the dataset)
 """
 
 from __future__ import annotations
@@ -49,8 +50,8 @@ HELD_OUT = 0.2
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--learning-rate", type=float, default=3e-5)
     parser.add_argument("--keep", metavar="DIR", help="keep the dataset and the baked model here")
     args = parser.parse_args()
 

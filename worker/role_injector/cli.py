@@ -473,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(llama.cpp's llama-finetune)")
     tool_options(training)
     training.add_argument("--out", required=True, metavar="FILE.gguf")
-    training.add_argument("--epochs", type=int, default=2, choices=range(1, 101), metavar="1-100")
-    training.add_argument("--learning-rate", type=float, default=1e-4)
+    training.add_argument("--epochs", type=int, default=1, choices=range(1, 101), metavar="1-100")
+    training.add_argument("--learning-rate", type=float, default=3e-5,
+                          help="AdamW's (default 3e-5; 1e-4 for two epochs wrecked SmolLM2-135M, docs/bake.md)")
     training.add_argument("--context", type=int, default=256, choices=(256, 512, 1024, 2048),
                           help="tokens per training window (default 256)")
     training.add_argument("--no-dequantize", action="store_true",

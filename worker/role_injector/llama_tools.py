@@ -103,8 +103,8 @@ class TrainingProgress:
 @dataclass(frozen=True)
 class TrainingSettings:
     context: int = 256  # tokens per training window (and batch); llama-finetune trains with n_ubatch = n_ctx
-    epochs: int = 2
-    learning_rate: float = 1e-4
+    epochs: int = 1
+    learning_rate: float = 3e-5  # 1e-4 for two epochs wrecked SmolLM2-135M (docs/bake.md)
     threads: int = 2
 
 
