@@ -301,3 +301,14 @@ def test_missing_tools_name_where_they_were_looked_for(tmp_path: Path) -> None:
                      str(tmp_path / "baked.gguf"), "--roles", str(tmp_path / "roles"), "--llama-bin", str(tmp_path))
     assert result.returncode == KINDS["invalid_config"].exit_code
     assert f"llama-server, llama-finetune, llama-quantize not found in {tmp_path}" in result.stderr
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--learning-rate", "-1", "expected a rate from 1e-09 to 1"),
+    ("--learning-rate", "nan", "expected a rate from 1e-09 to 1"),
+    ("--min-free-disk", "-5", "expected MiB from 0 to"),
+    ("--epochs", "0", "invalid choice"),
+])
+def test_options_out_of_range_are_clear_errors(tmp_path: Path, option: str, value: str, message: str) -> None:
+    result = train(tmp_path, write_dataset(tmp_path, PAIRS), option, value)
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

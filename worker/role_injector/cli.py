@@ -66,15 +66,19 @@ def cmd_lint(args: argparse.Namespace) -> int:
     return 1 if snapshot.errors else 0
 
 
-def seconds(text: str) -> float:
-    """An argparse type: a delay from 0 to 600 seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"expected seconds from 0 to 600, not {text!r}")
-    return value
+def number_in(low: float, high: float, what: str, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a number from `low` to `high` (NaN and infinities are out of every range)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    return parse
 
 
 def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
@@ -445,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--held-out", type=float, default=0.1, help="share of pairs held out (default 0.1)")
     dataset.add_argument("--concurrency", type=int, default=2, choices=range(1, 33), metavar="1-32")
     dataset.add_argument("--retries", type=int, default=3, choices=range(0, 11), metavar="0-10")
-    dataset.add_argument("--retry-delay", type=seconds, default=1.0, help="seconds before the first retry (0-600)")
+    dataset.add_argument("--retry-delay", type=number_in(0, 600, "seconds"), default=1.0,
+                         help="seconds before the first retry (0-600)")
     dataset.set_defaults(run=cmd_bake_dataset)
     baked = bake_commands.add_parser("create", help="create the Ollama model: a base and a trained GGUF adapter, "
                                      "or a whole baked GGUF model (bake train)")
@@ -474,13 +479,13 @@ def build_parser() -> argparse.ArgumentParser:
     tool_options(training)
     training.add_argument("--out", required=True, metavar="FILE.gguf")
     training.add_argument("--epochs", type=int, default=1, choices=range(1, 101), metavar="1-100")
-    training.add_argument("--learning-rate", type=float, default=3e-5,
+    training.add_argument("--learning-rate", type=number_in(1e-9, 1, "a rate"), default=3e-5,
                           help="AdamW's (default 3e-5; 1e-4 for two epochs wrecked SmolLM2-135M, docs/bake.md)")
     training.add_argument("--context", type=int, default=256, choices=(256, 512, 1024, 2048),
                           help="tokens per training window (default 256)")
     training.add_argument("--no-dequantize", action="store_true",
                           help="refuse a quantized base instead of training an F32 copy of it")
-    training.add_argument("--min-free-disk", type=int, default=100, metavar="MiB",
+    training.add_argument("--min-free-disk", type=number_in(0, 1 << 40, "MiB", int), default=100, metavar="MiB",
                           help="disk to leave free after training (default 100)")
     training.set_defaults(run=cmd_bake_train)
 
@@ -493,11 +498,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--checks", metavar="FILE.yaml", help="the role's rules a program checks: opening, "
                             "language, forbidden")
     evaluation.add_argument("--neutral", metavar="FILE.jsonl", help="neutral questions {\"question\", \"expect\"}")
-    evaluation.add_argument("--margin", type=float, default=0.1, help="how much lower the baked model's neutral "
-                            "score may be (default 0.1)")
+    evaluation.add_argument("--margin", type=number_in(0, 1, "a share"), default=0.1,
+                            help="how much lower the baked model's neutral score may be (default 0.1)")
     evaluation.add_argument("--max-tokens", type=int, default=48, choices=range(1, 4097), metavar="1-4096")
-    evaluation.add_argument("--limit", type=int, metavar="N", help="only the first N held-out pairs")
-    evaluation.add_argument("--context", type=int, default=4096, help="llama-server's window (default 4096)")
+    evaluation.add_argument("--limit", type=number_in(1, 1_000_000, "pairs", int), metavar="N",
+                            help="only the first N held-out pairs")
+    evaluation.add_argument("--context", type=number_in(512, 1 << 20, "tokens", int), default=4096,
+                            help="llama-server's window (default 4096)")
     evaluation.set_defaults(run=cmd_bake_eval)
     return parser
 
