@@ -242,6 +242,8 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
         if not read_gguf(partial).complete():
             raise ToolFailed(f"writing {partial} stopped short (is the disk full?)")
         partial.replace(out)
+    except OSError as exc:  # the disk filled up after all, or the folder went away
+        raise InvalidRequest(f"cannot write in {work}: {exc.strerror or exc}", details={"folder": str(work)}) from None
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary.size_bytes = out.stat().st_size
