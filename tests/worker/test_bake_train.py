@@ -283,10 +283,11 @@ def test_an_existing_output_is_not_overwritten(tmp_path: Path) -> None:
      "invalid_request"),
     (gguf_bytes({"general.architecture": "llama", "tokenizer.chat_template": TEMPLATE}, [("a", (64,), bytes(16))]),
      "is cut short", "invalid_request"),
-    # Passes every check here, but is no model llama.cpp can load: the trainer's own error, its last lines.
+    # Passes every check here, but is no model llama.cpp can load: llama.cpp's own error (from the
+    # llama-server that counts the training text's tokens, before the trainer), its last lines.
     (gguf_bytes({"general.architecture": "llama", "tokenizer.chat_template": TEMPLATE,
                  "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"]}, [("a", (4,), bytes(16))]),
-     "llama-finetune failed with exit code", "tool_failed"),
+     "failed with exit code 1", "tool_failed"),
 ])
 def test_a_model_the_trainer_cannot_train_is_a_clear_error(tmp_path: Path, content: bytes, message: str,
                                                            code: str) -> None:
