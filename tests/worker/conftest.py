@@ -4,6 +4,7 @@ command line run as a user runs it."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,11 +39,11 @@ Find the bug before it finds the users.
 """
 
 
-def run_cli(*args: str, stderr: Any = subprocess.PIPE) -> subprocess.CompletedProcess[str]:
+def run_cli(*args: str, stderr: Any = subprocess.PIPE, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """`role-injector ARGS` of this venv, with none of the developer's ROLE_INJECTOR_* settings."""
     env = {**os.environ, **CLEAN_ENV}
-    return subprocess.run([str(ROLE_INJECTOR), *args], stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=180,
-                          check=False, env=env)
+    return subprocess.run([str(ROLE_INJECTOR), *args], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                          timeout=timeout, check=False, env=env)
 
 
 @pytest.fixture
@@ -76,3 +77,32 @@ def ollama(standin: OllamaStandin) -> OllamaClient:
     """A client of the stand-in, which has forgotten earlier tests; retries come quickly."""
     standin.clear()
     return OllamaClient.at(standin.url, timeout=5, retries=3, retry_delay=0.01)
+
+
+# A chat template for small GGUF files written by tests (ChatML, no default system message).
+TEMPLATE = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+
+def gguf_bytes(metadata: dict[str, Any], tensors: list[tuple[str, tuple[int, ...], bytes]] = ()) -> bytes:
+    """A small GGUF v3 file: string, int and string-array values; F32 tensors."""
+
+    def string(text: str) -> bytes:
+        data = text.encode()
+        return struct.pack("<Q", len(data)) + data
+
+    out = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(metadata))
+    for key, value in metadata.items():
+        out += string(key)
+        if isinstance(value, str):
+            out += struct.pack("<I", 8) + string(value)
+        elif isinstance(value, list):
+            out += struct.pack("<IIQ", 9, 8, len(value)) + b"".join(string(v) for v in value)
+        else:
+            out += struct.pack("<Ii", 5, value)
+    offset = 0
+    for name, shape, data in tensors:
+        out += string(name) + struct.pack("<I", len(shape)) + b"".join(struct.pack("<Q", d) for d in shape)
+        out += struct.pack("<IQ", 0, offset)
+        offset += len(data)
+    out += b"\0" * (-len(out) % 32)
+    return out + b"".join(data for _, _, data in tensors)

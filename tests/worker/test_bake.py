@@ -19,6 +19,7 @@ from role_injector.bake import DatasetFiles, done_items, is_held_out, item_id, p
 from role_injector.errors import KINDS, InvalidRequest
 from role_injector.formats import neutralise
 from role_injector.ollama_client import OllamaClient
+from tests.engine import LlamaServer
 from tests.ollama_standin import OllamaStandin
 from tests.worker.conftest import ENGINEER, RoleWriter, run_cli
 
@@ -259,3 +260,78 @@ def test_a_damaged_dataset_line_is_an_error_not_a_silent_skip(tmp_path: Path) ->
     path.write_text('{"messages": [{"role": "user", "content": "a"}]}\nnot json\n{"messages": []}\n')
     with pytest.raises(InvalidRequest, match="line 2 is not JSON"):
         done_items(path)
+
+
+# --- files that are not the command's own (issue 22, item 8) ---------------------------------------
+
+
+@pytest.mark.parametrize("name", ["notes.txt", "data.jsonl", "data.heldout.jsonl", "data.sharegpt.jsonl",
+                                  "data.questions.jsonl"])
+def test_a_file_the_command_did_not_write_is_never_touched(place: Path, standin: OllamaStandin, name: str) -> None:
+    """`--out notes.txt` over someone's notes (without a final newline), or any file a dataset would
+    write beside `--out data.jsonl`: refused before anything is written or asked."""
+    out = place / "out" / ("notes.txt" if name == "notes.txt" else "data.jsonl")
+    existing = out.with_name(name)
+    existing.parent.mkdir(parents=True, exist_ok=True)
+    existing.write_bytes(b"line one\nline two without a newline")
+    result = run_cli("bake", "dataset", "engineer", "--roles", str(place / "roles"), "--ollama-url", standin.url,
+                     "--model", "qwen3:8b", "--var", "team=QA", "--out", str(out),
+                     "--questions", str(place / "questions.txt"))
+    assert result.returncode == KINDS["invalid_request"].exit_code, result.stderr
+    assert f"{existing} exists and was not written by `bake dataset`" in result.stderr
+    assert existing.read_bytes() == b"line one\nline two without a newline"
+    assert sorted(p.name for p in existing.parent.iterdir()) == [name]
+    assert standin.requests == []
+
+
+def test_a_resumed_run_after_the_role_changed_is_refused(place: Path, standin: OllamaStandin) -> None:
+    standin.set_fault("/api/chat", status=500, body={"error": "model runner crashed"}, times=3)
+    first = bake(place, standin, "--retries", "0", "--concurrency", "1")
+    assert first.returncode != 0
+    files = DatasetFiles.for_output(place / "out" / "data.jsonl")
+    before = {path: path.read_bytes() for path in files.train.parent.iterdir()}
+    meta = json.loads(files.meta.read_text("utf-8"))
+    assert meta["role"] == "engineer" and meta["model"] == "qwen3:8b" and meta["version"].startswith("sha256:")
+
+    roles = place / "roles"
+    (roles / "engineer.md").write_text((roles / "engineer.md").read_text("utf-8") + "\nNever guess.\n", "utf-8")
+    standin.clear()
+    standin.answer = teacher
+    again = bake(place, standin)
+    assert again.returncode == KINDS["invalid_request"].exit_code, again.stderr
+    assert f"holds answers made with version {meta['version'][7:19]} of role 'engineer'" in again.stderr
+    assert "choose another --out, or move the files away" in again.stderr
+    assert {path: path.read_bytes() for path in files.train.parent.iterdir()} == before
+    assert standin.requests_to("/api/chat") == []
+
+    other = bake(place, standin, "--model", "llama3.2")  # argparse: the last --model wins
+    assert other.returncode == KINDS["invalid_request"].exit_code
+    assert "holds answers of 'qwen3:8b'" in other.stderr
+
+
+@pytest.mark.parametrize("delay", ["-1", "nan", "inf", "601", "soon"])
+def test_a_retry_delay_out_of_range_is_a_clear_error(place: Path, standin: OllamaStandin, delay: str) -> None:
+    result = bake(place, standin, "--retry-delay", delay)
+    assert result.returncode == 2
+    assert f"--retry-delay: expected seconds from 0 to 600, not {delay!r}" in result.stderr
+    assert "Traceback" not in result.stderr and standin.requests == []
+
+
+def test_the_teacher_can_be_an_openai_compatible_server(place: Path, llama_server: LlamaServer) -> None:
+    """`--engine-url`: llama-server answers as the teacher, the role fitted as the proxy fits it."""
+    role = place / "roles" / "engineer.md"
+    role.write_text(role.read_text("utf-8").replace("{temperature: 0.3}", "{temperature: 0.3, num_predict: 24}"),
+                    encoding="utf-8")
+    (place / "two.txt").write_text("What is a flaky test?\nShould I mock the database?\n", encoding="utf-8")
+    result = run_cli("bake", "dataset", "engineer", "--roles", str(place / "roles"), "--engine-url", llama_server.url,
+                     "--model", "smollm2", "--var", "team=QA", "--out", str(place / "out" / "data.jsonl"),
+                     "--questions", str(place / "two.txt"), "--held-out", "0", "--budget", "60")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["train"] == 2 and summary["failed"] == 0 and summary["model"] == "smollm2"
+    # llama-server counted the fitted role in each prompt: more than the question and the template's frame.
+    assert summary["prompt_tokens"] > 2 * (summary["system_tokens"] + 10)
+    pairs = lines(place / "out" / "data.jsonl")
+    assert sorted(p["messages"][0]["content"] for p in pairs) == ["Should I mock the database?",
+                                                                   "What is a flaky test?"]
+    assert all(p["messages"][1]["content"].strip() for p in pairs)

@@ -4,6 +4,7 @@ Ollama stand-in."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from role_injector.profiles import load_profiles
 from role_injector.store import RoleStore
 from tests.ollama_standin import OllamaStandin
 from tests.servers import free_port
-from tests.worker.conftest import ENGINEER, RoleWriter, run_cli
+from tests.worker.conftest import ENGINEER, TEMPLATE, RoleWriter, gguf_bytes, run_cli
 
 
 @pytest.fixture
@@ -134,4 +135,39 @@ def test_bake_create_refuses_a_file_that_is_not_gguf(roles: Path, tmp_path: Path
                  "--adapter", str(adapter), "--var", "team=QA")
     assert result.returncode == KINDS["invalid_request"].exit_code
     assert "is not a GGUF file" in result.stderr and "convert_lora_to_gguf.py" in result.stderr
+    assert standin.requests == []
+
+
+def test_bake_create_makes_a_model_from_a_baked_gguf_file(roles: Path, tmp_path: Path, standin: OllamaStandin,
+                                                         ollama: OllamaClient) -> None:
+    """`bake create --model` uploads a whole GGUF model (what `bake train` writes) and creates the model
+    FROM it (`files`), with the role's params and the file's context length, no SYSTEM."""
+    model = tmp_path / "engineer-baked.gguf"
+    model.write_bytes(gguf_bytes({"general.architecture": "llama", "llama.context_length": 8192,
+                                  "tokenizer.chat_template": TEMPLATE}, [("a", (4,), bytes(16))]))
+    digest = file_digest(model)
+    result = run_cli("bake", "create", "engineer", "--roles", str(roles), "--ollama-url", standin.url,
+                     "--model", str(model), "--name", "engineer-baked")
+    assert result.returncode == 0, result.stderr
+    assert f"uploading {model}" in result.stderr and "parsing GGUF" in result.stderr
+    assert standin.blobs[digest] == model.read_bytes()
+    (create,) = standin.requests_to("/api/create")
+    assert create.body["files"] == {"engineer-baked.gguf": digest}
+    assert "from" not in create.body and "system" not in create.body and "adapters" not in create.body
+    assert create.body["parameters"] == {"temperature": 0.3, "num_ctx": 8192}
+    made = json.loads(result.stdout)
+    assert made["model"] == "engineer-baked:latest" and made["label"].startswith("role-injector/engineer:")
+    listed = run_cli("ollama", "list", "--roles", str(roles), "--ollama-url", standin.url, "--json")
+    assert [m["status"] for m in json.loads(listed.stdout)["models"]] == ["current"]
+
+
+def test_bake_create_refuses_what_is_not_a_regular_file(roles: Path, tmp_path: Path, standin: OllamaStandin) -> None:
+    """A FIFO (or a device) as --adapter or --model is refused at once instead of blocking the command."""
+    fifo = tmp_path / "adapter.gguf"
+    os.mkfifo(fifo)
+    for option in ("--adapter", "--model"):
+        result = run_cli("bake", "create", "engineer", "--roles", str(roles), "--ollama-url", standin.url,
+                         option, str(fifo), "--var", "team=QA")
+        assert result.returncode == KINDS["invalid_request"].exit_code, result.stderr
+        assert f"{fifo} is not a regular file" in result.stderr
     assert standin.requests == []

@@ -7,7 +7,9 @@ layered by `RoleOptions` (role → virtual model → request), role and conversa
 window by a `ContextPolicy` (`role_injector.context`); docs/architecture.md has the whole map. A
 role as an Ollama model: `plan_role_model` → `create_role_model` (with an `OllamaClient`),
 `list_role_models`; as a Modelfile: `render_modelfile` / `read_modelfile`; the bake dataset:
-`Teacher` → `bake_dataset`.
+`Teacher` → `bake_dataset`; baking on the CPU: `role_injector.bake_train.train` and
+`role_injector.bake_eval.evaluate`, with llama.cpp's tools (`role_injector.llama_tools`,
+`role_injector.llama_server`).
 
 The names of the modules that talk to Ollama over HTTP (`bake`, `ollama_client`, `ollama_models`) are
 imported on first use: they bring urllib3 and ssl, and `role-injector serve` has gevent patch ssl

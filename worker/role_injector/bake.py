@@ -12,9 +12,16 @@ it behaves in role without the long prompt.
   `{"messages": [{"role": "user", …}, {"role": "assistant", …}]}`; the same in ShareGPT form
   (`{"conversations": [{"from": "human", …}, {"from": "gpt", …}]}`) in `data.sharegpt.jsonl` and
   `data.heldout.sharegpt.jsonl`, rewritten from the first two at the end.
+- `data.meta.json` records the role, its version and the teacher model; it is written before any
+  other file, and files without it are never touched (a `--out` naming someone else's file is
+  refused before anything is written). `bake train` reads the role version from it.
 - Resumable: a pair is appended and flushed as soon as it is answered; a new run skips every
-  question already in the files (a line cut by an interruption is dropped). Bounded concurrency;
-  the client retries what may pass; what still fails is counted and left for the next run.
+  question already in the files (a line cut by an interruption is dropped) — only while the role's
+  version and the teacher are the ones the files were made with; otherwise the run is refused.
+  Bounded concurrency; the client retries what may pass; what still fails is counted and left for
+  the next run.
+- The teacher is any `Chat`: Ollama's client, or an OpenAI-compatible server such as llama-server
+  (`llama_server.LlamaServerClient`); the request is the proxy's own in both cases.
 """
 
 from __future__ import annotations
@@ -27,19 +34,19 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from role_injector.engines.answer import ChatAnswer
 from role_injector.engines.ollama import rewrite_chat
 from role_injector.errors import InvalidRequest, RoleInjectorError, UpstreamError
 from role_injector.fitting import FitCache
 from role_injector.injection import InjectRequest, VirtualRequest, find_role, inject
-from role_injector.ollama_client import OllamaClient
 from role_injector.options import RoleOptions
 from role_injector.profiles import Profiles, VirtualModel
 from role_injector.roles import Role, fill_variables, resolve_variables
 from role_injector.store import RoleSet
 
+META_FORMAT = "role-injector bake dataset 1"
 MAX_QUESTIONS = 100_000
 MAX_FILE_BYTES = 64 * 1024 * 1024  # a questions file, or a dataset file read to resume
 MAX_QUESTION_CHARS = 100_000
@@ -87,18 +94,76 @@ class DatasetFiles:
         return cls(train=out, held_out=sibling(".heldout"), sharegpt=sibling(".sharegpt"),
                    held_out_sharegpt=sibling(".heldout.sharegpt"), questions=sibling(".questions"))
 
+    @property
+    def meta(self) -> Path:
+        """Where the dataset records its role, version and teacher (`DatasetMeta`)."""
+        return self.train.with_name(f"{self.train.stem if self.train.suffix else self.train.name}.meta.json")
+
     def as_json(self) -> dict[str, str]:
         return {name: str(path) for name, path in vars(self).items()}
 
 
+@dataclass(frozen=True)
+class DatasetMeta:
+    """What a dataset was made from, in `<out>.meta.json`."""
+
+    role: str
+    version: str
+    model: str
+
+    def as_json(self) -> dict[str, str]:
+        return {"format": META_FORMAT, **vars(self)}
+
+    @classmethod
+    def read(cls, path: Path) -> DatasetMeta:
+        try:
+            value = json.loads(_read_bounded(path))
+        except ValueError:
+            value = None
+        fields = ("role", "version", "model")
+        if not isinstance(value, dict) or value.get("format") != META_FORMAT or \
+                not all(isinstance(value.get(name), str) for name in fields):
+            raise InvalidRequest(f"{path} is not the record of a bake dataset ({META_FORMAT!r})",
+                                 details={"file": str(path)})
+        return cls(**{name: value[name] for name in fields})
+
+
+def claim_files(files: DatasetFiles, meta: DatasetMeta) -> None:
+    """Make `files` this dataset's, before anything is written: files already there are resumed only
+    when their record says the same role version and teacher; files without a record are someone
+    else's and are never touched."""
+    if files.meta.exists():
+        found = DatasetMeta.read(files.meta)
+        if found.role != meta.role or found.model != meta.model:
+            raise InvalidRequest(
+                f"{files.train} holds answers of {found.model!r} in role {found.role!r}, not of {meta.model!r} in "
+                f"role {meta.role!r}; choose another --out", details={"file": str(files.meta)})
+        if found.version != meta.version:
+            raise InvalidRequest(
+                f"{files.train} holds answers made with version {found.version[7:19]} of role {meta.role!r}; the "
+                f"role is now {meta.version[7:19]}, and old answers must not be mixed with new ones: choose another "
+                "--out, or move the files away to answer every question again", details={"file": str(files.meta),
+                                                                                          "version": found.version})
+        return
+    others = [path for path in vars(files).values() if path.exists() or path.is_symlink()]
+    if others:
+        raise InvalidRequest(f"{others[0]} exists and was not written by `bake dataset` (there is no "
+                             f"{files.meta.name}); choose another --out", details={"file": str(others[0])})
+    files.train.parent.mkdir(parents=True, exist_ok=True)
+    partial = files.meta.with_name(files.meta.name + ".part")
+    partial.write_text(json.dumps(meta.as_json(), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    partial.replace(files.meta)
+
+
 @dataclass
 class Progress:
-    """What a run has done so far; `phase` is "questions" or "answers"."""
+    """What a run has done so far; `phase` names the work ("questions", "answers", "training", …)."""
 
     phase: str
     total: int
     done: int = 0
     failed: int = 0
+    note: str = ""  # shown after the figures (the trainer's loss)
 
 
 @dataclass
@@ -132,11 +197,16 @@ class BakeSummary:
 # --- the teacher -----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Teacher:
-    """The base model with the fitted role, asked the way the Ollama proxy asks it."""
+class Chat(Protocol):
+    """A model server that answers an Ollama `/api/chat` body (`OllamaClient`, `LlamaServerClient`)."""
 
-    client: OllamaClient
+    def chat(self, body: Mapping[str, Any]) -> ChatAnswer: ...
+
+
+@dataclass(frozen=True)
+class RolePrompt:
+    """The fitted role before a question, exactly as the Ollama proxy sends it for `<model>@<role>`."""
+
     roles: RoleSet
     profiles: Profiles
     cache: FitCache
@@ -145,9 +215,13 @@ class Teacher:
     options: RoleOptions = field(default_factory=RoleOptions)  # budget and variables, over the role's
 
     @classmethod
-    def for_role(cls, client: OllamaClient, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str,
-                 model: str, options: RoleOptions | None = None) -> Teacher:
-        return cls(client, roles, profiles, cache, find_role(roles, role), model, options or RoleOptions())
+    def for_role(cls, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str, model: str,
+                 options: RoleOptions | None = None) -> RolePrompt:
+        return cls(roles, profiles, cache, find_role(roles, role), model, options or RoleOptions())
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return DatasetMeta(role=self.role.name, version=self.role.version, model=self.model)
 
     def system_tokens(self) -> int:
         """The fitted role without a question; raises what every question would (a missing variable,
@@ -155,12 +229,44 @@ class Teacher:
         request = InjectRequest(role=self.role.name, options=self.options, model=self.model)
         return inject(self.roles, self.profiles, request, self.cache).usage.system_tokens
 
-    def answer(self, question: str) -> ChatAnswer:
+    def request(self, question: str) -> dict[str, Any]:
+        """The chat body for `question` that the proxy sends for the virtual model `<model>@<role>`."""
         virtual = VirtualModel(name=f"{self.model}@{self.role.name}", base=self.model, role=self.role.name,
                                options=self.options)
         body, _ = rewrite_chat({"model": virtual.name, "messages": [{"role": "user", "content": question}]},
                                VirtualRequest(virtual, self.roles, self.profiles, self.cache))
-        return self.client.chat(body)
+        return body
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """The base model with the fitted role (`prompt`), asked through `client`."""
+
+    client: Chat
+    prompt: RolePrompt
+
+    @classmethod
+    def for_role(cls, client: Chat, roles: RoleSet, profiles: Profiles, cache: FitCache, role: str, model: str,
+                 options: RoleOptions | None = None) -> Teacher:
+        return cls(client, RolePrompt.for_role(roles, profiles, cache, role, model, options))
+
+    @property
+    def role(self) -> Role:
+        return self.prompt.role
+
+    @property
+    def model(self) -> str:
+        return self.prompt.model
+
+    @property
+    def meta(self) -> DatasetMeta:
+        return self.prompt.meta
+
+    def system_tokens(self) -> int:
+        return self.prompt.system_tokens()
+
+    def answer(self, question: str) -> ChatAnswer:
+        return self.client.chat(self.prompt.request(question))
 
     def write_questions(self, section: str, count: int) -> list[str]:
         """`count` questions or fewer about one section, written by the base model without the role."""
@@ -169,7 +275,7 @@ class Teacher:
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": QUESTIONS_PROMPT.format(count=count, section=section)}],
-            "options": {"num_ctx": self.profiles.for_model(self.model).context_window,
+            "options": {"num_ctx": self.prompt.profiles.for_model(self.model).context_window,
                         "temperature": GENERATION_TEMPERATURE},
         }
         return parse_questions(self.client.chat(body).text)[:count]
@@ -232,15 +338,12 @@ def read_questions(path: Path) -> list[str]:
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
-    """The JSON lines of a file being appended to; a last line cut short by an interruption is
-    removed from the file."""
+    """The JSON lines of a dataset file being appended to (one `claim_files` made ours); a last line
+    cut short by an interruption is removed from the file, once every other line has been read."""
     if not path.exists():
         return []
     text = _read_bounded(path)
     complete = text[: text.rfind("\n") + 1]
-    if complete != text:
-        with path.open("r+b") as handle:
-            handle.truncate(len(complete.encode("utf-8")))
     records = []
     for number, line in enumerate(complete.splitlines(), 1):
         try:
@@ -248,6 +351,9 @@ def _records(path: Path) -> list[dict[str, Any]]:
         except ValueError:
             raise InvalidRequest(f"{path}, line {number} is not JSON; move the file away or repair it",
                                  details={"file": str(path), "line": number}) from None
+    if complete != text:
+        with path.open("r+b") as handle:
+            handle.truncate(len(complete.encode("utf-8")))
     return records
 
 
@@ -261,6 +367,25 @@ def _question_of(record: Any) -> str | None:
 
 def done_items(path: Path) -> set[str]:
     return {item_id(question) for record in _records(path) if (question := _question_of(record)) is not None}
+
+
+def read_pairs(path: Path) -> list[tuple[str, str]]:
+    """(question, answer) of every line of a dataset file, which must each be a user/assistant pair."""
+    pairs = []
+    for number, line in enumerate(_read_bounded(path).splitlines(), 1):
+        try:
+            user, assistant = json.loads(line)["messages"]
+            if (user["role"], assistant["role"]) != ("user", "assistant") or \
+                    not isinstance(user["content"], str) or not isinstance(assistant["content"], str):
+                raise ValueError
+        except (ValueError, KeyError, TypeError):
+            raise InvalidRequest(f"{path}, line {number}: expected {{\"messages\": [user, assistant]}} (a line cut "
+                                 "by an interruption: run the same `bake dataset` again)",
+                                 details={"file": str(path), "line": number}) from None
+        pairs.append((user["content"], assistant["content"]))
+    if not pairs:
+        raise InvalidRequest(f"{path} has no pairs", details={"file": str(path)})
+    return pairs
 
 
 def pair(question: str, answer: str) -> dict[str, Any]:
@@ -314,10 +439,9 @@ def generate_questions(teacher: Teacher, count: int, path: Path, concurrency: in
     """`count` questions spread over the role's sections (most important first), asked once per
     section and kept in `path`; a section already there is not asked again. Returns the questions,
     how many were written now, and the errors of sections that failed."""
-    if not 1 <= count <= MAX_QUESTIONS:
-        raise InvalidRequest(f"--generate takes 1 to {MAX_QUESTIONS} questions", details={"count": count})
+    check_count(count)
     role = teacher.role
-    values = resolve_variables(role, teacher.options.variables)
+    values = resolve_variables(role, teacher.prompt.options.variables)
     texts = {i: fill_variables(role.sections[i].text, values).strip() for i in role.walk_order}
     sections = [i for i in role.walk_order if texts[i]]
     if not sections:
@@ -355,6 +479,12 @@ def generate_questions(teacher: Teacher, count: int, path: Path, concurrency: in
     return questions, written, errors
 
 
+def check_count(count: int) -> int:
+    if not 1 <= count <= MAX_QUESTIONS:
+        raise InvalidRequest(f"--generate takes 1 to {MAX_QUESTIONS} questions", details={"count": count})
+    return count
+
+
 def check_share(held_out: float) -> float:
     if not 0 <= held_out < 1:
         raise InvalidRequest("the held-out share must be from 0 to below 1", details={"held_out": held_out})
@@ -365,6 +495,7 @@ def bake_dataset(teacher: Teacher, questions: list[str], files: DatasetFiles, *,
                  concurrency: int = 2, on_progress: Callable[[Progress], None] | None = None) -> BakeSummary:
     """Answer every question not yet in `files` with the teacher and append the pairs."""
     check_share(held_out)
+    claim_files(files, teacher.meta)
     started = time.monotonic()
     summary = BakeSummary(role=teacher.role.name, version=teacher.role.version, model=teacher.model,
                           files=files.as_json())
@@ -375,7 +506,6 @@ def bake_dataset(teacher: Teacher, questions: list[str], files: DatasetFiles, *,
     summary.skipped = len(distinct.keys() & done)
     todo = [(key, q) for key, q in distinct.items() if key not in done]
     progress = Progress("answers", len(todo))
-    files.train.parent.mkdir(parents=True, exist_ok=True)
     with files.train.open("a", encoding="utf-8") as train, files.held_out.open("a", encoding="utf-8") as held:
 
         def finished(key: str, answer: ChatAnswer | None, error: RoleInjectorError | None) -> None:

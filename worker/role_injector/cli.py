@@ -1,6 +1,7 @@
 """Command line: `lint`, `render`, `serve`; `ollama create|modelfile|list` (a role as an Ollama
-model); `bake dataset|create` (a role trained into a LoRA adapter; docs/bake.md); `export` (a role as
-another program's files: text-generation-webui's character and instruction template).
+model); `bake dataset|train|eval|create` (a role trained into a model's weights: on the CPU with
+llama.cpp's tools, or a LoRA adapter trained elsewhere; docs/bake.md); `export` (a role as another
+program's files: text-generation-webui's character and instruction template).
 
 Exit codes: 0 success, 1 `lint` found broken roles, else the error's `exit_code` in
 `role_injector.errors.KINDS` (2 for a wrong command line); 141 when the reader of the output went away
@@ -14,10 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
+import stat
 import sys
+import tempfile
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
@@ -26,6 +32,7 @@ from role_injector import text_generation_webui
 from role_injector.errors import KINDS, InvalidRequest, RoleInjectorError
 from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
+from role_injector.gguf import read_gguf
 from role_injector.injection import InjectRequest, inject
 from role_injector.options import SELECTIONS, RoleOptions
 from role_injector.profiles import load_profiles
@@ -35,6 +42,8 @@ from role_injector.tokens import VOCABULARIES, load_tokenizer
 
 if TYPE_CHECKING:
     from role_injector import bake
+    from role_injector.llama_server import LlamaServerClient
+    from role_injector.llama_tools import TrainingProgress
     from role_injector.ollama_client import OllamaClient
 
 GGUF_MAGIC = b"GGUF"
@@ -69,6 +78,21 @@ def cmd_lint(args: argparse.Namespace) -> int:
         print(f"no roles found in {args.dir}", file=sys.stderr)
         return 1
     return 1 if snapshot.errors else 0
+
+
+def number_in(low: float, high: float, what: str, kind: type = float) -> Callable[[str], float]:
+    """An argparse type: a number from `low` to `high` (NaN and infinities are out of every range)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = math.nan
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} from {low:g} to {high:g}, not {text!r}")
+        return value
+
+    return parse
 
 
 def parse_vars(pairs: Sequence[str]) -> dict[str, str]:
@@ -203,8 +227,9 @@ class ProgressBar:
         rate = progress.done / (now - self.started) if now > self.started else 0.0
         left = f", {(progress.total - progress.done) / rate:.0f} s left" if rate else ""
         failed = f", {progress.failed} failed" if progress.failed else ""
+        note = f", {progress.note}" if progress.note else ""
         self.stream.write(f"\r{progress.phase:<9} [{'#' * filled}{'.' * (30 - filled)}] "
-                          f"{progress.done}/{progress.total}{failed}, {rate:.1f}/s{left}\x1b[K")
+                          f"{progress.done}/{progress.total}{failed}, {rate:.1f}/s{left}{note}\x1b[K")
         self.stream.flush()
 
     def close(self) -> None:
@@ -218,20 +243,28 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
     from role_injector import bake
 
     roles = current_roles(args)
-    teacher = bake.Teacher.for_role(
-        client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency),
-        roles, load_profiles(Settings.from_env().models_file), fit_cache(), args.role, args.model,
-        RoleOptions(budget=args.budget, variables=parse_vars(args.var)))
+    chat: bake.Chat
+    if args.engine_url:
+        from role_injector.llama_server import LlamaServerClient
+
+        chat = LlamaServerClient(args.engine_url, timeout=Settings.from_env().upstream_timeout,
+                                 connections=args.concurrency)
+    else:
+        chat = client(args, retries=args.retries, retry_delay=args.retry_delay, connections=args.concurrency)
+    options = RoleOptions(budget=args.budget, variables=parse_vars(args.var))
+    teacher = bake.Teacher.for_role(chat, roles, load_profiles(Settings.from_env().models_file), fit_cache(),
+                                    args.role, args.model, options)
     teacher.system_tokens()  # a missing variable or a budget too small: fail before asking anything
     bake.check_share(args.held_out)
     files = bake.DatasetFiles.for_output(Path(args.out))
+    questions = bake.read_questions(Path(args.questions)) if args.questions else []
+    if not args.questions:
+        bake.check_count(args.generate)
+    bake.claim_files(files, teacher.meta)  # before anything is written
     bar = ProgressBar()
     try:
         generated, failures = 0, []
-        if args.questions:
-            questions = bake.read_questions(Path(args.questions))
-        else:
-            files.questions.parent.mkdir(parents=True, exist_ok=True)
+        if not args.questions:
             questions, generated, failures = bake.generate_questions(teacher, args.generate, files.questions,
                                                                      args.concurrency, bar)
         summary = bake.bake_dataset(teacher, questions, files, held_out=args.held_out,
@@ -251,37 +284,50 @@ def cmd_bake_dataset(args: argparse.Namespace) -> int:
     return 0
 
 
-def read_adapter(path: Path) -> tuple[str, str]:
-    """(file name for Ollama, sha256 digest) of a GGUF adapter file."""
+def read_adapter(path: Path, what: str = "adapter") -> tuple[str, str]:
+    """(file name for Ollama, sha256 digest) of a GGUF file to upload (an adapter or a whole model): a
+    regular file only (a FIFO or a device would block the read, or never end)."""
     from role_injector.ollama_client import file_digest
 
     try:
-        with path.open("rb") as handle:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise InvalidRequest(f"the {what} {path} is not a regular file", details={"file": str(path)})
             magic = handle.read(4)
     except OSError as exc:
-        raise InvalidRequest(f"cannot read the adapter {path}: {exc}", details={"file": str(path)}) from None
+        raise InvalidRequest(f"cannot read the {what} {path}: {exc.strerror or exc}",
+                             details={"file": str(path)}) from None
     if magic != GGUF_MAGIC:
-        raise InvalidRequest(f"{path} is not a GGUF file; convert a PEFT adapter with llama.cpp's "
-                             "convert_lora_to_gguf.py (docs/bake.md)", details={"file": str(path)})
-    name = path.name if path.name.endswith(".gguf") else "adapter.gguf"  # Ollama tells GGUF by the name
+        hint = "; convert a PEFT adapter with llama.cpp's convert_lora_to_gguf.py (docs/bake.md)" \
+            if what == "adapter" else " (bake train writes one)"
+        raise InvalidRequest(f"{path} is not a GGUF file{hint}", details={"file": str(path)})
+    name = path.name if path.name.endswith(".gguf") else f"{what}.gguf"  # Ollama tells GGUF by the name
     return name, file_digest(path)
 
 
 def cmd_bake_create(args: argparse.Namespace) -> int:
     from role_injector import ollama_models
 
-    adapter = Path(args.adapter)
-    name, digest = read_adapter(adapter)
-    model = ollama_models.plan_baked_model(current_roles(args), load_profiles(Settings.from_env().models_file),
-                                           fit_cache(), args.role, adapter=(name, digest), base=args.base,
-                                           name=args.name, reminder_budget=args.reminder_budget,
-                                           variables=parse_vars(args.var))
+    upload = Path(args.adapter or args.model)
+    what = "adapter" if args.adapter else "model"
+    name, digest = read_adapter(upload, what)
+    roles = current_roles(args)
+    if args.adapter:
+        model = ollama_models.plan_baked_model(roles, load_profiles(Settings.from_env().models_file), fit_cache(),
+                                               args.role, adapter=(name, digest), base=args.base, name=args.name,
+                                               reminder_budget=args.reminder_budget, variables=parse_vars(args.var))
+    else:
+        info = read_gguf(upload)
+        window = info.metadata.get(f"{info.architecture}.context_length")
+        model = ollama_models.plan_model_from_file(roles, args.role, file=(name, digest), name=args.name,
+                                                   window=window if isinstance(window, int) else 0)
     ollama = client(args)
     if ollama.has_blob(digest):
-        print(f"the adapter is in Ollama already ({digest})", file=sys.stderr)
+        print(f"the {what} is in Ollama already ({digest})", file=sys.stderr)
     else:
-        print(f"uploading {adapter} ({adapter.stat().st_size} bytes) as {digest}", file=sys.stderr)
-        ollama.push_blob(adapter, digest)
+        print(f"uploading {upload} ({upload.stat().st_size} bytes) as {digest}", file=sys.stderr)
+        ollama.push_blob(upload, digest)
     print_json(follow(ollama_models.create_role_model(ollama, model, replace=args.replace)))
     return 0
 
@@ -298,6 +344,82 @@ def cmd_export(args: argparse.Namespace) -> int:
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     print_json(export.summary())
+    return 0
+
+
+def training_bar(bar: ProgressBar) -> Callable[[TrainingProgress], None]:
+    from role_injector import bake
+
+    def show(progress: TrainingProgress) -> None:
+        note = f"loss {progress.loss:.3f}" if progress.loss is not None else ""
+        bar(bake.Progress("training", progress.total, progress.done, note=note))
+
+    return show
+
+
+def cmd_bake_train(args: argparse.Namespace) -> int:
+    from role_injector import bake_train
+    from role_injector.llama_tools import TrainingSettings, tools_folder
+
+    folder = tools_folder(args.llama_bin)
+    settings = TrainingSettings(context=args.context, epochs=args.epochs, learning_rate=args.learning_rate,
+                                threads=args.threads)
+    bar = ProgressBar()
+    try:
+        summary = bake_train.train(Path(args.dataset), Path(args.base), Path(args.out), current_roles(args), folder,
+                                   settings=settings, dequantize_base=not args.no_dequantize,
+                                   allow_other_version=args.any_role_version,
+                                   min_free_disk=args.min_free_disk << 20, on_progress=training_bar(bar))
+    except KeyboardInterrupt:
+        bar.close()
+        print("interrupted: llama-finetune keeps no checkpoint, so nothing of this run is kept; the same command "
+              "trains again from the beginning", file=sys.stderr)
+        return 130
+    bar.close()
+    print_json(summary.as_json())
+    return 0
+
+
+def cmd_bake_eval(args: argparse.Namespace) -> int:
+    from role_injector import bake, bake_eval, bake_train
+    from role_injector.llama_server import LlamaServerClient
+    from role_injector.llama_tools import llama_server, tools_folder
+
+    folder = tools_folder(args.llama_bin)
+    files = bake.DatasetFiles.for_output(Path(args.dataset))
+    meta = bake.DatasetMeta.read(files.meta)
+    roles = current_roles(args)
+    bake_train.check_version(meta, roles, args.any_role_version)
+    pairs = bake_eval.held_out_pairs(files.held_out, args.limit)
+    checks = bake_eval.Checks.read(Path(args.checks)) if args.checks else None
+    neutral = bake_eval.read_neutral(Path(args.neutral)) if args.neutral else []
+    prompt = bake.RolePrompt.for_role(roles, load_profiles(Settings.from_env().models_file), fit_cache(), meta.role,
+                                      meta.model, RoleOptions(budget=args.budget, variables=parse_vars(args.var)))
+    prompt.system_tokens()
+    models = {"base": Path(args.base), "baked": Path(args.baked)}
+    for path in models.values():
+        read_gguf(path)  # a clear error before any server starts
+    logs = Path(tempfile.mkdtemp(prefix="role-injector-eval-"))
+
+    @contextmanager
+    def serve(which: str) -> Iterator[LlamaServerClient]:
+        with llama_server(folder, models[which], logs / f"llama-server-{which}.log", context=args.context,
+                          threads=args.threads) as url:
+            server = LlamaServerClient(url)
+            try:
+                yield server
+            finally:
+                server.close()
+
+    bar = ProgressBar()
+    try:
+        report = bake_eval.evaluate(serve, meta.role, meta.version, pairs,
+                                    lambda question: prompt.request(question)["messages"], checks, neutral,
+                                    max_tokens=args.max_tokens, neutral_margin=args.margin, on_progress=bar)
+    finally:
+        bar.close()
+    shutil.rmtree(logs, ignore_errors=True)
+    print_json(report.as_json())
     return 0
 
 
@@ -378,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     dataset = bake_commands.add_parser("dataset", help="question/answer pairs from the model with the role")
     role_options(dataset)
     dataset.add_argument("--model", required=True, help="the teacher: the base model, given the fitted role")
+    dataset.add_argument("--engine-url", metavar="URL", help="ask this OpenAI-compatible server (llama-server) "
+                         "instead of Ollama; the role is fitted as the proxy fits it for --model")
     source = dataset.add_mutually_exclusive_group(required=True)
     source.add_argument("--questions", metavar="FILE", help="one question per line, or .jsonl {\"question\"}")
     source.add_argument("--generate", type=int, metavar="N", help="let the model write N questions from the role")
@@ -386,15 +510,63 @@ def build_parser() -> argparse.ArgumentParser:
     dataset.add_argument("--held-out", type=float, default=0.1, help="share of pairs held out (default 0.1)")
     dataset.add_argument("--concurrency", type=int, default=2, choices=range(1, 33), metavar="1-32")
     dataset.add_argument("--retries", type=int, default=3, choices=range(0, 11), metavar="0-10")
-    dataset.add_argument("--retry-delay", type=float, default=1.0, help="seconds before the first retry")
+    dataset.add_argument("--retry-delay", type=number_in(0, 600, "seconds"), default=1.0,
+                         help="seconds before the first retry (0-600)")
     dataset.set_defaults(run=cmd_bake_dataset)
-    baked = bake_commands.add_parser("create", help="create the model from the base and a trained GGUF adapter")
+    baked = bake_commands.add_parser("create", help="create the Ollama model: a base and a trained GGUF adapter, "
+                                     "or a whole baked GGUF model (bake train)")
     role_options(baked)
     model_options(baked)
-    baked.add_argument("--adapter", required=True, metavar="FILE.gguf")
+    upload = baked.add_mutually_exclusive_group(required=True)
+    upload.add_argument("--adapter", metavar="FILE.gguf", help="a LoRA adapter for --base")
+    upload.add_argument("--model", metavar="FILE.gguf", help="a whole model, such as bake train writes")
     baked.add_argument("--reminder-budget", type=int, metavar="TOKENS",
-                       help="also set SYSTEM to the role fitted to this many tokens")
+                       help="with --adapter: also set SYSTEM to the role fitted to this many tokens")
     baked.set_defaults(run=cmd_bake_create)
+
+    def tool_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("dataset", metavar="DATASET.jsonl", help="the --out of bake dataset")
+        command.add_argument("--base", required=True, metavar="FILE.gguf", help="the base model, as a GGUF file")
+        command.add_argument("--roles", default=default_roles_dir)
+        command.add_argument("--llama-bin", metavar="DIR", help="llama.cpp's tools (default: ROLE_INJECTOR_LLAMA_BIN, "
+                             "else $ROLE_INJECTOR_TOOLS/bin, where scripts/engine-toolchain.sh puts them)")
+        command.add_argument("--threads", type=int, default=min(os.cpu_count() or 1, 8), choices=range(1, 257),
+                             metavar="1-256")
+        command.add_argument("--any-role-version", action="store_true",
+                             help="use a dataset made with another version of the role than the current one")
+
+    training = bake_commands.add_parser("train", help="train the role into a small GGUF model on the CPU "
+                                        "(llama.cpp's llama-finetune)")
+    tool_options(training)
+    training.add_argument("--out", required=True, metavar="FILE.gguf")
+    training.add_argument("--epochs", type=int, default=1, choices=range(1, 101), metavar="1-100")
+    training.add_argument("--learning-rate", type=number_in(1e-9, 1, "a rate"), default=3e-5,
+                          help="AdamW's (default 3e-5; 1e-4 for two epochs wrecked SmolLM2-135M, docs/bake.md)")
+    training.add_argument("--context", type=int, default=256, choices=(256, 512, 1024, 2048),
+                          help="tokens per training window (default 256)")
+    training.add_argument("--no-dequantize", action="store_true",
+                          help="refuse a quantized base instead of training an F32 copy of it")
+    training.add_argument("--min-free-disk", type=number_in(0, 1 << 40, "MiB", int), default=100, metavar="MiB",
+                          help="disk to leave free after training (default 100)")
+    training.set_defaults(run=cmd_bake_train)
+
+    evaluation = bake_commands.add_parser("eval", help="how much of the role the baked model keeps, on the "
+                                          "held-out questions")
+    tool_options(evaluation)
+    evaluation.add_argument("--baked", required=True, metavar="FILE.gguf")
+    evaluation.add_argument("--var", action="append", default=[], metavar="NAME=VALUE")
+    evaluation.add_argument("--budget", type=int)
+    evaluation.add_argument("--checks", metavar="FILE.yaml", help="the role's rules a program checks: opening, "
+                            "language, forbidden")
+    evaluation.add_argument("--neutral", metavar="FILE.jsonl", help="neutral questions {\"question\", \"expect\"}")
+    evaluation.add_argument("--margin", type=number_in(0, 1, "a share"), default=0.1,
+                            help="how much lower the baked model's neutral score may be (default 0.1)")
+    evaluation.add_argument("--max-tokens", type=int, default=48, choices=range(1, 4097), metavar="1-4096")
+    evaluation.add_argument("--limit", type=number_in(1, 1_000_000, "pairs", int), metavar="N",
+                            help="only the first N held-out pairs")
+    evaluation.add_argument("--context", type=number_in(512, 1 << 20, "tokens", int), default=4096,
+                            help="llama-server's window (default 4096)")
+    evaluation.set_defaults(run=cmd_bake_eval)
 
     export = commands.add_parser("export", help="write the fitted role as another program's files")
     role_options(export, ollama=False)

@@ -78,6 +78,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "server_error", 14),
     ErrorKind("model_exists", "Ollama has a model of that name that Role Injector did not make (replace it"
               " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
+    ErrorKind("tool_failed", "a llama.cpp tool (trainer, quantizer, server) failed; the message ends with its output",
+              502, 502, "server_error", 16),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -229,3 +231,9 @@ class UpstreamRefused(RoleInjectorError):
     """Ollama said no: an error status or an error line in its stream (`details.status`)."""
 
     code = "upstream_refused"
+
+
+class ToolFailed(RoleInjectorError):
+    """A llama.cpp tool run by `bake` exited with an error; the message ends with its last lines."""
+
+    code = "tool_failed"

@@ -86,11 +86,16 @@ class RoleModel:
     system: str | None
     parameters: Mapping[str, Any]
     adapters: Mapping[str, str] = field(default_factory=dict)  # file name -> sha256:<hex> of a blob
+    files: Mapping[str, str] = field(default_factory=dict)  # a whole model from blobs, instead of `from`
     fit: Fit | None = None
     usage: Usage | None = None
 
     def create_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.name, "from": self.base, "parameters": dict(self.parameters)}
+        body: dict[str, Any] = {"model": self.name, "parameters": dict(self.parameters)}
+        if self.files:
+            body["files"] = dict(self.files)
+        else:
+            body["from"] = self.base
         if self.system is not None:
             body["system"] = self.system
         if self.adapters:
@@ -116,6 +121,8 @@ class RoleModel:
         }
         if self.adapters:
             out["adapters"] = dict(self.adapters)
+        if self.files:
+            out["files"] = dict(self.files)
         if self.usage is not None and self.fit is not None:
             out |= {"system_tokens": self.usage.system_tokens, "system_tokens_full": self.usage.system_tokens_full,
                     "budget": self.usage.budget, "trimmed": self.fit.trimmed}
@@ -140,11 +147,16 @@ def _base_and_window(role: Role, profiles: Profiles, base: str | None) -> tuple[
         raise InvalidRequest(f"name the base model: role {role.name!r} has no 'model'", details={"field": "base"})
     check_model_name(base, "the base model")
     # The window as the proxy takes it for `base@role`: the profile's, or the role's num_ctx if larger.
+    return base, _window(role, profiles.for_model(base).context_window)
+
+
+def _window(role: Role, window: int) -> int:
+    """`window`, or the role's num_ctx if larger."""
     try:
         asked = num_ctx_option(role.params.get("num_ctx"), f"num_ctx in the params of role {role.name!r}")
     except InvalidRequest as exc:
         raise RoleError(exc.message, details=exc.details) from None
-    return base, max(profiles.for_model(base).context_window, asked or 0)
+    return max(window, asked or 0)
 
 
 def _fitted(roles: RoleSet, profiles: Profiles, cache: FitCache, role: Role, base: str, window: int,
@@ -206,6 +218,18 @@ def plan_baked_model(
                      adapters={file_name: digest}, fit=fit, usage=usage)
 
 
+def plan_model_from_file(roles: RoleSet, role_name: str, *, file: tuple[str, str], window: int,
+                         name: str | None = None) -> RoleModel:
+    """A model made whole from a GGUF file (`file`: its name, blob digest), such as the one `bake
+    train` writes, with the role's params and `num_ctx` the file's context length (or the role's
+    `num_ctx`, if larger); no SYSTEM, as the role is in its weights."""
+    role = find_role(roles, role_name)
+    file_name, digest = file
+    return RoleModel(name=check_model_name(name or role.name, "the model name"), role=role, base=file_name,
+                     system=None, parameters=_role_parameters(role, _window(role, window), None),
+                     files={file_name: digest})
+
+
 def role_modelfile(model: RoleModel) -> tuple[str, bool]:
     """An equivalent Modelfile, and whether its SYSTEM had to differ from the exact text (see
     `modelfile.carried_text`)."""
@@ -253,11 +277,12 @@ def create_role_model(client: OllamaClient, model: RoleModel, *, replace: bool =
     """Create `model` in Ollama and label it: Ollama's progress lines, then `model.summary()`. An
     existing model of that name that Role Injector did not make is overwritten only with `replace`.
     Nothing is sent before iteration starts; errors before the first line are raised from it."""
-    try:
-        client.show(model.base)
-    except ModelNotFound:
-        raise ModelNotFound(f"Ollama at {client.url} has no model {model.base!r}; pull it first: "
-                            f"ollama pull {model.base}", details={"model": model.base}) from None
+    if not model.files:
+        try:
+            client.show(model.base)
+        except ModelNotFound:
+            raise ModelNotFound(f"Ollama at {client.url} has no model {model.base!r}; pull it first: "
+                                f"ollama pull {model.base}", details={"model": model.base}) from None
     if not replace:
         check_replaceable(client, model.name)
     for line in client.create(model.create_body()):
