@@ -98,9 +98,10 @@ class LlamaServerClient:
             raise UpstreamError(f"llama-server at {self.url} answered /apply-template without a prompt")
         return prompt
 
-    def tokenize(self, text: str, *, special: bool) -> list[int]:
-        """Token ids of `text`; with `special`, control tokens written in it (`<|im_start|>`) are parsed."""
-        answer = self._post("/tokenize", {"content": text, "add_special": False, "parse_special": special})
+    def tokenize(self, text: str, *, special: bool, add_special: bool = False) -> list[int]:
+        """Token ids of `text`; with `special`, control tokens written in it (`<|im_start|>`) are parsed;
+        with `add_special`, the model's BOS comes first if it wants one (as for a prompt)."""
+        answer = self._post("/tokenize", {"content": text, "add_special": add_special, "parse_special": special})
         tokens = answer.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise UpstreamError(f"llama-server at {self.url} answered /tokenize without token ids")
