@@ -13,15 +13,18 @@
 Prints the dataset and training times, the trainer's throughput and peak memory, and for the held-out
 questions the mean log-likelihood per answer token and the behaviour score of the base without the
 role, with it and of the baked model without it, each as retention (target >= 0.5), and the neutral
-score of the base and the baked model (within 0.1).
+score of the three (the baked model's within 0.1 of the base's with the role).
 
-Run: .venv/bin/python -m bench.bake_bench [--epochs 1] [--learning-rate 3e-5] [--keep DIR]
-(about 25 minutes on 2 idle cores, an hour or more on busy ones; --keep reuses the dataset)
+Run: .venv/bin/python -m bench.bake_bench [--epochs 2] [--learning-rate 3e-5] [--context 256] [--keep DIR]
+(about 15 minutes on 2 idle cores, an hour on busy ones; with --keep DIR, a later run reuses the
+dataset and the base's scores — the same questions, answers and base give the same scores)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import hashlib
 import json
 import shutil
 import sys
@@ -32,6 +35,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from role_injector import bake, bake_eval, bake_train
+from role_injector import llama_server as llama_server_module
 from role_injector.fitting import FitCache
 from role_injector.llama_server import LlamaServerClient
 from role_injector.llama_tools import TrainingSettings, llama_server
@@ -49,8 +53,9 @@ HELD_OUT = 0.2
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--learning-rate", type=float, default=3e-5)
+    parser.add_argument("--epochs", type=int, default=bake_train.DEFAULT_SETTINGS.epochs)
+    parser.add_argument("--learning-rate", type=float, default=bake_train.DEFAULT_SETTINGS.learning_rate)
+    parser.add_argument("--context", type=int, default=bake_train.DEFAULT_SETTINGS.context)
     parser.add_argument("--keep", metavar="DIR", help="keep the dataset and the baked model here")
     args = parser.parse_args()
 
@@ -76,14 +81,14 @@ def main() -> int:
     baked = work / "baked.gguf"
     if baked.exists():
         baked.unlink()
-    settings = TrainingSettings(epochs=args.epochs, learning_rate=args.learning_rate, threads=2)
+    settings = TrainingSettings(context=args.context, epochs=args.epochs, learning_rate=args.learning_rate, threads=2)
     summary = bake_train.train(files.train, base, baked, roles, folder, settings=settings)
-    # llama-finetune trains a window of `context` tokens every `context / 2`: each token about twice an epoch.
-    per_second = summary.steps * settings.context / summary.training_seconds
+    per_second = summary.steps * settings.context / summary.training_seconds  # padding included
     losses = ", ".join(f"{loss:.3f}" for loss in summary.epoch_losses)
-    print(f"training: {summary.pairs} pairs, {summary.tokens} tokens of text, {summary.epochs} epochs, "
-          f"{summary.steps} steps of {settings.context} tokens in {summary.training_seconds / 60:.1f} min "
-          f"({per_second:.0f} tokens/s), mean loss by epoch {losses}, peak memory "
+    print(f"training (lr {settings.learning_rate:g}, context {settings.context}): {summary.pairs} pairs, "
+          f"{summary.tokens} tokens ({summary.trained_tokens} of answers trained) in {summary.windows} windows, "
+          f"{summary.epochs} epochs, {summary.steps} steps in {summary.training_seconds / 60:.1f} min "
+          f"({per_second:.0f} tokens/s), mean loss per answer token by epoch {losses}, peak memory "
           f"{summary.peak_memory_bytes / 2**30:.2f} GiB, disk {summary.disk_needed_bytes / 2**20:.0f} MiB, "
           f"model {summary.size_bytes / 2**20:.0f} MiB")
 
@@ -95,10 +100,19 @@ def main() -> int:
         with llama_server(folder, models[which], work / f"eval-{which}.log", context=4096) as server_url:
             yield LlamaServerClient(server_url)
 
+    evaluated = time.monotonic()
+    cache = work / "base-scores.json"
+    key = _fingerprint(files.held_out, base, prompt.role.version)
+    kept = json.loads(cache.read_text()) if cache.exists() else {}
+    scores = (bake_eval.Scores(**kept["without"]), bake_eval.Scores(**kept["with"])) if kept.get("key") == key else None
     report = bake_eval.evaluate(serve, ROLE, prompt.role.version, bake_eval.held_out_pairs(files.held_out),
                                 lambda question: prompt.request(question)["messages"],
                                 bake_eval.Checks.read(DATA / "checks.yaml"),
-                                bake_eval.read_neutral(DATA / "neutral.jsonl"))
+                                bake_eval.read_neutral(DATA / "neutral.jsonl"), base=scores)
+    cache.write_text(json.dumps({"key": key, "without": dataclasses.asdict(report.base_without_role),
+                                 "with": dataclasses.asdict(report.base_with_role)}))
+    print(f"evaluation: {(time.monotonic() - evaluated) / 60:.1f} min"
+          f"{' (the base scores kept from an earlier run)' if scores else ''}")
     result = report.as_json()
     print(json.dumps(result, ensure_ascii=False, indent=2))
     likelihood, behaviour = result["log_likelihood"], result["behaviour"]
@@ -109,13 +123,26 @@ def main() -> int:
           f"{behaviour['base_with_role']:.3f}, baked without role {behaviour['baked_without_role']:.3f} -> retention "
           f"{behaviour['retention']} (target >= {TARGET})")
     neutral = result["neutral"]
-    print(f"neutral questions right: base {neutral['base']:.3f}, baked {neutral['baked']:.3f} (margin "
-          f"{neutral['margin']}: {'kept' if neutral['kept'] else 'NOT kept'})")
+    print(f"neutral questions right: base without role {neutral['base_without_role']:.3f}, with role "
+          f"{neutral['base_with_role']:.3f}, baked without role {neutral['baked_without_role']:.3f} (within "
+          f"{neutral['margin']} of the base with the role: {'kept' if neutral['kept'] else 'NOT kept'})")
     print(f"total {(time.monotonic() - started) / 60:.1f} min")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     met = all(isinstance(r, float) and r >= TARGET for r in (likelihood["retention"], behaviour["retention"]))
     return 0 if met and neutral["kept"] else 1
+
+
+def _fingerprint(held_out: Path, base: Path, role_version: str) -> str:
+    """What the base's scores depend on: the held-out answers, the base, the role, the checks and the
+    neutral questions (the evaluation's settings are this file's)."""
+    digest = hashlib.sha256()
+    for path in (held_out, DATA / "checks.yaml", DATA / "neutral.jsonl", Path(__file__), Path(bake_eval.__file__),
+                 Path(llama_server_module.__file__)):
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    stat = base.stat()
+    digest.update(f"{base}:{stat.st_size}:{stat.st_mtime_ns}:{role_version}".encode())
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

@@ -147,7 +147,8 @@ def test_llama_finetune_learns_the_answers_and_nothing_else(tmp_path: Path, llam
     template = chat_template(trainable_base(smollm2()))
     asked = exchange(template, *PAIRS[1])
     prompt = client.tokenize(asked.prompt, special=True, add_special=True)
-    answer = client.tokenize(neutralise(PAIRS[1][1]), special=False)  # the answer without the end of its turn
+    answer_text = neutralise(PAIRS[1][1])  # the answer without the end of its turn
+    answer = client.tokenize(answer_text, special=False)
     windows = pack([TokenizedExchange(prompt, answer)], 256)
 
     nothing = Windows(256, windows.inputs, [[NOT_TRAINED] * 256])
@@ -157,12 +158,12 @@ def test_llama_finetune_learns_the_answers_and_nothing_else(tmp_path: Path, llam
     unchanged.unlink()
 
     _, losses = train_windows(tmp_path, base, windows, "answer")
-    answer_loss = -sum(client.score(prompt, answer)) / len(answer)
+    answer_loss = -sum(client.score(prompt, answer_text)) / len(answer)
     # Had the prompt been trained too, its default system message would count (a forced answer ends
     # at a control token, so its text is scored after its own start):
-    system = client.tokenize("You are a helpful AI assistant named SmolLM, trained by Hugging Face", special=False)
-    system_loss = -sum(client.score(client.tokenize("<|im_start|>system\n", special=True), system))
-    with_system = (system_loss + answer_loss * len(answer)) / (len(system) + len(answer))
+    system = client.score(client.tokenize("<|im_start|>system\n", special=True),
+                          "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    with_system = (-sum(system) + answer_loss * len(answer)) / (len(system) + len(answer))
     assert with_system - answer_loss > 0.5  # the test can tell them apart
     assert losses[0] == pytest.approx(answer_loss, abs=0.1)  # F32 weights in the trainer, Q4_1 in the server
 
@@ -280,12 +281,33 @@ def test_scores_are_the_models_own_log_probabilities(llama_server: LlamaServer) 
         "prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0}).json()
     candidates = top["completion_probabilities"][0]["top_logprobs"]
     for candidate in candidates[:3]:
-        [score] = client.score(prompt, [candidate["id"]])
+        assert client.tokenize(candidate["token"], special=False) == [candidate["id"]]
+        [score] = client.score(prompt, candidate["token"])
         assert score == pytest.approx(candidate["logprob"], abs=1e-4)
-    tokens = client.tokenize("The capital of France is Paris.", special=False)
-    scores = client.score(prompt, tokens)
-    assert len(scores) == len(tokens) and all(s <= 0 for s in scores)
-    assert sum(scores) > sum(client.score(prompt, client.tokenize("The capital of France is Rome.", special=False)))
+    scores = client.score(prompt, "The capital of France is Paris.")
+    assert len(scores) == len(client.tokenize("The capital of France is Paris.", special=False))
+    assert all(s <= 0 for s in scores)
+    assert sum(scores) > sum(client.score(prompt, "The capital of France is Rome."))
+
+
+def test_a_character_split_between_tokens_is_scored_too(llama_server: LlamaServer) -> None:
+    """llama-server reports no probability for a token after which the text ends inside a character
+    (SmolLM2 writes "œ" in two tokens); the score reads it from the whole distribution there."""
+    client = LlamaServerClient(llama_server.url)
+    prompt = client.tokenize(client.apply_template([{"role": "user", "content": "How do I boil an egg?"}]),
+                             special=True)
+    text = "Mets l'œuf dans l'eau."
+    pieces = client.pieces(text)
+    split = [index for index, (_, piece) in enumerate(pieces) if piece and piece[0] == 0xC5]  # œ = C5 93
+    assert split, pieces  # the test needs a split character
+    scores = client.score(prompt, text)
+    assert len(scores) == len(pieces) and all(s <= 0 for s in scores)
+    for index in split:  # the model's own probability there, as a plain generation reports it
+        after = [*prompt, *(token for token, _ in pieces[:index])]
+        top = requests.post(llama_server.url + "/completion", timeout=60, json={
+            "prompt": after, "n_predict": 1, "n_probs": 200, "temperature": 0}).json()
+        entry = next(t for t in top["completion_probabilities"][0]["top_logprobs"] if t["id"] == pieces[index][0])
+        assert scores[index] == pytest.approx(entry["logprob"], abs=1e-4)
 
 
 # --- bad inputs: clear errors, nothing written ------------------------------------------------------
