@@ -10,8 +10,8 @@
   `post_sampling_probs: false`, so each reported `logprob` is the model's own softmax over the raw
   logits for the forced token (tools/server/README.md: `n_probs`; server-context.cpp:
   `populate_token_probs`). One request per text; the prompt's KV cache is reused. llama-server
-  reports nothing for a token after which the text ends inside a character (a byte of `œ` or of a
-  Cyrillic letter that the vocabulary splits; server-context.cpp: `process_token`); such a token is
+  reports nothing for a token after which the text ends inside a character (a byte of `œ`, of an
+  emoji, of a letter the vocabulary splits; server-context.cpp: `process_token`); such a token is
   scored from the whole distribution at its position, one more request each.
 """
 
