@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import ipaddress
+import json
 import logging
 import os
 import resource
@@ -29,9 +30,13 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gevent.local import local as gevent_local
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, ParseException
+from werkzeug.exceptions import BadRequest
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import KINDS, RoleInjectorError, code_of_status
 
 log = logging.getLogger("role_injector.server")
 
@@ -39,6 +44,10 @@ log = logging.getLogger("role_injector.server")
 # a client still sending would get a reset instead of the answer; gunicorn reads the rest of that
 # body, within the read timeout, before the next request.)
 CLOSE_AFTER = ("408",)
+# Errors of a chunked body: raised while the app reads it (then `RequestBody` makes them a 400), or
+# after the answer, while gunicorn skips what the app left unread.
+BODY_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+MAX_ECHOED_CHARS = 200  # of what gunicorn quotes from a refused request (a header name can be 8 KiB)
 
 
 class WorkerServer(BaseApplication):  # type: ignore[misc]
@@ -83,12 +92,32 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
                 warnings.simplefilter("ignore", MonkeyPatchWarning)
                 super().patch()
 
+        def init_process(self) -> None:
+            gunicorn_util.write_error = write_json_error  # its one call is in handle_error, below
+            super().init_process()
+
+        def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+            """A request gunicorn itself refuses (a malformed request line or header, a request line over
+            4 KiB) never reaches the app: its answer is written by `write_json_error`, in the shape of
+            the surface its path names, when the path was read."""
+            if req is None and isinstance(exc, BODY_ERRORS):
+                # The body of a request already answered, read to its end only to reach the next request:
+                # a second answer would be one nobody asked for. gunicorn closes the connection.
+                self.log.info("closed the connection of %s: the body of an answered request is malformed (%s)",
+                              addr[0] if isinstance(addr, tuple) else addr, str(exc)[:MAX_ECHOED_CHARS])
+                return
+            refused.path = refused_path(req, exc)
+            try:
+                super().handle_error(req, client, addr, exc)
+            finally:
+                refused.path = None
+
         def timeout_ctx(self) -> Any:
             return gevent.Timeout(read_timeout, False)  # (gunicorn's own uses `keepalive`, whole seconds)
 
         def load_wsgi(self) -> None:
             super().load_wsgi()
-            self.wsgi = with_write_timeout(self.wsgi, write_timeout)
+            self.wsgi = with_connection_rules(self.wsgi, write_timeout)
 
         def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
             sock.settimeout(read_timeout)  # the body, read by the app
@@ -104,16 +133,94 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
     return Worker
 
 
-def with_write_timeout(app: Callable[..., Iterable[bytes]], write_timeout: float) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app, with the client's socket switched to the write timeout once the answer starts."""
+refused = gevent_local()  # per connection (greenlet): the path of the request gunicorn refuses
+
+
+def refused_path(req: Any, exc: BaseException) -> str | None:
+    """The path of a request gunicorn refused, when its request line was read: on the request, on the
+    error (a bad header value), or on the request being parsed when the error was raised (a bad header
+    name), which only the traceback still holds."""
+    from gunicorn.http.message import Request
+
+    found = req or getattr(exc, "req", None)
+    frame = exc.__traceback__
+    while found is None and frame is not None:
+        candidate = frame.tb_frame.f_locals.get("self")
+        found = candidate if isinstance(candidate, Request) else None
+        frame = frame.tb_next
+    path = getattr(found, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def protocol_error_body(status: int, message: str, path: str | None) -> dict[str, Any]:
+    """The JSON of an error gunicorn answers itself: REST's envelope, or Ollama's or OpenAI's shape by path."""
+    from role_injector.openai_compat import error_body as openai_error_body
+    from role_injector.web.app import error_body
+    from role_injector.web.openai import serves as openai_serves
+
+    # 501 is gunicorn's answer to a transfer coding the client should not have sent: the client's error.
+    code = "internal_error" if status == 500 else code_of_status(status) if status < 500 else "invalid_request"
+    if path is not None and path.startswith("/api/"):
+        return {"error": message}
+    if path is not None and openai_serves(path):
+        return openai_error_body(message, KINDS[code].openai_type, code, None)
+    return error_body(code, message)
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in JSON: the same status, the message bounded (it may quote the request)."""
+    if len(message) > MAX_ECHOED_CHARS:
+        message = message[:MAX_ECHOED_CHARS] + "…"
+    body = json.dumps(protocol_error_body(status, message or reason, refused.path), ensure_ascii=False).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class RequestBody:
+    """gunicorn's request body stream, where a malformed chunked body is the client's error: a 400 in the
+    shape of the route (werkzeug's BadRequest reaches the app's error handlers), never a 500."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False  # then the connection is closed after the answer: the stream cannot go on
+
+    def _call(self, read: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return read(*args)
+        except ParseException as exc:
+            self.broken = True
+            raise BadRequest(f"the request body is malformed: {str(exc)[:MAX_ECHOED_CHARS]}") from None
+
+    def read(self, size: int | None = None) -> bytes:
+        return bytes(self._call(self._stream.read, size))
+
+    def readline(self, size: int | None = None) -> bytes:
+        return bytes(self._call(self._stream.readline, size))
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        return list(self._call(self._stream.readlines, size))
+
+    def __iter__(self) -> RequestBody:
+        return self
+
+    def __next__(self) -> bytes:
+        return bytes(self._call(self._stream.__next__))
+
+
+def with_connection_rules(app: Callable[..., Iterable[bytes]], write_timeout: float) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app, with the client's socket switched to the write timeout once the answer starts, the
+    connection closed after an answer that leaves the body unread (408) or broken, and the body read
+    through `RequestBody`."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         sock = environ.get("gunicorn.socket")
+        body = environ["wsgi.input"] = RequestBody(environ["wsgi.input"])
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if sock is not None:
                 sock.settimeout(write_timeout)
-            if status[:3] in CLOSE_AFTER:
+            if status[:3] in CLOSE_AFTER or body.broken:
                 response = getattr(start_response, "__self__", None)  # gunicorn's Response
                 if response is not None and hasattr(response, "force_close"):
                     response.force_close()
