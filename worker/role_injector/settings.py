@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from role_injector.errors import ConfigError
-from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
 
@@ -56,7 +56,7 @@ class Settings:
             "role_limits": RoleLimits(**{
                 limit: number(variable, getattr(cls.role_limits, limit)) for limit, variable in LIMIT_VARIABLES.items()
             }),
-            "fit_cache_bytes": number("ROLE_INJECTOR_FIT_CACHE_BYTES", cls.fit_cache_bytes),
+            "fit_cache_bytes": number(FIT_CACHE_VARIABLE, cls.fit_cache_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},
