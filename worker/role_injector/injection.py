@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -96,7 +95,7 @@ def find_role(roles: RoleSet, name: str) -> Role:
     """The role called `name`, or `RoleNotFound` with up to three close names as suggestions."""
     role = roles.roles.get(name)
     if role is None:
-        suggestions = difflib.get_close_matches(name, list(roles.roles), n=3, cutoff=0.5)
+        suggestions = roles.close_names(name)
         hint = f"; did you mean {', '.join(suggestions)}?" if suggestions else ""
         raise RoleNotFound(f"role {name!r} not found{hint}", details={"role": name, "suggestions": suggestions})
     return role

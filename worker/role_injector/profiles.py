@@ -13,8 +13,8 @@ from typing import Any
 from role_injector.context import PolicyFieldError, policy_fields
 from role_injector.errors import ProfileError
 from role_injector.formats import FORMATS
+from role_injector.regular_files import read_regular_file
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, MAX_BUDGET, NAME_PATTERN, SELECTIONS, RoleLimits
-from role_injector.store import read_regular_file
 from role_injector.tokens import VOCABULARIES
 from role_injector.yaml_input import YamlRefused, json_problem, load_yaml
 

@@ -294,6 +294,11 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
     log.info("role-injector: roles from %s; the Ollama proxy forwards to %s", settings.roles_dir,
              OllamaUrl.parse(settings.ollama_url).shown)
 
+    def post_fork(server: Any, worker: Any) -> None:
+        from role_injector.web.state import start_worker
+
+        start_worker(app)
+
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
@@ -308,6 +313,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
         "timeout": 120,
         "graceful_timeout": 10,
         "preload_app": True,
+        "post_fork": post_fork,
         "child_exit": child_exit,
         "on_exit": remove_metrics_dir,
         "accesslog": None,

@@ -37,6 +37,13 @@ def install(app: Flask, settings: Settings) -> AppState:
     return state
 
 
+def start_worker(app: Flask) -> None:
+    """What each server worker process starts after the fork: the role store's watcher, so that no
+    request waits for a reload."""
+    state: AppState = app.extensions[EXTENSION]
+    state.store.watch()
+
+
 def _state() -> AppState:
     state: AppState = current_app.extensions[EXTENSION]
     return state
@@ -47,7 +54,7 @@ def settings() -> Settings:
 
 
 def roles() -> RoleSet:
-    """The current role set, reloaded first when files changed."""
+    """The current role set (kept current by the store's watcher in a server worker)."""
     return _state().store.current()
 
 
