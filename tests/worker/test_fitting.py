@@ -139,7 +139,7 @@ def test_cut_points_skip_code_fences_and_headings() -> None:
 
 class CountingTokenizer(Tokenizer):
     def __init__(self, base: Tokenizer) -> None:
-        super().__init__(base.name, base.encoding, base.nfc, base.token_bytes)
+        super().__init__(base.name, base.encoding, base.nfc, base.token_bytes, base.blank_pieces)
         self.encoded_chars = 0
 
     def encode(self, text: str) -> list[int]:

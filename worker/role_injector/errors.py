@@ -65,6 +65,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               "invalid_request_error", 13),
     ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
+    ErrorKind("overloaded", "the worker has as much CPU work in flight as it takes (ROLE_INJECTOR_CPU_QUEUE_BYTES); "
+              "retry after the seconds in Retry-After", 503, 503, "server_error", 15),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -169,6 +171,12 @@ class UpstreamTimeout(RoleInjectorError):
 
 class ModelNotFound(RoleInjectorError):
     code = "model_not_found"
+
+
+class Overloaded(RoleInjectorError):
+    """The worker's CPU work in flight is at its bound (`cpu_pool.CpuPool`): come back in a moment."""
+
+    code = "overloaded"
 
 
 class UpstreamRefused(RoleInjectorError):

@@ -25,7 +25,6 @@ import itertools
 import logging
 import re
 import sys
-import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, cast
 
+from role_injector import os_threads
 from role_injector.errors import BudgetTooSmall, RoleError
 from role_injector.formats import neutralise
 from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
@@ -293,7 +293,9 @@ class FitCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        # An OS lock: the CPU pool's threads and the event loop's take it (under gevent, threading.Lock
+        # would be a greenlet lock). Held around dictionary operations only.
+        self._lock = os_threads.lock()
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -133,13 +133,12 @@ def turn_costs(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer,
     frame = cache.count((format_name, "frame"), renderer("", []), tokenizer, prompt=True)
 
     def cost(message: Message) -> int:
-        digest = hashlib.sha256(message.content.encode()).digest()
         if exact:
             framed = render_chatml("", [Message(message.role, "")])
+            digest = hashlib.sha256(message.content.encode()).digest()
             return (cache.count(("chatml-frame", message.role), framed, tokenizer, prompt=True) - frame
                     + cache.count(("content", digest), message.content, tokenizer))
-        alone = renderer("", [message])
-        return cache.count((format_name, "turn", message.role, digest), alone, tokenizer, prompt=True) - frame
+        return prompt_tokens(renderer("", [message]), tokenizer, cache) - frame
 
     return TurnCosts(frame, tuple(map(cost, turns)), exact)
 
@@ -149,13 +148,20 @@ def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokeni
     if adds_up(format_name, tokenizer) and not any(m.content[:1].isspace() for m in turns):
         costs = turn_costs(format_name, turns, tokenizer, cache)
         return costs.frame + sum(costs.each)
-    return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
+    return prompt_tokens(RENDERERS[format_name]("", turns), tokenizer, cache)
 
 
-def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
+def prompt_tokens(prompt: str, tokenizer: Tokenizer, cache: FitCache) -> int:
+    """`tokenizer.count_prompt(prompt)`, once per text: where counts cannot be added up, one request
+    counts the same rendered text up to three times (the policy's checks, then the usage)."""
+    return cache.count(("prompt", hashlib.sha256(prompt.encode()).digest()), prompt, tokenizer, prompt=True)
+
+
+def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str,
+                 cache: FitCache) -> int:
     if adds_up(format_name, tokenizer) and not fit.system[:1].isspace():
         return messages_tokens + fit.tokens
-    return tokenizer.count_prompt(prompt)
+    return prompt_tokens(prompt, tokenizer, cache)
 
 
 def count_system_part(format_name: str, fit: Fit, tokenizer: Tokenizer, cache: FitCache) -> int | None:
@@ -238,7 +244,7 @@ def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequenc
     # What can never be dropped must fit beside the answer's reserve, whatever the role.
     last = starts[-1] if starts else 0
     least = costs.frame + sum(costs.each[last:]) if costs.exact else \
-        tokenizer.count_prompt(renderer("", turns[last:]))
+        prompt_tokens(renderer("", turns[last:]), tokenizer, cache)
     if least > room.for_prompt:
         raise overflow(last, least, None)
     fit = fit_budget(role, values, budget, tokenizer, cache, query)
@@ -250,9 +256,9 @@ def keep_role(role: Role, values: Mapping[str, str], budget: int, turns: Sequenc
         if exact:
             if (messages_tokens := costs.frame + sum(costs.each[first:])) <= left:
                 return fit, messages_tokens, first
-        elif tokenizer.count_prompt(renderer(fit.system, turns[first:])) <= room.for_prompt:
-            return fit, tokenizer.count_prompt(renderer("", turns[first:])), first
-    raise overflow(first, tokenizer.count_prompt(renderer("", turns[first:])), fit)
+        elif prompt_tokens(renderer(fit.system, turns[first:]), tokenizer, cache) <= room.for_prompt:
+            return fit, prompt_tokens(renderer("", turns[first:]), tokenizer, cache), first
+    raise overflow(first, prompt_tokens(renderer("", turns[first:]), tokenizer, cache), fit)
 
 
 def inject(
@@ -312,7 +318,7 @@ def inject(
         budget=fit.budget,
         messages_tokens=messages_tokens,
         attached_tokens=room.attached,
-        prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt),
+        prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt, cache),
         context_window=context_window,
         reserve_output=room.reserve_output,
         num_ctx=context_window,

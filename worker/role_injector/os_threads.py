@@ -26,6 +26,11 @@ def lock() -> Any:
     return get_original("_thread", "allocate_lock")()
 
 
+def local() -> Any:
+    """Storage of one OS thread (`threading.local` before gevent made it one greenlet's)."""
+    return get_original("threading", "local")()
+
+
 def sleep(seconds: float) -> None:
     get_original("time", "sleep")(seconds)
 

@@ -24,13 +24,13 @@ import functools
 import hashlib
 import math
 import re
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import Stemmer
 
+from role_injector import os_threads
 from role_injector.formats import Message
 from role_injector.roles import PREAMBLE_PRIORITY, Section
 
@@ -56,7 +56,7 @@ def _stop_words() -> frozenset[str]:
     return frozenset(STOPWORDS_EN_PLUS) | frozenset(STOPWORDS_RUSSIAN)
 
 
-_local = threading.local()  # PyStemmer's stemmers are not thread-safe: one pair per thread
+_local = os_threads.local()  # PyStemmer's stemmers are not thread-safe: one pair per OS thread
 
 
 def _stemmers() -> tuple[Stemmer.Stemmer, Stemmer.Stemmer]:

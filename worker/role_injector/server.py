@@ -12,8 +12,13 @@ once (bench/connections_bench.py). What a slow client may hold is bounded by tim
 - answer: each write to a client waits at most ROLE_INJECTOR_WRITE_TIMEOUT (then the connection is
   closed and, for a proxied answer, the connection to Ollama too).
 
-Tokenising runs on the event loop: one fit costs milliseconds, a pathological body at most the time its
-size limit allows; several worker processes (`--workers`, default 2) use more cores.
+CPU work (counting, fitting, ranking, listing roles) runs in each worker's pool of OS threads
+(`cpu_pool`, through `web.state.compute`), never on the event loop, so a worker that counts a body of
+64 MiB still answers everyone else and still heartbeats to gunicorn's master; admission bounds the work
+in flight (503 beyond it). A body over the limit is answered 413 before it is read, and what the client
+still sends is skipped in pieces that let the loop go (`drained`). Gunicorn's own refusals of malformed
+requests are JSON (`write_json_error`). Each worker starts its role store's watcher after the fork.
+Several worker processes (`--workers`, default 2) use more cores.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import gevent
 from gevent.local import local as gevent_local
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
@@ -47,6 +53,7 @@ CLOSE_AFTER = ("408",)
 # Errors of a chunked body: raised while the app reads it (then `RequestBody` makes them a 400), or
 # after the answer, while gunicorn skips what the app left unread.
 BODY_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+DRAIN_PIECE = 1 << 16
 MAX_ECHOED_CHARS = 200  # of what gunicorn quotes from a refused request (a header name can be 8 KiB)
 
 
@@ -75,7 +82,6 @@ def patch_for_gevent() -> None:
 
 
 def worker_class(read_timeout: float, write_timeout: float) -> type:
-    import gevent
     from gunicorn.workers.ggevent import GeventWorker
 
     class Worker(GeventWorker):  # type: ignore[misc]
@@ -122,7 +128,10 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
         def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
             sock.settimeout(read_timeout)  # the body, read by the app
             try:
-                return bool(super().handle_request(listener_name, req, sock, addr))
+                super().handle_request(listener_name, req, sock, addr)  # StopIteration: the connection closes
+                if not drained(req.body):
+                    raise StopIteration
+                return True
             except TimeoutError:
                 self.log.info("closed the connection of %s: it took no data for longer than the timeout",
                               addr[0] if isinstance(addr, tuple) else addr)
@@ -131,6 +140,19 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
                 sock.settimeout(None)  # the wait for the next request is bounded by timeout_ctx
 
     return Worker
+
+
+def drained(body: Any) -> bool:
+    """Read what the app left of a request body (a body over the limit: 413 before a byte was read), in
+    pieces, letting the event loop serve others between them; each read waits at most the read timeout.
+    gunicorn itself skips it in 1 KiB reads that never yield: 64 MiB held every connection for 1.5-2 s.
+    False when the body is malformed: the next request's start is unknown, so the connection closes."""
+    try:
+        while body.read(DRAIN_PIECE):
+            gevent.sleep(0)
+    except ParseException:
+        return False
+    return True
 
 
 refused = gevent_local()  # per connection (greenlet): the path of the request gunicorn refuses
@@ -178,7 +200,9 @@ def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
 
 
 class RequestBody:
-    """gunicorn's request body stream, where a malformed chunked body is the client's error: a 400 in the
+    """gunicorn's request body stream, read in pieces that let the event loop serve others between them
+    (from a fast client a socket always has data, so reading 64 MiB at once held every connection of the
+    worker for most of a second), and where a malformed chunked body is the client's error: a 400 in the
     shape of the route (werkzeug's BadRequest reaches the app's error handlers), never a 500."""
 
     def __init__(self, stream: Any) -> None:
@@ -193,7 +217,15 @@ class RequestBody:
             raise BadRequest(f"the request body is malformed: {str(exc)[:MAX_ECHOED_CHARS]}") from None
 
     def read(self, size: int | None = None) -> bytes:
-        return bytes(self._call(self._stream.read, size))
+        pieces, wanted = [], -1 if size is None or size < 0 else size
+        while wanted:
+            piece = bytes(self._call(self._stream.read, DRAIN_PIECE if wanted < 0 else min(wanted, DRAIN_PIECE)))
+            if not piece:
+                break
+            pieces.append(piece)
+            wanted -= len(piece) if wanted > 0 else 0
+            gevent.sleep(0)
+        return b"".join(pieces)
 
     def readline(self, size: int | None = None) -> bytes:
         return bytes(self._call(self._stream.readline, size))

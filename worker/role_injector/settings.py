@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from role_injector.cpu_pool import DEFAULT_MAX_PENDING_BYTES, DEFAULT_THREADS, QUEUE_VARIABLE
 from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
@@ -29,6 +30,10 @@ class Settings:
     write_timeout: float = 30.0  # each piece of an answer must be taken by the client within this
     max_connections: int = 4096  # open connections per worker process
     max_upstream_json_bytes: int = 16 * 1024 * 1024  # Ollama answers the proxy reads whole (/api/tags, /api/show)
+    # The CPU work of requests (README: Serving many connections): OS threads per worker process, and the
+    # bytes of request bodies whose work may be running or waiting in them.
+    cpu_threads: int = DEFAULT_THREADS
+    cpu_queue_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -64,6 +69,8 @@ class Settings:
             "write_timeout": number("ROLE_INJECTOR_WRITE_TIMEOUT", cls.write_timeout, float),
             "max_connections": number("ROLE_INJECTOR_MAX_CONNECTIONS", cls.max_connections),
             "max_upstream_json_bytes": number("ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES", cls.max_upstream_json_bytes),
+            "cpu_threads": number("ROLE_INJECTOR_CPU_THREADS", cls.cpu_threads),
+            "cpu_queue_bytes": number(QUEUE_VARIABLE, cls.cpu_queue_bytes),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

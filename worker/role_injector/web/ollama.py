@@ -22,7 +22,7 @@ from role_injector.injection import Injection
 from role_injector.profiles import VirtualModel
 from role_injector.web import metrics
 from role_injector.web.bodies import encode_json, parse_ollama_body, read_body, stream_body
-from role_injector.web.state import profiles, roles, settings
+from role_injector.web.state import compute, profiles, roles, settings
 from role_injector.web.studio import wants_page
 from role_injector.web.upstream import api_path, forward_headers, relay, send
 
@@ -98,8 +98,9 @@ def rewrite_for_virtual(
 ) -> tuple[dict[str, Any], Injection]:
     """The body to send upstream with the role in it, as on every route that serves virtual models:
     the context policy header, the injection metrics and the log line's figures."""
+    policy = context_policy_header()
     with metrics.injection(virtual.role) as record:
-        upstream_body, injection = rewrite(body, roles(), profiles(), virtual, context_policy_header())
+        upstream_body, injection = compute(lambda: rewrite(body, roles(), profiles(), virtual, policy))
         record(injection)
     g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
                  context_policy=injection.usage.context_policy, dropped_messages=injection.dropped_messages)
@@ -139,7 +140,8 @@ def show() -> Response:
                   forward_headers("application/json"))
     if answer.status != 200:
         return relay(answer)  # Ollama's own error, as it is
-    shown = proxy.show_response(answer.json("/api/show"), roles(), profiles(), virtual)
+    upstream = answer.json("/api/show")
+    shown = compute(lambda: proxy.show_response(upstream, roles(), profiles(), virtual))
     return Response(json.dumps(shown, ensure_ascii=False), 200, mimetype="application/json")
 
 

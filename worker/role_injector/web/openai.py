@@ -23,7 +23,7 @@ from role_injector import openai_compat as compat
 from role_injector.errors import KINDS, RoleInjectorError, UpstreamError, code_of_status
 from role_injector.web.bodies import encode_json, parse_ollama_body
 from role_injector.web.ollama import DROPPED_HEADER, proxy_body, rewrite_for_virtual, virtual_model
-from role_injector.web.state import cache, profiles, roles, settings
+from role_injector.web.state import cache, compute, profiles, roles, settings
 from role_injector.web.upstream import Answer, forward_headers, relay, send
 
 openai = Blueprint("openai", __name__)
@@ -138,7 +138,7 @@ def chat_completions() -> Response:
     headers: dict[str, str] = {}
     if virtual is None:
         g.log.update(model=asked.model)
-        chat = compat.plain_chat(asked.chat, profiles(), cache())
+        chat = compute(lambda: compat.plain_chat(asked.chat, profiles(), cache()))
     else:  # the role, the context policy and what is logged, as on the Ollama proxy
         chat, injection = rewrite_for_virtual(proxy.rewrite_chat, asked.chat, virtual)
         headers[DROPPED_HEADER] = str(injection.dropped_messages)

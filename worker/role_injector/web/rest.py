@@ -15,7 +15,7 @@ from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
 from role_injector.web.bodies import check_role_name, parse_count, parse_inject, parse_json_object, read_body
-from role_injector.web.state import cache, profiles, roles, settings
+from role_injector.web.state import cache, compute, profiles, roles, settings
 
 rest = Blueprint("rest", __name__)
 
@@ -58,6 +58,10 @@ def role_summary(role: Role) -> dict[str, Any]:
     }
 
 
+def answered(result: Injection) -> tuple[Injection, dict[str, Any]]:
+    return result, injection_json(result)
+
+
 def injection_json(result: Injection) -> dict[str, Any]:
     return {
         "role": {"name": result.role.name, "version": result.role.version},
@@ -85,17 +89,17 @@ def healthz() -> tuple[dict[str, Any], int]:
 @rest.get("/v1/roles")
 def list_roles() -> dict[str, Any]:
     snapshot = roles()
-    return {
+    return compute(lambda: {
         "roles": [role_summary(role) for _, role in sorted(snapshot.roles.items())],
         "errors": [{"file": e.file, "message": e.message} for e in snapshot.errors],
-    }
+    })
 
 
 @rest.get("/v1/roles/<path:name>")
 def get_role(name: str) -> dict[str, Any]:
     role = find_role(roles(), check_role_name(name, "name"))
     tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
-    sections = [
+    sections = compute(lambda: [
         {
             "title": section.title,
             "priority": section.priority,
@@ -103,8 +107,9 @@ def get_role(name: str) -> dict[str, Any]:
             "tokens": cache().count((role.version, "section", i), section.text, tokenizer),
         }
         for i, section in enumerate(role.sections)
-    ]
-    return {**role_summary(role), "params": dict(role.params), "sections": sections, "content": role.content}
+    ])
+    return compute(lambda: {**role_summary(role), "params": dict(role.params), "sections": sections,
+                            "content": role.content})
 
 
 @rest.post("/v1/inject")
@@ -112,14 +117,14 @@ def inject_role() -> dict[str, Any]:
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
     with metrics.injection(request_.role) as record:
-        result = inject(roles(), profiles(), request_, cache())
+        result, answer = compute(lambda: answered(inject(roles(), profiles(), request_, cache())))
         record(result)
     g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
                  trimmed=result.fit.trimmed, context_policy=result.usage.context_policy,
                  dropped_messages=result.dropped_messages)
     if settings().log_prompts:
         g.log["prompt"] = result.prompt
-    return injection_json(result)
+    return answer
 
 
 @rest.post("/v1/plan")
@@ -127,7 +132,7 @@ def plan() -> dict[str, Any]:
     """What /v1/inject answers for the same body, plus what the fit did to each section."""
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
-    result = plan_injection(roles(), profiles(), request_, cache())
+    result = compute(lambda: plan_injection(roles(), profiles(), request_, cache()))
     sections = [
         {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
          "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
@@ -135,7 +140,7 @@ def plan() -> dict[str, Any]:
          "text": s.text}
         for s in result.sections
     ]
-    return {**injection_json(result.injection), "sections": sections}
+    return compute(lambda: {**injection_json(result.injection), "sections": sections})
 
 
 @rest.get("/v1/profiles")
@@ -160,7 +165,7 @@ def list_profiles() -> dict[str, Any]:
 def count() -> dict[str, Any]:
     text, model = parse_count(json_body())
     profile = profiles().for_model(model)
-    return {"tokens": load_tokenizer(profile.tokenizer).count(text), "tokenizer": profile.tokenizer,
+    return {"tokens": compute(lambda: load_tokenizer(profile.tokenizer).count(text)), "tokenizer": profile.tokenizer,
             "exact": profile.exact}
 
 

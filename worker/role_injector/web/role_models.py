@@ -20,7 +20,7 @@ from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import create_role_model, plan_role_model
 from role_injector.web.app import error_body
 from role_injector.web.bodies import check_role_name, parse_json_object, parse_role_model, read_body
-from role_injector.web.state import profiles, roles, settings
+from role_injector.web.state import compute, profiles, roles, settings
 
 role_models = Blueprint("role_models", __name__)
 log = logging.getLogger("role_injector.role_models")
@@ -47,7 +47,8 @@ def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]], client: Ollama
 @role_models.post("/v1/roles/<path:name>/ollama-model")
 def create_ollama_model(name: str) -> Response:
     options = parse_role_model(parse_json_object(read_body(), request.content_type))
-    model = plan_role_model(roles(), profiles(), check_role_name(name, "name"), **options)
+    role = check_role_name(name, "name")
+    model = compute(lambda: plan_role_model(roles(), profiles(), role, **options))
     g.log.update(role=model.role.name, model=model.name, base=model.base)
     config = settings()
     client = OllamaClient(config.ollama_url, timeout=config.upstream_timeout, retries=1)

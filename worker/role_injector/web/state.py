@@ -1,4 +1,5 @@
-"""What the web layer shares across requests: settings, the role store, profiles and the fit cache.
+"""What the web layer shares across requests: settings, the role store, profiles, the fit cache and the
+CPU pool (`compute`, the one way a route runs CPU work).
 
 They live on the Flask app (`app.extensions`), set once by `install`; the blueprints read them through
 these accessors, so there is one way to reach each.
@@ -6,16 +7,22 @@ these accessors, so there is one way to reach each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, current_app, g, request
 
+from role_injector.cpu_pool import CpuPool
+from role_injector.errors import Overloaded
 from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.settings import Settings
 from role_injector.store import RoleSet, RoleStore
 
 EXTENSION = "role_injector"
+RETRY_AFTER_SECONDS = 1  # an overloaded worker's work in flight is seconds long
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -24,6 +31,7 @@ class AppState:
     store: RoleStore
     profiles: Profiles
     cache: FitCache
+    cpu: CpuPool
 
 
 def install(app: Flask, settings: Settings) -> AppState:
@@ -32,6 +40,7 @@ def install(app: Flask, settings: Settings) -> AppState:
         store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
         profiles=load_profiles(settings.models_file, settings.role_limits),
         cache=FitCache(settings.fit_cache_bytes),
+        cpu=CpuPool(settings.cpu_threads, settings.cpu_queue_bytes),
     )
     app.extensions[EXTENSION] = state
     return state
@@ -64,3 +73,16 @@ def profiles() -> Profiles:
 
 def cache() -> FitCache:
     return _state().cache
+
+
+def compute(work: Callable[[], T], size: int | None = None) -> T:
+    """The one way a route runs CPU work (counting, fitting, ranking, listing roles): in the worker's CPU
+    pool, off the event loop. `size` is what the work gets through, by default the request's body; past
+    the pool's admission it raises `Overloaded` (503), and the answer says when to come back."""
+    if size is None:
+        size = g.get("body_bytes") or request.content_length or 0
+    try:
+        return _state().cpu.run(size, work)
+    except Overloaded:
+        g.retry_after = RETRY_AFTER_SECONDS
+        raise
