@@ -42,10 +42,11 @@ def write_folder(folder: Path, count: int) -> list[str]:
         name = f"base-{i}" if i < 10 else f"role-{i:06d}"
         extends = f"extends: base-{i % 10}\n" if i >= 10 and i % 7 == 0 else ""
         include = " {{> signature}}" if i % 5 == 0 else ""
+        house = "\n## House rules {priority=30}\nBe kind.\n" if i < 10 else ""  # what the children inherit
         (folder / f"{name}.md").write_text(
             f"---\ndescription: assistant number {i}\n{extends}tags: [team-{i % 13}]\n---\n"
             f"You are assistant {i}.{include}\n\n## Rules\nBe brief. Rule {i}.\n\n"
-            "## Style {priority=40}\nPlain words.\n")
+            f"## Style {{priority=40}}\nPlain words.\n{house}")
         names.append(name)
     return names
 
@@ -133,7 +134,8 @@ def main() -> int:
         with run_worker(folder, Path(tmp), workers=args.workers, env=env) as worker:
             start = time.monotonic() - started
             host, port = worker.url.rsplit("//", 1)[1].rsplit(":", 1)
-            pids = worker.worker_pids()
+            while len(pids := worker.worker_pids()) < args.workers:
+                time.sleep(0.1)
             time.sleep(3)  # each worker's watcher makes its first full scan
             loaded = reloads(worker.log())
             print(f"start: {start:.1f} s until /healthz answers (the master loads and builds every role: "
