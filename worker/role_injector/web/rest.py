@@ -10,7 +10,7 @@ from flask import Blueprint, Response, g, request
 
 from role_injector.errors import KINDS
 from role_injector.formats import FORMATS
-from role_injector.injection import Injection, find_role, inject, plan_injection
+from role_injector.injection import Injection, InjectionPlan, find_role, inject, plan_injection
 from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
@@ -98,8 +98,12 @@ def list_roles() -> dict[str, Any]:
 @rest.get("/v1/roles/<path:name>")
 def get_role(name: str) -> dict[str, Any]:
     role = find_role(roles(), check_role_name(name, "name"))
+    return compute(lambda: role_json(role))
+
+
+def role_json(role: Role) -> dict[str, Any]:
     tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
-    sections = compute(lambda: [
+    sections = [
         {
             "title": section.title,
             "priority": section.priority,
@@ -107,9 +111,8 @@ def get_role(name: str) -> dict[str, Any]:
             "tokens": cache().count((role.version, "section", i), section.text, tokenizer),
         }
         for i, section in enumerate(role.sections)
-    ])
-    return compute(lambda: {**role_summary(role), "params": dict(role.params), "sections": sections,
-                            "content": role.content})
+    ]
+    return {**role_summary(role), "params": dict(role.params), "sections": sections, "content": role.content}
 
 
 @rest.post("/v1/inject")
@@ -132,7 +135,10 @@ def plan() -> dict[str, Any]:
     """What /v1/inject answers for the same body, plus what the fit did to each section."""
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
-    result = compute(lambda: plan_injection(roles(), profiles(), request_, cache()))
+    return compute(lambda: plan_json(plan_injection(roles(), profiles(), request_, cache())))
+
+
+def plan_json(result: InjectionPlan) -> dict[str, Any]:
     sections = [
         {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
          "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
@@ -140,7 +146,7 @@ def plan() -> dict[str, Any]:
          "text": s.text}
         for s in result.sections
     ]
-    return compute(lambda: {**injection_json(result.injection), "sections": sections})
+    return {**injection_json(result.injection), "sections": sections}
 
 
 @rest.get("/v1/profiles")
