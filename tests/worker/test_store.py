@@ -150,3 +150,24 @@ def test_close_names_are_found_among_many_roles_from_the_names_beside_it() -> No
     assert snapshot.close_names("team-12345x")[0] == "team-12345"
     few = RoleSet(roles=dict.fromkeys(["reviewer", "writer", "reader"]))
     assert few.close_names("raeder") == difflib.get_close_matches("raeder", ["reviewer", "writer", "reader"], 3, 0.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 1500), st.booleans()), max_size=300), max_size=12))
+def test_a_role_table_is_the_mapping_its_changes_make(batches: list[list[tuple[int, bool]]]) -> None:
+    """RoleSet.roles: a table and the changes over it, merged once they are many, never a copy per edit."""
+    from role_injector.store import RoleTable
+
+    role = object()  # any value: the table holds what it is given
+    model = {f"r{i}": role for i in range(100)}
+    table = RoleTable(dict(model))
+    for batch in batches:
+        updates = {f"r{i}": (role if present else None) for i, present in batch}
+        table = table.changed(updates)  # type: ignore[arg-type]
+        for name, value in updates.items():
+            if value is None:
+                model.pop(name, None)
+            else:
+                model[name] = value
+        assert len(table) == len(model) and sorted(table) == sorted(model) and dict(table.items()) == model
+        assert all((f"r{i}" in table) == (f"r{i}" in model) for i in range(0, 1500, 7))
