@@ -55,6 +55,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/relevance_bench.py
 	$(BIN)/python bench/relevance_quality.py
 	$(BIN)/python bench/connections_bench.py
+	$(BIN)/python bench/roles_bench.py
 
 clean:
 	rm -rf $(VENV)

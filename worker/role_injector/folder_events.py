@@ -42,10 +42,12 @@ class FolderEvents:
                 raise OSError(error, f"cannot watch {folder}")
             self._prefixes[watch] = prefix
 
-    def read(self) -> set[str] | None:
-        """The names (with their folder's prefix) reported since the last read, or None when events were
-        lost or a watched folder itself moved or went: then every file must be looked at."""
+    def read(self) -> tuple[set[str], set[str]] | None:
+        """The names (with their folder's prefix) reported since the last read, and those of them that a
+        writer finished (closed after writing, or renamed into place: nothing more is coming); or None
+        when events were lost or a watched folder itself moved or went: then every file must be looked at."""
         names: set[str] = set()
+        finished: set[str] = set()
         lost = False
         while True:
             try:
@@ -60,8 +62,13 @@ class FolderEvents:
                 if mask & LOST or watch not in self._prefixes:
                     lost = True
                 elif name:
-                    names.add(self._prefixes[watch] + os.fsdecode(name))
-        return None if lost else names
+                    path = self._prefixes[watch] + os.fsdecode(name)
+                    names.add(path)
+                    if mask & (IN_CLOSE_WRITE | IN_MOVED_TO | IN_DELETE | IN_MOVED_FROM):
+                        finished.add(path)
+                    else:
+                        finished.discard(path)
+        return None if lost else (names, finished)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -214,9 +214,10 @@ class RoleStore:
         finally:
             self._lock.release()
 
-    def refresh_files(self, names: Iterable[str]) -> set[str]:
+    def refresh_files(self, names: Iterable[str], finished: Iterable[str] = ()) -> set[str]:
         """Look again at these files only (as `Scan.files` names them) and at every symbolic link, and
-        apply what changed. Returns the files whose change is not applied yet."""
+        apply what changed; `finished` are files a writer is done with (inotify saw it close them), which
+        need not settle. Returns the files whose change is not applied yet."""
         with self._lock:
             if self._snapshot.directory_error is not None:
                 return self._apply_scan(self._full_scan(), False)
@@ -242,7 +243,7 @@ class RoleStore:
             if len(self._files) + len(found.keys() - self._files.keys()) > self.limits.max_files:
                 return self._apply_scan(self._full_scan(), False)
             changed = {rel for rel in looked if self._files.get(rel) != found.get(rel)}
-            pending = self._apply(Scan(_Overlay(self._files, found, gone)), changed, False)
+            pending = self._apply(Scan(_Overlay(self._files, found, gone)), changed, False, set(finished))
             if not pending:
                 for rel in gone:
                     self._files.pop(rel, None)
@@ -332,9 +333,10 @@ class RoleStore:
 
     # Loading -------------------------------------------------------------------------------
 
-    def _apply(self, scan: Scan, changed: set[str], force: bool) -> set[str]:
+    def _apply(self, scan: Scan, changed: set[str], force: bool, finished: set[str] | None = None) -> set[str]:
         """Load what `changed` (names of `scan.files`) touches and publish the new set; or, while a file
-        is still being written, nothing. Returns the files not applied yet."""
+        is still being written (changed within `settle_time`, unless `finished`), nothing. Returns the
+        files not applied yet."""
         previous = self._snapshot
         if scan.directory_error is not None:
             if previous.directory_error != scan.directory_error:
@@ -347,7 +349,8 @@ class RoleStore:
             self._loaded = True
             return set()
         now = time.monotonic()
-        newest = max((scan.files[name].mtime_ns for name in changed if name in scan.files), default=0)
+        newest = max((scan.files[name].mtime_ns for name in changed - (finished or set()) if name in scan.files),
+                     default=0)
         if not force and time.time_ns() - newest < self.settle_time * 1e9:
             # A writer may still be busy: look again shortly, but not for ever, or files that change
             # all the time would never be seen (each read is still checked).
@@ -540,6 +543,7 @@ class _Watcher:
     def run(self) -> None:
         events: FolderEvents | None = None
         pending: set[str] = set()
+        finished: set[str] = set()  # of the pending files, those their writer closed
         next_full = 0.0
         while True:
             store = self._store()
@@ -552,13 +556,15 @@ class _Watcher:
                 del store
                 if events is not None:
                     if os_threads.wait_readable(events.fd, wait):
-                        names = events.read()
-                        if names is None or PARTIALS_DIR in names:
+                        reported = events.read()
+                        if reported is None or PARTIALS_DIR in reported[0]:
                             full = True
                             events.close()
                             events = None
                         else:
+                            names, closed = reported
                             pending |= names
+                            finished = (finished - names) | closed
                 else:
                     os_threads.sleep(wait)
                 store = self._store()
@@ -568,11 +574,12 @@ class _Watcher:
                 if full or now >= next_full:
                     # Watch before scanning: a change between the scan and the watch would wait for the next scan.
                     events = events or _open_events(store)
-                    pending = store.refresh()
+                    pending, finished = store.refresh(), set()
                     share = SCAN_SHARE if events is None else SCAN_SHARE_WITH_EVENTS
                     next_full = time.monotonic() + max(store.check_interval, share * store.last_scan_seconds)
                 elif pending:
-                    pending = store.refresh_files(pending)
+                    pending = store.refresh_files(pending, finished)
+                    finished &= pending
             except Exception:  # the watcher must go on: the next round looks again
                 log.exception("the role store's watcher failed; it goes on")
                 os_threads.sleep(1.0)
