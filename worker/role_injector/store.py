@@ -2,22 +2,23 @@
 
 Each process keeps its own store; nothing is shared between gunicorn's workers. A change costs what it
 touches: only the files that changed are read and parsed again, and only the roles built from them (their
-own file, their parents', the partials any of them reached: `roles.Built`) are built again; the new
-`RoleSet` is published at once, whole. Finding changes:
+own file, the partials they reached: `roles.Built`) and the roles that extend those, however far down, are
+built again; the new `RoleSet` is published at once, whole (`RoleTable`: nothing copied per edit). Finding
+changes:
 
 - `watch()`, which the server calls in each worker after the fork: a background OS thread keeps the set
   current, and `current()` never reloads (no request waits for a reload). On Linux, inotify names the
   changed files at once (`folder_events`); a full scan (one `stat` per file) runs every `check_interval`,
-  or less often in a large folder, so that scanning takes at most 1/`SCAN_SHARE` of a core (a hundredth
-  of that with inotify, where it only catches what inotify cannot see).
+  or less often in a large folder, so that scanning takes at most 1/`SCAN_SHARE` of a core (a tenth of
+  that with inotify, where it only catches what inotify cannot see).
 - without it (the CLI, library callers), `current()` scans at most every `check_interval` seconds.
 
 What is read: only regular files whose real path is inside the roles folder (a symbolic link may point to
 another file in it, never out of it), at most `max_files` of them. FIFOs, devices and sockets are refused
 before a byte is read (`regular_files`), so nothing can block a reload. Any OS error is the error of one
 file. An empty file is an error too (a file being rewritten in place is empty for a moment), and a file is
-read only once it has not changed for `settle_time`, so the last good version serves until the new text
-is there.
+read only once its writer closed it (inotify says so) or it has not changed for `settle_time`, so the last
+good version serves until the new text is there.
 """
 
 from __future__ import annotations
