@@ -39,7 +39,7 @@ import gevent
 from gevent.local import local as gevent_local
 from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
-from gunicorn.http.errors import ChunkMissingTerminator, InvalidChunkExtension, InvalidChunkSize, ParseException
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import BadRequest
 
 from role_injector.errors import KINDS, RoleInjectorError, code_of_status
@@ -47,13 +47,10 @@ from role_injector.errors import KINDS, RoleInjectorError, code_of_status
 log = logging.getLogger("role_injector.server")
 
 # Answers after which the connection is closed: the client stopped sending its body. (Not after a 413:
-# a client still sending would get a reset instead of the answer; gunicorn reads the rest of that
+# a client still sending would get a reset instead of the answer; `drained` reads the rest of that
 # body, within the read timeout, before the next request.)
 CLOSE_AFTER = ("408",)
-# Errors of a chunked body: raised while the app reads it (then `RequestBody` makes them a 400), or
-# after the answer, while gunicorn skips what the app left unread.
-BODY_ERRORS = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
-DRAIN_PIECE = 1 << 16
+DRAIN_PIECE = 1 << 16  # what a body is read and skipped in, the event loop serving others in between
 MAX_ECHOED_CHARS = 200  # of what gunicorn quotes from a refused request (a header name can be 8 KiB)
 
 
@@ -106,12 +103,6 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
             """A request gunicorn itself refuses (a malformed request line or header, a request line over
             4 KiB) never reaches the app: its answer is written by `write_json_error`, in the shape of
             the surface its path names, when the path was read."""
-            if req is None and isinstance(exc, BODY_ERRORS):
-                # The body of a request already answered, read to its end only to reach the next request:
-                # a second answer would be one nobody asked for. gunicorn closes the connection.
-                self.log.info("closed the connection of %s: the body of an answered request is malformed (%s)",
-                              addr[0] if isinstance(addr, tuple) else addr, str(exc)[:MAX_ECHOED_CHARS])
-                return
             refused.path = refused_path(req, exc)
             try:
                 super().handle_error(req, client, addr, exc)
@@ -146,7 +137,8 @@ def drained(body: Any) -> bool:
     """Read what the app left of a request body (a body over the limit: 413 before a byte was read), in
     pieces, letting the event loop serve others between them; each read waits at most the read timeout.
     gunicorn itself skips it in 1 KiB reads that never yield: 64 MiB held every connection for 1.5-2 s.
-    False when the body is malformed: the next request's start is unknown, so the connection closes."""
+    False when the body is malformed: the next request's start is unknown, so the connection closes
+    (and no second answer follows the one the app gave)."""
     try:
         while body.read(DRAIN_PIECE):
             gevent.sleep(0)
