@@ -88,7 +88,11 @@ def test_an_edit_reaches_every_worker_and_builds_only_its_role(many: tuple[Worke
     old = version(server, "r99999")
     (folder / "r99999.md").unlink()
     served_everywhere(server, "r99999", old)
-    assert set(reloads(server)[before:]) == {(1, 1), (1, 0)}  # each worker: one file, one role (or its removal)
+    # Each worker's reloads: the files written (one at a time, or two that came together), one role each
+    # (none for the removal), never the folder.
+    done = reloads(server)[before:]
+    assert 2 * 4 <= sum(files for files, _ in done) <= 2 * 4 * 2, done  # four writes, two workers
+    assert all(built <= files <= 2 for files, built in done), done
 
 
 def test_requests_go_on_while_an_edit_builds_thousands_of_roles(many: tuple[WorkerProcess, Path]) -> None:
