@@ -20,7 +20,7 @@ from role_injector.injection import Injection, VirtualRequest
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_body
 from role_injector.web.error_shapes import OLLAMA, answer_errors
 from role_injector.web.pages import wants_page
-from role_injector.web.state import profiles, roles
+from role_injector.web.state import compute, profiles, roles
 from role_injector.web.upstream import forward_headers, is_stream, relay, send
 from role_injector.web.virtual_models import mark_dropped, placing, target
 
@@ -51,7 +51,7 @@ def _completion(path: str, rewrite: Rewrite) -> Response:
     if on_virtual is None:
         return forward("POST", path, raw)  # a plain model: the client's bytes, untouched
     with placing(on_virtual.virtual) as placed:
-        upstream_body, injection = rewrite(body, on_virtual)
+        upstream_body, injection = compute(lambda: rewrite(body, on_virtual))
         placed(injection)
     return mark_dropped(forward("POST", path, encode_json(upstream_body), "application/json"), injection)
 
@@ -78,7 +78,8 @@ def show() -> Response:
                   forward_headers("application/json"))
     if answer.status != 200:
         return relay(answer)  # Ollama's own error, as it is
-    return answer_json(native.show_response(answer.json("/api/show"), on_virtual))
+    upstream = answer.json("/api/show")
+    return answer_json(compute(lambda: native.show_response(upstream, on_virtual)))
 
 
 @ollama.get("/api/tags")

@@ -23,7 +23,7 @@ from role_injector.engines.transport import Answer
 from role_injector.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body
 from role_injector.web.error_shapes import OPENAI, answer_errors
-from role_injector.web.state import cache, engine, profiles, roles
+from role_injector.web.state import cache, compute, engine, profiles, roles
 from role_injector.web.upstream import forward_headers, relay, send
 from role_injector.web.virtual_models import mark_dropped, placing, target
 
@@ -113,10 +113,10 @@ def chat_completions() -> Response:
     serving = chosen.engine
     if chosen.virtual is None:
         g.log.update(model=asked.model)
-        call = serving.chat_call(asked, None, profiles(), cache())
+        call = compute(lambda: serving.chat_call(asked, None, profiles(), cache()))
     else:  # the role, the context policy and what is logged, as on the Ollama proxy
         with placing(chosen.virtual.virtual) as placed:
-            call = serving.chat_call(asked, chosen.virtual, profiles(), cache())
+            call = compute(lambda: serving.chat_call(asked, chosen.virtual, profiles(), cache()))
             if call.injection is not None:
                 placed(call.injection)
     answer = send("POST", call.path, call.body, forward_headers("application/json"))
