@@ -5,9 +5,11 @@ way to send a request and read its answer within bounds.
     answer = transport.send("POST", "/api/chat", body, {"Content-Type": "application/json"})
     for piece in answer.chunks(): ...                   # at most 64 KiB each, as they arrive
     data = answer.json("/api/tags")                     # or the whole body, bounded
+    props = transport.request_json("GET", "/props")     # a whole JSON exchange; an error status raises
 
-- Every path goes under the URL's base path; the URL's userinfo is sent as Basic auth, and only
-  `EngineUrl.shown` appears in messages, logs and details.
+- Every path goes under the URL's base path; the URL's userinfo is sent as Basic auth (an API key,
+  when given, as a Bearer token instead), and only `EngineUrl.shown` appears in messages, logs and
+  details.
 - `send` raises `UpstreamUnreachable` (refused, no route, unknown host), `UpstreamTimeout` (no status
   within the timeout) or `ClientClosed` (the caller's client went away meanwhile, as its `Watch` says).
 - `Answer.chunks()` raises `UpstreamTimeout` when the engine falls silent for the timeout and
@@ -42,6 +44,7 @@ from role_injector.errors import (
     ClientClosed,
     RoleInjectorError,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -52,6 +55,7 @@ log = logging.getLogger("role_injector.upstream")
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 PIECE = 64 * 1024
+REFUSAL_CHARS = 300  # of an engine's error answer, in a message
 ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 
@@ -103,9 +107,10 @@ class Transport:
     loading the app, so each worker makes its own pool on first use)."""
 
     def __init__(self, url: EngineUrl, label: str, *, timeout: float, max_json_bytes: int,
-                 pool_size: int = 64, unreachable_hint: str = "") -> None:
+                 pool_size: int = 64, api_key: str | None = None, unreachable_hint: str = "") -> None:
         self.url = url
         self.label = label  # how messages name the engine: "Ollama"
+        self._authorization = f"Bearer {api_key}" if api_key else url.authorization  # never shown
         # What the person who reads "cannot reach ..." can do about it, e.g. the setting to change.
         self.unreachable_hint = unreachable_hint
         self.timeout = timeout
@@ -148,9 +153,9 @@ class Transport:
         known `length` goes as it is, not chunked."""
         watch = watch or Unwatched()
         sent = dict(headers or {})
-        if self.url.authorization:
+        if self._authorization:
             sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
-            sent["Authorization"] = self.url.authorization
+            sent["Authorization"] = self._authorization
         if length is not None:
             sent["Content-Length"] = str(length)
         try:
@@ -165,6 +170,21 @@ class Transport:
             watch.stop()
             raise self._send_failure(exc, method, path, watch) from None
         return Answer(response, self, path, watch)
+
+    def request_json(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON exchange (an engine's /props, /tokenize): the parsed JSON of a 2xx answer, read
+        within `max_json_bytes`. An error status is `UpstreamRefused` with the start of the engine's
+        message and `details["status"]`; the rest as `send` and `Answer.json`."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        answer = self.send(method, path, None if body is None else encode_json(body), headers)
+        if not 200 <= answer.status < 300:
+            text = answer.body(f"{path} error").decode("utf-8", "replace").strip()
+            log.warning("%s refused %s %s%s: %s %s", self.label, method, self.url.shown, path, answer.status,
+                        text[:REFUSAL_CHARS])
+            raise UpstreamRefused(f"{self.where} answered {method} {path} with {answer.status}"
+                                  + (f": {text[:REFUSAL_CHARS]}" if text else ""),
+                                  details={"status": answer.status, "url": self.url.shown})
+        return answer.json(path)
 
     def _send_failure(self, exc: BaseException, method: str, path: str, watch: Watch) -> BaseException:
         if watch.gone:

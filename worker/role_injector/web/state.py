@@ -1,5 +1,5 @@
 """What the web layer shares across requests: settings, the role store, profiles, the fit cache and
-the engine.
+the engines.
 
 They live on the Flask app (`app.extensions`), made once by `install` (one of each per worker process:
 gunicorn forks after loading the app); the blueprints read them through these accessors, so there is
@@ -12,8 +12,7 @@ from dataclasses import dataclass
 
 from flask import Flask, current_app
 
-from role_injector.engines.configured import configured_engine
-from role_injector.engines.engine import Engine
+from role_injector.engines.configured import Engines, configured_engines
 from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
 from role_injector.settings import Settings
@@ -28,16 +27,17 @@ class AppState:
     store: RoleStore
     profiles: Profiles
     cache: FitCache
-    engine: Engine
+    engines: Engines
 
 
 def install(app: Flask, settings: Settings) -> AppState:
+    profiles = load_profiles(settings.models_file, settings.role_limits)
     state = AppState(
         settings=settings,
         store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
-        profiles=load_profiles(settings.models_file, settings.role_limits),
+        profiles=profiles,
         cache=FitCache(settings.fit_cache_bytes),
-        engine=configured_engine(settings),
+        engines=configured_engines(settings, profiles),
     )
     app.extensions[EXTENSION] = state
     return state
@@ -66,5 +66,5 @@ def cache() -> FitCache:
     return _state().cache
 
 
-def engine() -> Engine:
-    return _state().engine
+def engines() -> Engines:
+    return _state().engines
