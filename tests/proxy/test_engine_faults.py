@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from tests.engine import FaultyEngine, LlamaServer, run_faulty_engine
+from tests.engine import FaultyEngine
 from tests.servers import WorkerProcess, free_port, run_worker, write_place
 
 GUARD = """---
@@ -37,17 +37,9 @@ virtual_models:
 """
 HI = [{"role": "user", "content": "Who goes there?"}]
 LLAMA_404 = {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}
+pytestmark = pytest.mark.usefixtures("faulty_engine")  # no fault left from another test
 
 
-@pytest.fixture(scope="module")
-def faulty(llama_server: LlamaServer) -> Iterator[FaultyEngine]:
-    with run_faulty_engine(llama_server.url) as engine:
-        yield engine
-
-
-@pytest.fixture(autouse=True)
-def fresh_faults(faulty: FaultyEngine) -> None:
-    faulty.clear()
 
 
 def engine_env(url: str, place: Any) -> dict[str, str]:
@@ -61,8 +53,8 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 
 @pytest.fixture(scope="module")
-def worker(place: Any, faulty: FaultyEngine) -> Iterator[WorkerProcess]:
-    with run_worker(place / "roles", place, workers=1, env=engine_env(faulty.url, place)) as process:
+def worker(place: Any, engine_passage: FaultyEngine) -> Iterator[WorkerProcess]:
+    with run_worker(place / "roles", place, workers=1, env=engine_env(engine_passage.url, place)) as process:
         yield process
 
 
@@ -93,11 +85,11 @@ def never_a_500(worker: WorkerProcess) -> Iterator[None]:
 # --- the engine's facts and counts ----------------------------------------------------------------------
 
 
-def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess, faulty: FaultyEngine) -> None:
-    faulty.fail("/tokenize", status=404, body=LLAMA_404)
+def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess, faulty_engine: FaultyEngine) -> None:
+    faulty_engine.fail("/tokenize", status=404, body=LLAMA_404)
     message = openai_error(chat(worker, "smollm2@fresh"), 503, "tokenizer_unavailable")
     assert "cannot tokenize" in message and "404" in message
-    assert faulty.sent_to("/v1/chat/completions") == []  # nothing was sent without its count
+    assert faulty_engine.sent_to("/v1/chat/completions") == []  # nothing was sent without its count
     assert logged(worker)[-1]["status"] == 503
 
 
@@ -111,26 +103,26 @@ def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess,
      "loading model"),
     ("silent", {"delay": 5}, 504, "upstream_timeout", "did not answer within 3 s"),
 ])
-def test_props_faults_are_clear_errors(worker: WorkerProcess, faulty: FaultyEngine, base: str,
+def test_props_faults_are_clear_errors(worker: WorkerProcess, faulty_engine: FaultyEngine, base: str,
                                        fault: dict[str, Any], status: int, code: str, said: str) -> None:
-    faulty.fail("/props", **fault)
+    faulty_engine.fail("/props", **fault)
     assert said in openai_error(chat(worker, f"smollm2-{base}@guard"), status, code)
-    assert faulty.sent_to("/v1/chat/completions") == []
+    assert faulty_engine.sent_to("/v1/chat/completions") == []
     assert logged(worker)[-1]["status"] == status
 
 
 def test_a_window_too_small_for_the_role_is_an_error_not_a_cut_role(worker: WorkerProcess,
-                                                                    faulty: FaultyEngine) -> None:
+                                                                    faulty_engine: FaultyEngine) -> None:
     def small(props: dict[str, Any]) -> dict[str, Any]:
         return {**props, "default_generation_settings": {**props["default_generation_settings"], "n_ctx": 40}}
 
-    faulty.fail("/props", rewrite=small)
+    faulty_engine.fail("/props", rewrite=small)
     response = chat(worker, "smollm2-small@guard")
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] in ("budget_too_small", "context_overflow")
     assert "40 tokens is what llama.cpp at" in error["message"] and "/props" in error["message"]
-    assert faulty.sent_to("/v1/chat/completions") == []
+    assert faulty_engine.sent_to("/v1/chat/completions") == []
 
 
 # --- the answer -----------------------------------------------------------------------------------------
@@ -145,18 +137,18 @@ def test_a_window_too_small_for_the_role_is_an_error_not_a_cut_role(worker: Work
     ({"cut_after": 0, "stall": 5}, 504, "upstream_timeout"),  # headers, then silence
 ])
 def test_an_answer_that_fails_before_its_first_byte_is_a_json_error(
-        worker: WorkerProcess, faulty: FaultyEngine, fault: dict[str, Any], status: int, code: str,
+        worker: WorkerProcess, faulty_engine: FaultyEngine, fault: dict[str, Any], status: int, code: str,
         stream: bool) -> None:
-    faulty.fail("/v1/chat/completions", **fault)
+    faulty_engine.fail("/v1/chat/completions", **fault)
     openai_error(chat(worker, stream=stream), status, code)
     assert logged(worker)[-1]["status"] == status
 
 
 @pytest.mark.parametrize(("stall", "code", "said"), [(0, "bad_upstream", "broke off"),
                                                      (5, "upstream_timeout", "sent nothing for 3 s")])
-def test_a_stream_cut_after_it_began_ends_with_an_error_event(worker: WorkerProcess, faulty: FaultyEngine,
+def test_a_stream_cut_after_it_began_ends_with_an_error_event(worker: WorkerProcess, faulty_engine: FaultyEngine,
                                                               stall: float, code: str, said: str) -> None:
-    faulty.fail("/v1/chat/completions", cut_after=900, stall=stall)  # the role chunk, a piece of text, then
+    faulty_engine.fail("/v1/chat/completions", cut_after=900, stall=stall)  # the role chunk, a piece of text, then
     with requests.post(worker.url + "/v1/chat/completions", stream=True, timeout=60,
                        json={"model": "guard", "messages": HI, "stream": True}) as response:
         assert response.status_code == 200
@@ -170,10 +162,11 @@ def test_a_stream_cut_after_it_began_ends_with_an_error_event(worker: WorkerProc
     openai_error(chat(worker), 504 if stall else 502, code)
 
 
-def test_the_engines_own_refusal_keeps_its_status_and_message(worker: WorkerProcess, faulty: FaultyEngine) -> None:
+def test_the_engines_own_refusal_keeps_its_status_and_message(worker: WorkerProcess,
+                                                               faulty_engine: FaultyEngine) -> None:
     refusal = {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
                          "type": "exceed_context_size_error", "n_prompt_tokens": 9000, "n_ctx": 8192}}
-    faulty.fail("/v1/chat/completions", status=400, body=refusal)
+    faulty_engine.fail("/v1/chat/completions", status=400, body=refusal)
     message = openai_error(chat(worker, "smollm2"), 400, None)  # type: ignore[arg-type]
     assert message == "llama.cpp: the request exceeds the available context size, try increasing it"
     assert "refused /v1/chat/completions with 400" in worker.log()

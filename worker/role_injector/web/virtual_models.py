@@ -45,7 +45,9 @@ def target(name: Any, field: str = "model") -> Target:
     check_model_length(name, field)
     virtual = resolve_virtual(profiles(), name)
     if virtual is None:
-        return Target(engines().serving(profiles(), name if isinstance(name, str) else None), None)
+        serving = engines().serving(profiles(), name if isinstance(name, str) else None)
+        g.log.update(engine=serving.name)
+        return Target(serving, None)
     serving = engines().serving(profiles(), virtual.base, virtual)
     g.log.update(model=virtual.name, base=virtual.base, role=virtual.role, engine=serving.name)
     return Target(serving, VirtualRequest(virtual, roles(), profiles(), cache(), header_options()))
