@@ -249,3 +249,19 @@ def test_the_worker_keeps_the_engines_facts_for_a_minute(faulty_engine: FaultyEn
     for _ in range(3):
         client.chat.completions.create(model="smollm2@concise", messages=PIP, max_tokens=1)
     assert len(faulty_engine.sent_to("/props")) <= 1
+
+
+def test_answers_follow_one_another_on_the_engines_dropped_connections(
+        tmp_path_factory: pytest.TempPathFactory, llama_server: LlamaServer) -> None:
+    """llama-server closes every connection after a streamed answer without saying so; the worker's
+    next request, straight to it, must not find that connection dead (a 502)."""
+    place = write_place(tmp_path_factory.mktemp("engine-direct"), {"concise": CONCISE}, PROFILE)
+    with run_worker(place / "roles", place, workers=1, env={
+            "ROLE_INJECTOR_ENGINE": "llama.cpp", "ROLE_INJECTOR_ENGINE_URL": llama_server.url,
+            "ROLE_INJECTOR_MODELS": str(place / "models.yaml")}) as direct:
+        session = requests.Session()
+        for stream in (False, True, True, False, True, False):
+            response = session.post(direct.url + "/v1/chat/completions", timeout=600, json={
+                "model": "pip", "messages": PIP, "max_tokens": 1, "stream": stream})
+            assert response.status_code == 200, response.text
+        assert "cannot reach" not in direct.log()

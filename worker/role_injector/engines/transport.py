@@ -12,6 +12,8 @@ way to send a request and read its answer within bounds.
   details.
 - `send` raises `UpstreamUnreachable` (refused, no route, unknown host), `UpstreamTimeout` (no status
   within the timeout) or `ClientClosed` (the caller's client went away meanwhile, as its `Watch` says).
+  A request whose connection the engine closes before answering is sent once more on a new connection
+  when its body can be sent again (bytes): a kept-alive connection the engine dropped without saying so.
 - `Answer.chunks()` raises `UpstreamTimeout` when the engine falls silent for the timeout and
   `UpstreamError` (bad_upstream, retriable) when it breaks off; `Answer.body()`/`json()` read at most
   `max_json_bytes` (ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES). A connection goes back to the pool only
@@ -32,7 +34,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from http.client import IncompleteRead
+from http.client import IncompleteRead, RemoteDisconnected
 from typing import Any, Protocol
 
 import orjson
@@ -89,6 +91,14 @@ class Unwatched:
 
     def stop(self) -> None:
         return None
+
+
+def _closed_before_answering(exc: BaseException) -> bool:
+    """The engine closed the connection before a byte of its answer: what a pooled keep-alive connection
+    does when the engine dropped it after its last answer without saying so (llama-server closes every
+    connection after a streamed answer, with no `Connection: close`), racing its reuse."""
+    cause = exc.args[1] if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1 else None
+    return isinstance(cause, RemoteDisconnected | ConnectionResetError | BrokenPipeError)
 
 
 def _reason(exc: BaseException) -> str:
@@ -158,18 +168,23 @@ class Transport:
             sent["Authorization"] = self._authorization
         if length is not None:
             sent["Content-Length"] = str(length)
-        try:
-            with watch.waiting():
-                response = self._pool().urlopen(
-                    method, self.url.base_path + path, body=body, headers=sent, preload_content=False,
-                    decode_content=False, redirect=False, retries=False, release_conn=False,
-                    assert_same_host=False, timeout=urllib3.Timeout(connect=min(self.timeout, 10.0),
-                                                                    read=self.timeout),
-                )
-        except BaseException as exc:
-            watch.stop()
-            raise self._send_failure(exc, method, path, watch) from None
-        return Answer(response, self, path, watch)
+        replayable = body is None or isinstance(body, bytes)
+        for attempt in (1, 2):
+            try:
+                with watch.waiting():
+                    response = self._pool().urlopen(
+                        method, self.url.base_path + path, body=body, headers=sent, preload_content=False,
+                        decode_content=False, redirect=False, retries=False, release_conn=False,
+                        assert_same_host=False, timeout=urllib3.Timeout(connect=min(self.timeout, 10.0),
+                                                                        read=self.timeout),
+                    )
+                return Answer(response, self, path, watch)
+            except BaseException as exc:
+                if attempt == 1 and replayable and _closed_before_answering(exc) and not watch.gone:
+                    continue  # a kept-alive connection the engine had closed: once more, on a new one
+                watch.stop()
+                raise self._send_failure(exc, method, path, watch) from None
+        raise AssertionError("unreachable")
 
     def request_json(self, method: str, path: str, body: Any = None) -> Any:
         """One JSON exchange (an engine's /props, /tokenize): the parsed JSON of a 2xx answer, read
