@@ -74,6 +74,16 @@ class Way:
         return sum(self.evaluated[1:]) / max(1, sum(self.new[1:]))
 
 
+def post(session: requests.Session, url: str, body: dict[str, Any], headers: dict[str, str] | None = None,
+         stream: bool = True) -> requests.Response:
+    """A POST, sent once more if it meets a connection llama-server dropped after its last streamed answer
+    (it closes them without saying so): what any client straight to the engine has to do."""
+    try:
+        return session.post(url, json=body, headers=headers, stream=stream, timeout=600)
+    except requests.ConnectionError:
+        return session.post(url, json=body, headers=headers, stream=stream, timeout=600)
+
+
 def stream(session: requests.Session, url: str, body: dict[str, Any],
            headers: dict[str, str] | None = None) -> tuple[float, str, dict[str, Any], requests.Response]:
     """A streamed chat request: ms to the first content, the text (or the error's message), the usage
@@ -82,8 +92,8 @@ def stream(session: requests.Session, url: str, body: dict[str, Any],
     first = 0.0
     text = []
     usage: dict[str, Any] = {}
-    with session.post(url, json={**body, "stream": True, "stream_options": {"include_usage": True}},
-                      headers=headers, stream=True, timeout=600) as response:
+    with post(session, url, {**body, "stream": True, "stream_options": {"include_usage": True}},
+              headers) as response:
         if response.status_code != 200:
             error = response.json().get("error")
             return 0.0, str(error.get("message") if isinstance(error, dict) else error), {}, response
@@ -126,7 +136,7 @@ def converse(way: Way, url: str, tokenize: Callable[[str], int], turns: int, sys
 
 def timed(session: requests.Session, url: str, body: dict[str, Any], first_chunk: bool) -> float:
     started = time.perf_counter()
-    with session.post(url, json=body, stream=True, timeout=120) as response:
+    with post(session, url, body) as response:
         response.raise_for_status()
         chunks = response.iter_content(chunk_size=None)
         next(chunks)

@@ -65,7 +65,7 @@ class ChatAnswer:
     completion_tokens: int = 0
     cached_tokens: int | None = None
     timings: Mapping[str, Any] | None = None
-    _pieces: dict[int, int] = field(default_factory=dict)  # the engine's call index -> ours
+    _pieces: dict[int, int] = field(default_factory=dict, repr=False)  # the engine's call index -> ours
 
     def add(self, delta: Delta) -> list[dict[str, Any]]:
         """Add one delta; return its tool calls as a stream shows them: a whole call or a call's first

@@ -291,6 +291,7 @@ class OpenAIServerEngine(Engine):
         self.server = SERVERS[kind]
         self.label = self.server.label
         self.facts_cache: FactsCache[ModelFacts] = facts or FactsCache()
+
     # --- what the engine says about a model ---
 
     def facts(self, model: str) -> ModelFacts:
