@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -134,16 +135,18 @@ def converse(way: Way, url: str, tokenize: Callable[[str], int], turns: int, sys
     return way
 
 
-def timed(session: requests.Session, url: str, body: dict[str, Any], first_chunk: bool) -> float:
+def timed(session: requests.Session, url: str, body: dict[str, Any], first_token: bool) -> float:
+    """ms to the whole answer, or to the first event with text (llama.cpp sends an event with the role
+    alone before it; the worker sends the role with the first text)."""
     started = time.perf_counter()
+    elapsed = 0.0
     with post(session, url, body) as response:
         response.raise_for_status()
-        chunks = response.iter_content(chunk_size=None)
-        next(chunks)
-        elapsed = time.perf_counter() - started
-        for _ in chunks:
-            pass
-    return (elapsed if first_chunk else time.perf_counter() - started) * 1000
+        for line in response.iter_lines():
+            if first_token and not elapsed and line.startswith(b"data: {") and \
+                    any(choice["delta"].get("content") for choice in json.loads(line[6:]).get("choices", [])):
+                elapsed = time.perf_counter() - started
+    return (elapsed if first_token else time.perf_counter() - started) * 1000
 
 
 def worker_body(engine_url: str, roles: Path, profile: Path) -> dict[str, Any]:
@@ -166,17 +169,17 @@ def added_latency(engine_url: str, worker_url: str, with_role: dict[str, Any],
     direct, through = requests.Session(), requests.Session()
     upstream = {**plain, "stream": True, "stream_options": {"include_usage": True}}
     scenarios: dict[str, dict[str, Callable[[], float]]] = {}
-    for first_chunk in (False, True):
-        def client(body: dict[str, Any], first: bool = first_chunk) -> dict[str, Any]:
+    for first_token in (False, True):
+        def client(body: dict[str, Any], first: bool = first_token) -> dict[str, Any]:
             return {**body, "stream": first}
 
-        scenarios["first chunk" if first_chunk else "whole answer"] = {
-            "direct, plain": lambda f=first_chunk: timed(direct, engine_url + "/v1/chat/completions", upstream, f),
-            "worker, plain": lambda f=first_chunk: timed(through, worker_url + "/v1/chat/completions",
+        scenarios["streamed, first text" if first_token else "whole answer"] = {
+            "direct, plain": lambda f=first_token: timed(direct, engine_url + "/v1/chat/completions", upstream, f),
+            "worker, plain": lambda f=first_token: timed(through, worker_url + "/v1/chat/completions",
                                                          client(plain, f), f),
-            "direct, the worker's body for helper": lambda f=first_chunk: timed(
+            "direct, the worker's body for helper": lambda f=first_token: timed(
                 direct, engine_url + "/v1/chat/completions", with_role, f),
-            "worker, virtual model helper": lambda f=first_chunk: timed(
+            "worker, virtual model helper": lambda f=first_token: timed(
                 through, worker_url + "/v1/chat/completions",
                 client({"model": "helper", "messages": QUESTION, "max_tokens": 1}, f), f),
         }
@@ -197,8 +200,8 @@ def added_latency(engine_url: str, worker_url: str, with_role: dict[str, Any],
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--context", type=int, default=4096, help="the engine's context (-c)")
-    parser.add_argument("--turns", type=int, default=60)
-    parser.add_argument("--requests", type=int, default=60, help="samples per latency scenario")
+    parser.add_argument("--turns", type=int, default=60, help="0: only (b)")
+    parser.add_argument("--requests", type=int, default=100, help="samples per latency scenario")
     args = parser.parse_args()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="engine-bench-") as tmp, \
@@ -220,9 +223,17 @@ def main() -> int:
                          "helper"),
                 converse(Way("whole history, straight to the engine"), engine.url, tokenize, args.turns,
                          with_role["messages"][0]["content"], None, "smollm2"),
-            ]
+            ] if args.turns else []
             latency = added_latency(engine.url, worker.url, with_role, args.requests)
 
+    if ways:
+        print_conversations(args, ways)
+    print_latency(args, latency)
+    print(f"\n({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def print_conversations(args: argparse.Namespace, ways: list[Way]) -> None:
     print(f"(a) {args.turns} turns of ~50-token questions and 8-token answers, llama-server -c {args.context}"
           f" -np 1, SmolLM2-135M; role {ROLE} (~1,100 tokens)\n")
     print(f"{'way':<40} {'turns':>5} {'first token p50/max ms':>23} {'evaluated/turn p50/max':>23}"
@@ -241,29 +252,32 @@ def main() -> int:
         print(f"  {way.name:<40} {way.evaluated}")
     keep = ways[0]
     print(f"\nkeep_role re-evaluates {keep.ratio:.2f} tokens per new token — "
-          f"{'within' if keep.ratio <= TARGET_RATIO and not keep.stopped else 'above'} the {TARGET_RATIO:g} target")
+          f"{'within' if keep.ratio <= TARGET_RATIO and not keep.stopped else 'above'} the {TARGET_RATIO:g} target\n")
 
-    print(f"\n(b) latency the worker adds in front of llama-server ({args.requests} interleaved requests per"
-          " scenario, max_tokens 1, the prompt already in the engine's cache)\n")
+
+def print_latency(args: argparse.Namespace, latency: dict[str, dict[str, list[float]]]) -> None:
+    print(f"(b) latency the worker adds in front of llama-server ({args.requests} interleaved requests per"
+          " scenario, max_tokens 1, the prompt already in the engine's cache; paired: the median of each"
+          " round's difference)\n")
     verdicts = []
     for kind, samples in latency.items():
         print(kind)
-        print(f"{'scenario':<40} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10}")
+        print(f"{'scenario':<40} {'p50 ms':>8} {'p99 ms':>8} {'added p50':>10} {'paired':>8}")
         pairs = {"worker, plain": "direct, plain",
                  "worker, virtual model helper": "direct, the worker's body for helper"}
         for name, values in samples.items():
             base = pairs.get(name)
             added = percentile(values, 50) - percentile(samples[base], 50) if base else None
+            # The median of each round's difference: a change of the machine's load hits both alike.
+            paired = statistics.median(w - d for w, d in zip(values, samples[base], strict=True)) if base else None
             print(f"{name:<40} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f}"
-                  + (f" {added:>+10.2f}" if added is not None else ""))
+                  + (f" {added:>+10.2f} {paired:>+8.2f}" if added is not None and paired is not None else ""))
             if added is not None:
                 verdicts.append((f"{kind}: {name}", added))
         print()
     for name, added in verdicts:
         print(f"added p50 {added:5.2f} ms  {'ok  ' if added <= TARGET_MS else 'OVER'} (target ≤ {TARGET_MS:g} ms)"
               f"  {name}")
-    print(f"\n({time.perf_counter() - started:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":
