@@ -5,9 +5,10 @@ and the source of each fact).
 - The request: the client's own Chat Completions body goes to the engine's `/v1/chat/completions`
   (tools, JSON mode, images, every field the engine takes pass through). For a virtual model the
   client's system and developer messages give way to the fitted role, the context policy's dropped
-  messages are left out, the text of the rest is neutralised against the engine's chat template, and
-  the role's and the virtual model's `params` fill the fields the client left unset (`PARAMS`; the
-  others, such as `num_ctx`, are Ollama's and have no field here). Always streamed, with usage.
+  messages are left out, the rest and the tool definitions go through `engines.messages`' rule with
+  the engine's own control strings (text neutralised, a name with a control token refused), and the
+  role's and the virtual model's `params` fill the fields the client left unset (`PARAMS`; the others,
+  such as `num_ctx`, are Ollama's and have no field here). Always streamed, with usage.
 - The model's facts (`ModelFacts`, asked once a minute per model): its window (llama.cpp `/props`,
   vLLM's and SGLang's `/v1/models`, LM Studio's loaded context) where the profile file states none,
   the control strings of its chat template (llama.cpp `/props`), and whether the template frames
@@ -44,6 +45,7 @@ from role_injector.engines.answer import Delta, ToolCall, count, mapping
 from role_injector.engines.engine import ChatCall, Engine
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.lines import read_lines
+from role_injector.engines.messages import neutralise_message, neutralise_tools
 from role_injector.engines.transport import Answer, Transport, encode_json
 from role_injector.errors import BudgetTooSmall, ContextOverflow, UpstreamError, UpstreamRefused, VariableError
 from role_injector.fitting import FitCache
@@ -122,17 +124,6 @@ def _text(content: Any, where: str) -> str:
         if isinstance(text, str):
             texts.append(text)
     return "\n".join(texts)
-
-
-def _neutralised(content: Any, control: re.Pattern[str]) -> Any:
-    """The content with control strings broken in its text (strings and text parts); images and the
-    like pass as they are."""
-    if isinstance(content, str):
-        return neutralise(content, control)
-    if isinstance(content, list):
-        return [{**part, part["type"]: neutralise(part[part["type"]], control)}
-                if part.get("type") in ("text", "refusal") else part for part in content]
-    return content
 
 
 def chat_messages(body: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -386,14 +377,18 @@ class OpenAIServerEngine(Engine):
         if facts.window is not None and not profile.window_stated:
             window = facts.window.tokens
         control = facts.control
-        turns = [{**m, "content": _neutralised(m.get("content"), control)} for m in messages
+        turns = [neutralise_message(m, f"messages[{i}]", control) for i, m in enumerate(messages)
                  if m["role"] not in GIVING_WAY]
         options = request.options.over(virtual.options)
         options = RoleOptions(variables={k: neutralise(v, control) for k, v in options.variables.items()}).over(options)
         counting = self.counting(virtual.base, profile, facts, cache)
         tokenizer = counting.tokenizer if counting is not None else load_tokenizer(profile.tokenizer)
         tools = body.get("tools")
-        attached = tokenizer.count(json.dumps(tools, ensure_ascii=False)) if tools is not None else 0
+        if tools is not None:
+            if not isinstance(tools, list):
+                raise invalid("'tools' must be a list", "tools")
+            body["tools"] = tools = neutralise_tools(tools, "tools", control)
+        attached = tokenizer.count(json.dumps(tools, ensure_ascii=False)) if tools else 0
         try:
             injection = inject(request.roles, profiles, InjectRequest(
                 role=virtual.role,
