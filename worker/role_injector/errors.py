@@ -69,12 +69,13 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("tokenizer_unavailable", "the model's vocabulary cannot be used: a vocabulary file is missing or"
               " does not match its pinned sha256, or the engine has no tokenize endpoint", 503, 503, "server_error",
               10),
-    ErrorKind("bad_upstream", "Ollama answered with something that is not its API", 502, 502, "server_error", 11),
-    ErrorKind("upstream_unreachable", "Ollama cannot be reached", 502, 502, "server_error", 11),
-    ErrorKind("upstream_timeout", "Ollama did not answer in time", 504, 504, "server_error", 12),
-    ErrorKind("model_not_found", "Ollama has no model of that name (pull it first)", 422, 404,
+    ErrorKind("bad_upstream", "the engine (Ollama, llama.cpp, ...) answered with something that is not its API",
+              502, 502, "server_error", 11),
+    ErrorKind("upstream_unreachable", "the engine cannot be reached", 502, 502, "server_error", 11),
+    ErrorKind("upstream_timeout", "the engine did not answer in time", 504, 504, "server_error", 12),
+    ErrorKind("model_not_found", "the engine has no model of that name (pull it first)", 422, 404,
               "invalid_request_error", 13),
-    ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
+    ErrorKind("upstream_refused", "the engine answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
     ErrorKind("model_exists", "Ollama has a model of that name that Role Injector did not make (replace it"
               " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
@@ -154,7 +155,7 @@ class RequestTimeout(RoleInjectorError):
 
 
 class ClientClosed(RoleInjectorError):
-    """The HTTP client closed its connection while the worker waited on Ollama for it."""
+    """The HTTP client closed its connection while the worker waited on the engine for it."""
 
     code = "client_closed"
 
@@ -206,7 +207,7 @@ class VocabularyError(RoleInjectorError):
 
 
 class UpstreamError(RoleInjectorError):
-    """Ollama's answer makes no sense for its API."""
+    """The engine's answer makes no sense for its API."""
 
     code = "bad_upstream"
 
@@ -236,7 +237,7 @@ class Overloaded(RoleInjectorError):
 
 
 class UpstreamRefused(RoleInjectorError):
-    """Ollama said no: an error status or an error line in its stream (`details.status`)."""
+    """The engine said no: an error status or an error line in its stream (`details.status`)."""
 
     code = "upstream_refused"
 

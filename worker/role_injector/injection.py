@@ -12,11 +12,21 @@ from role_injector.errors import ContextOverflow, RoleNotFound, shown
 from role_injector.fitting import Fit, FitCache, SectionFit, fit_budget, section_fits
 from role_injector.formats import RENDERERS, Message, neutralise, render_chatml, system_part
 from role_injector.options import RoleOptions
-from role_injector.profiles import Profiles, VirtualModel
+from role_injector.profiles import Profiles, VirtualModel, usable_window
 from role_injector.relevance import Query
 from role_injector.roles import Role, resolve_variables
 from role_injector.store import RoleSet
 from role_injector.tokens import Tokenizer, load_tokenizer
+
+
+@dataclass(frozen=True)
+class Counting:
+    """How a model is counted where its profile's vocabulary does not say: an engine's own
+    (`engine_tokens.EngineTokenizer`, exact), or the profile's with its margin as an estimate."""
+
+    tokenizer: Tokenizer
+    exact: bool
+    margin: float  # the window is divided by it (1.0 for exact counts)
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class InjectRequest:
     # belong to the exchange before them.)
     exchange_starts: frozenset[int] | None = None
     query: str | None = None  # what relevance selection ranks by; None: the conversation (`turns`)
+    counting: Counting | None = None  # None: the profile's tokenizer, exactness and margin
 
 
 @dataclass(frozen=True)
@@ -301,7 +312,8 @@ def inject(
     model = request.model or role.model
     profile = profiles.for_model(model)
     format_name = request.format or profile.format
-    tokenizer = load_tokenizer(profile.tokenizer)
+    counting = request.counting or Counting(load_tokenizer(profile.tokenizer), profile.exact, profile.margin)
+    tokenizer = counting.tokenizer
     options = request.options.over(role.options)
     policy = options.policy
     parts = PromptParts(
@@ -316,11 +328,11 @@ def inject(
     context_window = request.context_window or profile.context_window
     room = Room(
         context_window=context_window,
-        usable=profile.usable_window(context_window),
+        usable=usable_window(context_window, counting.margin),
         reserve_output=profile.reserve_output if request.reserve_output is None else request.reserve_output,
         attached=request.attached_tokens,
-        exact=profile.exact,
-        margin=profile.margin,
+        exact=counting.exact,
+        margin=counting.margin,
     )
     turns = parts.turns
     if policy.name == "shrink_role":
@@ -339,7 +351,7 @@ def inject(
     prompt = RENDERERS[format_name](fit.system, turns)
     usage = Usage(
         tokenizer=tokenizer.name,
-        exact=profile.exact,
+        exact=counting.exact,
         system_tokens=fit.tokens,
         system_tokens_full=fit.full_tokens,
         budget=fit.budget,

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from role_injector.cpu_pool import DEFAULT_MAX_PENDING_BYTES, DEFAULT_THREADS, QUEUE_VARIABLE
+from role_injector.engines.kinds import EngineKind, engine_kind
 from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
@@ -36,6 +37,11 @@ class Settings:
     # Without an API key: the Host names answered besides localhost and IP addresses (web/hosts.py).
     allowed_hosts: frozenset[str] = frozenset()
     ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
+    # The engine every model goes to unless the profile file names another (engines/configured.py):
+    # Ollama at `ollama_url`, or an OpenAI-compatible server at `engine_url` with `engine_api_key`.
+    engine: EngineKind = EngineKind.OLLAMA
+    engine_url: str | None = field(default=None, repr=False)
+    engine_api_key: str | None = field(default=None, repr=False)
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
@@ -70,7 +76,21 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
             return value
 
+        try:
+            engine = engine_kind(env.get("ROLE_INJECTOR_ENGINE") or EngineKind.OLLAMA.value, "ROLE_INJECTOR_ENGINE")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        engine_url = (env.get("ROLE_INJECTOR_ENGINE_URL") or "").rstrip("/") or None
+        if engine is EngineKind.OLLAMA and engine_url is not None:
+            raise ConfigError("ROLE_INJECTOR_ENGINE_URL is the URL of an OpenAI-compatible engine "
+                              "(ROLE_INJECTOR_ENGINE=llama.cpp, vllm, ...); Ollama's is ROLE_INJECTOR_OLLAMA_URL")
+        if engine is not EngineKind.OLLAMA and engine_url is None:
+            raise ConfigError(f"ROLE_INJECTOR_ENGINE={engine.value} needs ROLE_INJECTOR_ENGINE_URL, the engine's "
+                              "base URL (without /v1), e.g. http://127.0.0.1:8080")
         values: dict[str, object] = {
+            "engine": engine,
+            "engine_url": engine_url,
+            "engine_api_key": env.get("ROLE_INJECTOR_ENGINE_API_KEY") or None,
             "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,
             "api_key": env.get("ROLE_INJECTOR_API_KEY") or None,
             "metrics_key": env.get("ROLE_INJECTOR_METRICS_KEY") or None,

@@ -1,5 +1,5 @@
 """What the web layer shares across requests: settings, the role store, profiles, the fit cache, the
-engine and the CPU pool (`compute`, the one way a route runs CPU work).
+engines and the CPU pool (`compute`, the one way a route runs CPU work).
 
 They live on the Flask app (`app.extensions`), made once by `install` (one of each per worker process:
 gunicorn forks after loading the app); the blueprints read them through these accessors, so there is
@@ -15,8 +15,7 @@ from typing import TypeVar
 from flask import Flask, current_app, g, request
 
 from role_injector.cpu_pool import CpuPool
-from role_injector.engines.configured import configured_engine
-from role_injector.engines.engine import Engine
+from role_injector.engines.configured import Engines, configured_engines
 from role_injector.errors import Overloaded
 from role_injector.fitting import FitCache
 from role_injector.profiles import Profiles, load_profiles
@@ -34,17 +33,18 @@ class AppState:
     store: RoleStore
     profiles: Profiles
     cache: FitCache
-    engine: Engine
+    engines: Engines
     cpu: CpuPool
 
 
 def install(app: Flask, settings: Settings) -> AppState:
+    profiles = load_profiles(settings.models_file, settings.role_limits)
     state = AppState(
         settings=settings,
         store=RoleStore(settings.roles_dir, limits=settings.role_limits, check_interval=settings.reload_interval),
-        profiles=load_profiles(settings.models_file, settings.role_limits),
+        profiles=profiles,
         cache=FitCache(settings.fit_cache_bytes),
-        engine=configured_engine(settings),
+        engines=configured_engines(settings, profiles),
         cpu=CpuPool(settings.cpu_threads, settings.cpu_queue_bytes),
     )
     app.extensions[EXTENSION] = state
@@ -81,8 +81,8 @@ def cache() -> FitCache:
     return _state().cache
 
 
-def engine() -> Engine:
-    return _state().engine
+def engines() -> Engines:
+    return _state().engines
 
 
 def compute(work: Callable[[], T], size: int | None = None) -> T:
