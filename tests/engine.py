@@ -1,16 +1,26 @@
 """A real engine for tests and benchmarks: llama.cpp's `llama-server` with SmolLM2-135M-Instruct, both
 installed by scripts/engine-toolchain.sh into the tools folder (built once; nothing is downloaded at
-run time). Each server listens on a free loopback port and logs to a file of the caller's."""
+run time). Each server listens on a free loopback port and logs to a file of the caller's.
+
+`FaultyEngine` passes requests through to a real engine, records them and misbehaves where a test
+says (an endpoint gone, garbage, a stall, a cut stream, another window): the faults a real
+llama-server cannot be made to show."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -60,8 +70,6 @@ class LlamaServer:
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
     """Until `GET /health` answers 200 (llama-server answers 503 while it loads the model)."""
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -122,3 +130,154 @@ def run_llama_server(
         yield LlamaServer(url=url, process=process, log_path=log_path)
     finally:
         stop_process(process, timeout=10)
+
+
+# --- a pass-through in front of a real engine, which records what it is sent and can misbehave ------------
+
+
+@dataclass
+class EngineFault:
+    """What to do wrong on one path: answer `status` with `body` (a JSON value, or bytes as they are)
+    as `content_type` instead of asking the engine; wait `delay` seconds before anything; relay only the
+    first `cut_after` bytes of the engine's answer, then hold the connection `stall` seconds and drop
+    it; or pass the engine's JSON answer through `rewrite`."""
+
+    status: int | None = None
+    body: Any = None
+    content_type: str = "application/json"
+    delay: float = 0.0
+    cut_after: int | None = None
+    stall: float = 0.0
+    rewrite: Callable[[Any], Any] | None = None
+
+
+@dataclass(frozen=True)
+class EngineExchange:
+    method: str
+    path: str
+    body: Any  # the request's JSON (None when empty)
+    answer: bytes  # what went back to the worker (at most 1 MiB)
+
+
+class FaultyEngine:
+    """An HTTP server that passes every request through to a real engine (`target`), records each
+    exchange, and misbehaves on paths given a fault: for what a real llama-server cannot be made to do
+    (lose an endpoint, answer garbage, stall, cut a stream, report another window)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.url = ""
+        self.faults: dict[str, EngineFault] = {}
+        self.exchanges: list[EngineExchange] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def fail(self, path: str, **fault: Any) -> None:
+        self.faults[path] = EngineFault(**fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.faults.clear()
+            self.exchanges.clear()
+
+    def sent_to(self, path: str) -> list[EngineExchange]:
+        with self._lock:
+            return [e for e in self.exchanges if e.path == path]
+
+    def _record(self, exchange: EngineExchange) -> None:
+        with self._lock:
+            self.exchanges.append(exchange)
+
+    def handler(self) -> type[BaseHTTPRequestHandler]:
+        engine = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+            def _pass(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                path = self.path.split("?", 1)[0]
+                fault = engine.faults.get(path, EngineFault())
+                time.sleep(fault.delay)
+                if fault.status is not None:
+                    body = fault.body if isinstance(fault.body, bytes) else json.dumps(fault.body).encode()
+                    engine._record(EngineExchange(self.command, path, _json(raw), body))
+                    self.send_response(fault.status)
+                    self.send_header("Content-Type", fault.content_type)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    return
+                connection = http.client.HTTPConnection(urlsplit(engine.target).netloc, timeout=600)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length")}
+                connection.request(self.command, self.path, raw or None, headers)
+                upstream = connection.getresponse()
+                sent = bytearray()
+
+                def record() -> None:  # before the answer's last bytes: a test reads it once its answer is in
+                    engine._record(EngineExchange(self.command, path, _json(raw), bytes(sent)))
+
+                try:
+                    if fault.rewrite is not None:
+                        body = json.dumps(fault.rewrite(json.loads(upstream.read()))).encode()
+                        sent += body
+                        record()
+                        self.send_response(upstream.status)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                        return
+                    self.send_response(upstream.status)
+                    self.send_header("Content-Type", upstream.getheader("Content-Type", "application/json"))
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    while piece := upstream.read1(65536):
+                        if fault.cut_after is not None and len(sent) + len(piece) >= fault.cut_after:
+                            piece = piece[: fault.cut_after - len(sent)]
+                            self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b"")
+                            self.wfile.flush()
+                            sent += piece
+                            record()
+                            time.sleep(fault.stall)
+                            self.close_connection = True
+                            return
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                        self.wfile.flush()
+                        if len(sent) < 1 << 20:
+                            sent += piece
+                    record()
+                    self.wfile.write(b"0\r\n\r\n")
+                finally:
+                    connection.close()
+
+            do_GET = do_POST = _pass
+
+        return Handler
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+@contextmanager
+def run_faulty_engine(target: str) -> Iterator[FaultyEngine]:
+    """A `FaultyEngine` in front of the engine at `target`, on a free loopback port."""
+    engine = FaultyEngine(target)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), engine.handler())
+    server.daemon_threads = True
+    engine.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield engine
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -94,9 +94,11 @@ def run_worker(
     log_dir: Path,
     env: Mapping[str, str] | None = None,
     workers: int = 2,
+    port: int | None = None,
 ) -> Iterator[WorkerProcess]:
-    """Start `role-injector serve` (gunicorn) on CLEAN_ENV plus `env`, and stop it afterwards."""
-    port = free_port()
+    """Start `role-injector serve` (gunicorn) on CLEAN_ENV plus `env`, on `port` (default: a free one),
+    and stop it afterwards."""
+    port = port or free_port()
     log_path = log_dir / f"worker-{port}.log"
     full_env = {**os.environ, **CLEAN_ENV, **(env or {})}
     with log_path.open("wb") as log:

@@ -47,6 +47,12 @@ PROXY_CREDENTIAL = {"id": "ollamaViaWorker", "name": "Ollama via the Role Inject
 # An AI Agent whose tool is the Role Injector node (its tool variant, `roleInjectorTool`).
 AGENT_TOOL_WORKFLOW = "agent-role-tool.json"
 AGENT_TOOL_WORKFLOW_ID = "e2eAgentRoleTool"
+# role-agent-openai.json against a second worker, in front of a real llama-server (SmolLM2), which a
+# test starts on the stack's `engine_worker_port`: the same workflow, its credential pointed there.
+ENGINE_AGENT_ID = "e2eAgentOpenaiEngine"
+ENGINE_CREDENTIAL = {"id": "openAiViaEngineWorker", "name": "OpenAI via the worker in front of llama.cpp"}
+ENGINE_MODEL = "smollm2"
+ENGINE_MAX_TOKENS = 48  # SmolLM2 may ramble; the agent's answer is read, not judged
 # A Role Injector node as a new user adds it after a Manual Trigger: its Prompt left at the default,
 # which reads a Chat Trigger's message (so n8n stores no `prompt` for it).
 DEFAULT_PROMPT_WORKFLOW = "default-prompt.json"
@@ -88,6 +94,7 @@ class Stack:
     ollama: OllamaStandin
     down_url: str  # where the "stopped worker" credential points: a port nobody listens on
     local: LocalRun
+    engine_worker_port: int  # where ENGINE_CREDENTIAL points: a worker a test starts in front of an engine
     replacements: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def restart_worker(self, log_dir: Path) -> None:
@@ -141,7 +148,7 @@ def _variant(source: str, workflow_id: str, name: str) -> dict[str, Any]:
     return workflow
 
 
-def write_samples(folder: Path, down_url: str, worker_url: str) -> None:
+def write_samples(folder: Path, down_url: str, worker_url: str, engine_worker_url: str) -> None:
     """The shipped samples plus the failure variants and the test-only fixtures, with the shipped
     default URLs left in place (the import script rewrites them)."""
     folder.mkdir()
@@ -151,13 +158,21 @@ def write_samples(folder: Path, down_url: str, worker_url: str) -> None:
     credentials = json.loads((WORKFLOWS / "credentials.json").read_text())
     credentials.append({**DOWN_CREDENTIAL, "type": "roleInjectorApi", "data": {"url": down_url, "apiKey": ""}})
     credentials.append({**PROXY_CREDENTIAL, "type": "ollamaApi", "data": {"baseUrl": worker_url}})
+    credentials.append({**ENGINE_CREDENTIAL, "type": "openAiApi",
+                        "data": {"apiKey": "no-key", "url": engine_worker_url + "/v1"}})
     (folder / "credentials.json").write_text(json.dumps(credentials, indent=2))
 
     unknown = _variant("raw-chatml-generate.json", UNKNOWN_ROLE_ID, "e2e: unknown role")
     node(unknown, "Role Injector")["parameters"]["role"]["value"] = UNKNOWN_ROLE
     down = _variant("raw-chatml-generate.json", WORKER_DOWN_ID, "e2e: worker down")
     node(down, "Role Injector")["credentials"] = {"roleInjectorApi": DOWN_CREDENTIAL}
-    for workflow in (unknown, down):
+    on_engine = _variant("role-agent-openai.json", ENGINE_AGENT_ID, "e2e: AI Agent on a real engine")
+    model = node(on_engine, "OpenAI Chat Model via the worker")
+    model["credentials"] = {"openAiApi": ENGINE_CREDENTIAL}
+    model["parameters"]["options"] = {"maxTokens": ENGINE_MAX_TOKENS, "temperature": 0}
+    settings = node(on_engine, "Settings")["parameters"]["assignments"]["assignments"]
+    next(a for a in settings if a["name"] == "model")["value"] = ENGINE_MODEL
+    for workflow in (unknown, down, on_engine):
         (folder / f"{workflow['id']}.json").write_text(json.dumps(workflow, indent=2))
 
 
@@ -219,8 +234,9 @@ def run_stack(base: Path) -> Iterator[Stack]:
     worker_port = free_port()
     worker_url = f"http://127.0.0.1:{worker_port}"
     down_url = f"http://127.0.0.1:{free_port()}"
+    engine_worker_port = free_port()
     samples = base / "samples"
-    write_samples(samples, down_url, worker_url)
+    write_samples(samples, down_url, worker_url, f"http://127.0.0.1:{engine_worker_port}")
     with run_ollama_standin() as ollama:
         env = {
             **os.environ, **n8n.env(), **worker_env(ollama.url),
@@ -232,7 +248,7 @@ def run_stack(base: Path) -> Iterator[Stack]:
         log_path = base / "run-local.log"
         local = LocalRun.start(env, log_path, worker_port)
         stack = Stack(n8n=n8n, worker=WorkerEndpoint(worker_url, [log_path]), ollama=ollama, down_url=down_url,
-                      local=local)
+                      local=local, engine_worker_port=engine_worker_port)
         try:
             local.wait_for(BANNER_END, timeout=1800)  # the first run installs n8n
             local.banner_status = requests.get(n8n.url + "/", timeout=30).status_code

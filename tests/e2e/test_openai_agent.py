@@ -1,15 +1,21 @@
 """n8n's AI Agent with n8n's OpenAI Chat Model pointed at the worker's OpenAI-compatible route
 (`workflows/role-agent-openai.json`): the role reaches the model server with a safe num_ctx though n8n
-only speaks OpenAI's API, and the agent's tool call goes round through the translation both ways."""
+only speaks OpenAI's API, and the agent's tool call goes round through the translation both ways; and
+the same workflow against a worker in front of a real engine (llama-server with SmolLM2) answers with
+the model's own words."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.stack import Stack, assignment, load_workflow
+from tests.e2e.stack import ENGINE_AGENT_ID, ENGINE_MODEL, Stack, assignment, load_workflow
+from tests.engine import LlamaServer
 from tests.ollama_standin import DEFAULT_ANSWER, Reply
+from tests.servers import REPO, WorkerProcess, run_worker
 
 pytestmark = pytest.mark.e2e
 
@@ -60,3 +66,28 @@ def test_ai_agent_with_the_openai_chat_model_gets_the_role_and_a_safe_num_ctx(e2
     assert tool_call["function"]["arguments"]["input"] == CALCULATION
     assert result == {"role": "tool", "content": result["content"], "tool_call_id": tool_call["id"], "tool_name": TOOL}
     assert "31" in result["content"]  # the Calculator's result, as n8n words it ('[{"response":"31"}]')
+
+
+@pytest.fixture(scope="module")
+def engine_worker(e2e_stack: Stack, llama_server: LlamaServer,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """The shipped roles served in front of the real engine, where the stack's engine credential points."""
+    with run_worker(REPO / "roles", tmp_path_factory.mktemp("engine-worker"), workers=1,
+                    port=e2e_stack.engine_worker_port,
+                    env={"ROLE_INJECTOR_ENGINE": "llama.cpp", "ROLE_INJECTOR_ENGINE_URL": llama_server.url}) as process:
+        yield process
+
+
+def test_the_openai_agent_answers_through_a_real_engine(e2e_stack: Stack, engine_worker: WorkerProcess) -> None:
+    run = e2e_stack.n8n.execute(ENGINE_AGENT_ID)
+
+    assert run.status == "success", run.error_text + engine_worker.log()[-3000:]
+    ((reply,),) = [run.node_items("Chat reply")]
+    assert isinstance(reply["output"], str) and reply["output"].strip()
+    # The worker put the role in for the agent's model; the engine answered with its own counts.
+    routed = [json.loads(line) for line in engine_worker.log().splitlines() if line.startswith('{"route"')]
+    chats = [line for line in routed if line["route"] == "/v1/chat/completions"]
+    assert chats and all(c["status"] == 200 and c["role"] == "general-assistant" and c["base"] == ENGINE_MODEL
+                         for c in chats)
+    answered = [json.loads(line) for line in engine_worker.log().splitlines() if line.startswith('{"engine"')]
+    assert answered and all(a["prompt_tokens"] > 0 for a in answered)

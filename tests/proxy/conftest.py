@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine import FaultyEngine, LlamaServer, run_faulty_engine
 from tests.ollama_standin import OllamaStandin, run_ollama_standin
 from tests.proxy.place import write_place
 from tests.servers import WorkerProcess, run_worker_at
@@ -36,3 +37,19 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def worker(place: Path, standin: OllamaStandin) -> Iterator[WorkerProcess]:
     with run_worker_at(place, standin.url) as process:
         yield process
+
+
+@pytest.fixture(scope="package")
+def engine_passage(llama_server: LlamaServer) -> Iterator[FaultyEngine]:
+    """The session's real llama-server behind a pass-through that records what it is sent and misbehaves
+    where a test says (tests.engine.FaultyEngine), for the tests of the route in front of an engine."""
+    with run_faulty_engine(llama_server.url) as engine:
+        yield engine
+
+
+@pytest.fixture
+def faulty_engine(engine_passage: FaultyEngine) -> Iterator[FaultyEngine]:
+    """The pass-through with nothing recorded and no fault, before and after the test."""
+    engine_passage.clear()
+    yield engine_passage
+    engine_passage.clear()

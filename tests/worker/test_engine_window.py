@@ -11,7 +11,7 @@ import requests
 
 from role_injector.engine_window import (
     EngineWindow,
-    WindowCache,
+    FactsCache,
     llama_cpp_window,
     lm_studio_window,
     max_model_len_window,
@@ -118,7 +118,7 @@ class Clock:
 
 def test_the_cache_asks_once_per_ttl_and_forgets_on_request() -> None:
     clock = Clock()
-    cache = WindowCache(ttl=60, max_entries=2, clock=clock)
+    cache = FactsCache(ttl=60, max_entries=2, clock=clock)
     asked: list[str] = []
 
     def read(model: str, tokens: int | None) -> Any:
@@ -146,7 +146,7 @@ def test_the_cache_asks_once_per_ttl_and_forgets_on_request() -> None:
 
 
 def test_a_failed_read_is_not_cached() -> None:
-    cache = WindowCache()
+    cache = FactsCache()
 
     def fail() -> EngineWindow | None:
         raise UpstreamError("garbage")

@@ -1,5 +1,5 @@
 """The context window an engine gives one request, read from the engine's own answers, and a small
-cache of it per engine and model (docs/engines.md has each engine's API and the source of each fact).
+cache of what an engine says per model (docs/engines.md has each engine's API and the source of each fact).
 
 No HTTP here: the functions read answers the engine layer fetched and parsed. A window the engine does
 not state is None (the profile's `context_window` applies); an answer that is not the engine's API is
@@ -14,9 +14,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from role_injector.errors import UpstreamError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,14 @@ def lm_studio_window(models: Any, model: str) -> EngineWindow | None:
     return EngineWindow(min(lengths), source)
 
 
-_UNSTATED = object()  # cached: the engine does not state a window
+_UNSTATED = object()  # cached: the engine does not state it
 
 
-class WindowCache:
-    """Engine windows per (engine, model), each kept `ttl` seconds and dropped by `forget` (call it when
-    the engine refuses a request for its length, or cannot be reached: it may have restarted with
-    another window). Bounded: the least recently used entry goes beyond `max_entries`."""
+class FactsCache(Generic[T]):
+    """What an engine says about one model (its window, its chat template), per (engine, model), each
+    kept `ttl` seconds and dropped by `forget` (call it when the engine refuses a request for its
+    length, or cannot be reached: it may have restarted with another window). Bounded: the least
+    recently used entry goes beyond `max_entries`."""
 
     def __init__(self, ttl: float = 60.0, max_entries: int = 1024,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -106,24 +109,24 @@ class WindowCache:
         self._entries: OrderedDict[tuple[str, str], tuple[float, object]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, engine: str, model: str, read: Callable[[], EngineWindow | None]) -> EngineWindow | None:
-        """The cached window, else `read()` (its errors pass through and nothing is cached)."""
+    def get(self, engine: str, model: str, read: Callable[[], T | None]) -> T | None:
+        """The cached facts, else `read()` (its errors pass through and nothing is cached)."""
         key = (engine, model)
         with self._lock:
             found = self._entries.get(key)
             if found is not None and self.clock() - found[0] < self.ttl:
                 self._entries.move_to_end(key)
                 return None if found[1] is _UNSTATED else found[1]  # type: ignore[return-value]
-        window = read()
+        facts = read()
         with self._lock:
-            self._entries[key] = (self.clock(), _UNSTATED if window is None else window)
+            self._entries[key] = (self.clock(), _UNSTATED if facts is None else facts)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
-        return window
+        return facts
 
     def forget(self, engine: str, model: str | None = None) -> None:
-        """Drop the engine's window for `model`, or for every model of the engine."""
+        """Drop the engine's facts about `model`, or about every model of the engine."""
         with self._lock:
             for key in [k for k in self._entries if k[0] == engine and model in (None, k[1])]:
                 del self._entries[key]

@@ -69,17 +69,20 @@ KINDS: dict[str, ErrorKind] = _kinds(
     ErrorKind("tokenizer_unavailable", "the model's vocabulary cannot be used: a vocabulary file is missing or"
               " does not match its pinned sha256, or the engine has no tokenize endpoint", 503, 503, "server_error",
               10),
-    ErrorKind("bad_upstream", "Ollama answered with something that is not its API", 502, 502, "server_error", 11),
-    ErrorKind("upstream_unreachable", "Ollama cannot be reached", 502, 502, "server_error", 11),
-    ErrorKind("upstream_timeout", "Ollama did not answer in time", 504, 504, "server_error", 12),
-    ErrorKind("model_not_found", "Ollama has no model of that name (pull it first)", 422, 404,
+    ErrorKind("bad_upstream", "the engine (Ollama, llama.cpp, ...) answered with something that is not its API",
+              502, 502, "server_error", 11),
+    ErrorKind("upstream_unreachable", "the engine cannot be reached", 502, 502, "server_error", 11),
+    ErrorKind("upstream_timeout", "the engine did not answer in time", 504, 504, "server_error", 12),
+    ErrorKind("model_not_found", "the engine has no model of that name (pull it first)", 422, 404,
               "invalid_request_error", 13),
-    ErrorKind("upstream_refused", "Ollama answered with an error (its message is passed on)", 502, 502,
+    ErrorKind("upstream_refused", "the engine answered with an error (its message is passed on)", 502, 502,
               "server_error", 14),
     ErrorKind("model_exists", "Ollama has a model of that name that Role Injector did not make (replace it"
               " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
     ErrorKind("tool_failed", "a llama.cpp tool (trainer, quantizer, server) failed; the message ends with its output",
               502, 502, "server_error", 16),
+    ErrorKind("overloaded", "the worker has as much CPU work in flight as it takes (ROLE_INJECTOR_CPU_QUEUE_BYTES); "
+              "retry after the seconds in Retry-After", 503, 503, "server_error", 17),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -152,7 +155,7 @@ class RequestTimeout(RoleInjectorError):
 
 
 class ClientClosed(RoleInjectorError):
-    """The HTTP client closed its connection while the worker waited on Ollama for it."""
+    """The HTTP client closed its connection while the worker waited on the engine for it."""
 
     code = "client_closed"
 
@@ -204,7 +207,7 @@ class VocabularyError(RoleInjectorError):
 
 
 class UpstreamError(RoleInjectorError):
-    """Ollama's answer makes no sense for its API."""
+    """The engine's answer makes no sense for its API."""
 
     code = "bad_upstream"
 
@@ -227,8 +230,14 @@ class ModelExists(RoleInjectorError):
     code = "model_exists"
 
 
+class Overloaded(RoleInjectorError):
+    """The worker's CPU work in flight is at its bound (`cpu_pool.CpuPool`): come back in a moment."""
+
+    code = "overloaded"
+
+
 class UpstreamRefused(RoleInjectorError):
-    """Ollama said no: an error status or an error line in its stream (`details.status`)."""
+    """The engine said no: an error status or an error line in its stream (`details.status`)."""
 
     code = "upstream_refused"
 

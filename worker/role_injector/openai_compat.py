@@ -93,13 +93,22 @@ def completion(answer: ChatAnswer) -> dict[str, Any]:
         message["content"] = message["content"] or None
     if answer.reasoning:
         message["reasoning"] = answer.reasoning_text
-    return {
+    whole = {
         "id": answer.id, "object": "chat.completion", "created": answer.created, "model": answer.model,
         "choices": [{"index": 0, "message": message,
                      "logprobs": {"content": answer.logprobs} if answer.logprobs else None,
                      "finish_reason": answer.finish_reason}],
         "usage": answer.usage,
     }
+    return with_timings(whole, answer)
+
+
+def with_timings(value: dict[str, Any], answer: ChatAnswer) -> dict[str, Any]:
+    """llama.cpp's `timings` (evaluated and reused prompt tokens, speeds), where the engine sent them,
+    on the answer's last object as llama.cpp puts them."""
+    if answer.timings is not None:
+        value["timings"] = dict(answer.timings)
+    return value
 
 
 def chunk(answer: ChatAnswer, delta: dict[str, Any], logprobs: list[Any] | None = None,
@@ -149,8 +158,11 @@ class ChatStream:
         logprobs = list(delta.logprobs)
         out = self._event(chunk(answer, shown, logprobs)) if shown or logprobs else b""
         if answer.done:
-            out += self._event(chunk(answer, {}, finish_reason=answer.finish_reason))
+            finish = chunk(answer, {}, finish_reason=answer.finish_reason)
             if self.include_usage:
-                out += sse({**chunk(answer, {}), "choices": [], "usage": answer.usage})
+                out += self._event(finish)
+                out += sse(with_timings({**chunk(answer, {}), "choices": [], "usage": answer.usage}, answer))
+            else:
+                out += self._event(with_timings(finish, answer))
             out += SSE_DONE
         return out

@@ -7,8 +7,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from role_injector.cpu_pool import DEFAULT_MAX_PENDING_BYTES, DEFAULT_THREADS, QUEUE_VARIABLE
+from role_injector.engines.kinds import EngineKind, engine_kind
 from role_injector.errors import ConfigError
-from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
 # A name in ROLE_INJECTOR_ALLOWED_HOSTS: a host name (`worker`, `roles.example.com`), `.example.com`
@@ -35,6 +37,11 @@ class Settings:
     # Without an API key: the Host names answered besides localhost and IP addresses (web/hosts.py).
     allowed_hosts: frozenset[str] = frozenset()
     ollama_url: str = field(default="http://localhost:11434", repr=False)  # may carry user:password@
+    # The engine every model goes to unless the profile file names another (engines/configured.py):
+    # Ollama at `ollama_url`, or an OpenAI-compatible server at `engine_url` with `engine_api_key`.
+    engine: EngineKind = EngineKind.OLLAMA
+    engine_url: str | None = field(default=None, repr=False)
+    engine_api_key: str | None = field(default=None, repr=False)
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
@@ -48,6 +55,10 @@ class Settings:
     write_timeout: float = 30.0  # each piece of an answer must be taken by the client within this
     max_connections: int = 4096  # open connections per worker process
     max_upstream_json_bytes: int = 16 * 1024 * 1024  # Ollama answers the proxy reads whole (/api/tags, /api/show)
+    # The CPU work of requests (README: Serving many connections): OS threads per worker process, and the
+    # bytes of request bodies whose work may be running or waiting in them.
+    cpu_threads: int = DEFAULT_THREADS
+    cpu_queue_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -65,7 +76,21 @@ class Settings:
                 raise ConfigError(f"{name} must be positive")
             return value
 
+        try:
+            engine = engine_kind(env.get("ROLE_INJECTOR_ENGINE") or EngineKind.OLLAMA.value, "ROLE_INJECTOR_ENGINE")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        engine_url = (env.get("ROLE_INJECTOR_ENGINE_URL") or "").rstrip("/") or None
+        if engine is EngineKind.OLLAMA and engine_url is not None:
+            raise ConfigError("ROLE_INJECTOR_ENGINE_URL is the URL of an OpenAI-compatible engine "
+                              "(ROLE_INJECTOR_ENGINE=llama.cpp, vllm, ...); Ollama's is ROLE_INJECTOR_OLLAMA_URL")
+        if engine is not EngineKind.OLLAMA and engine_url is None:
+            raise ConfigError(f"ROLE_INJECTOR_ENGINE={engine.value} needs ROLE_INJECTOR_ENGINE_URL, the engine's "
+                              "base URL (without /v1), e.g. http://127.0.0.1:8080")
         values: dict[str, object] = {
+            "engine": engine,
+            "engine_url": engine_url,
+            "engine_api_key": env.get("ROLE_INJECTOR_ENGINE_API_KEY") or None,
             "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,
             "api_key": env.get("ROLE_INJECTOR_API_KEY") or None,
             "metrics_key": env.get("ROLE_INJECTOR_METRICS_KEY") or None,
@@ -77,7 +102,7 @@ class Settings:
             "role_limits": RoleLimits(**{
                 limit: number(variable, getattr(cls.role_limits, limit)) for limit, variable in LIMIT_VARIABLES.items()
             }),
-            "fit_cache_bytes": number("ROLE_INJECTOR_FIT_CACHE_BYTES", cls.fit_cache_bytes),
+            "fit_cache_bytes": number(FIT_CACHE_VARIABLE, cls.fit_cache_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},
@@ -85,6 +110,8 @@ class Settings:
             "write_timeout": number("ROLE_INJECTOR_WRITE_TIMEOUT", cls.write_timeout, float),
             "max_connections": number("ROLE_INJECTOR_MAX_CONNECTIONS", cls.max_connections),
             "max_upstream_json_bytes": number("ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES", cls.max_upstream_json_bytes),
+            "cpu_threads": number("ROLE_INJECTOR_CPU_THREADS", cls.cpu_threads),
+            "cpu_queue_bytes": number(QUEUE_VARIABLE, cls.cpu_queue_bytes),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

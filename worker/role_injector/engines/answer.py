@@ -1,6 +1,7 @@
-"""One chat answer as an engine streams it, in neutral terms: each engine turns a line of its stream
-into a `Delta`, and `ChatAnswer` adds them up (text, reasoning, tool calls, log probabilities, counts),
-for the OpenAI route's stream and completion and for the CLI's teacher alike."""
+"""One chat answer as an engine streams it, in neutral terms: each engine turns its stream into
+`Delta`s, and `ChatAnswer` adds them up (text, reasoning, tool calls whole or in pieces, log
+probabilities, counts, the prompt tokens the engine reused from its cache, its timings), for the
+OpenAI route's stream and completion and for the CLI's teacher alike."""
 
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from typing import Any
 
 @dataclass(frozen=True)
 class ToolCall:
-    """A call of one of the request's tools, as the engine sent it."""
+    """A call of one of the request's tools, as the engine sent it: whole (Ollama), or a piece of the
+    call numbered `index` (OpenAI's stream: the name and id come first, the arguments in pieces)."""
 
     name: str
     arguments: Any  # a JSON object in a string, or the object itself (Ollama sends the object)
     id: str | None = None
+    index: int | None = None  # the engine's number of the call this is a piece of
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,8 @@ class Delta:
     stop_reason: str = ""  # why the engine stopped ("stop", "length", …), on the last line
     prompt_tokens: int = 0  # the engine's counts, on the last line
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens the engine reused from its cache, where it says
+    timings: Mapping[str, Any] | None = None  # llama.cpp's `timings`, passed on as they are
 
 
 def completion_id() -> str:
@@ -58,30 +63,53 @@ class ChatAnswer:
     stop_reason: str = ""
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int | None = None
+    timings: Mapping[str, Any] | None = None
+    _pieces: dict[int, int] = field(default_factory=dict, repr=False)  # the engine's call index -> ours
 
     def add(self, delta: Delta) -> list[dict[str, Any]]:
-        """Add one delta; return its tool calls as numbered here (index, id, JSON-text arguments)."""
+        """Add one delta; return its tool calls as a stream shows them: a whole call or a call's first
+        piece numbered here (index, id, type, name, JSON-text arguments), a later piece as its index
+        and arguments."""
         if delta.content:
             self.content.append(delta.content)
         if delta.reasoning:
             self.reasoning.append(delta.reasoning)
-        calls = [self._number(call) for call in delta.tool_calls]
+        calls = [self._call(call) for call in delta.tool_calls]
         self.logprobs.extend(delta.logprobs)
         if delta.done:
             self.done = True
             self.stop_reason = delta.stop_reason
             self.prompt_tokens = delta.prompt_tokens
             self.completion_tokens = delta.completion_tokens
+            self.cached_tokens = delta.cached_tokens
+            self.timings = delta.timings
         return calls
 
+    def _call(self, call: ToolCall) -> dict[str, Any]:
+        ours = self._pieces.get(call.index) if call.index is not None else None
+        if ours is None:
+            numbered = self._number(call)
+            return {**numbered, "function": dict(numbered["function"])}  # as it is now: later pieces add to it
+        piece = call.arguments if isinstance(call.arguments, str) else ""
+        function = self.tool_calls[ours]["function"]
+        function["arguments"] += piece
+        if call.name and not function["name"]:
+            function["name"] = call.name
+        return {"index": ours, "function": {"arguments": piece}}
+
     def _number(self, call: ToolCall) -> dict[str, Any]:
+        if call.index is not None:  # a call's first piece: its arguments start here
+            arguments = call.arguments if isinstance(call.arguments, str) else ""
+            self._pieces[call.index] = len(self.tool_calls)
+        else:
+            arguments = call.arguments if isinstance(call.arguments, str) \
+                else compact(call.arguments if call.arguments is not None else {})
         numbered = {
             "index": len(self.tool_calls),
             "id": call.id or "call_" + secrets.token_hex(12),
             "type": "function",
-            "function": {"name": call.name,
-                         "arguments": call.arguments if isinstance(call.arguments, str)
-                         else compact(call.arguments if call.arguments is not None else {})},
+            "function": {"name": call.name, "arguments": arguments},
         }
         self.tool_calls.append(numbered)
         return numbered
@@ -101,9 +129,12 @@ class ChatAnswer:
         return "tool_calls" if self.tool_calls else "stop"
 
     @property
-    def usage(self) -> dict[str, int]:
-        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-                "total_tokens": self.prompt_tokens + self.completion_tokens}
+    def usage(self) -> dict[str, Any]:
+        usage: dict[str, Any] = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                                 "total_tokens": self.prompt_tokens + self.completion_tokens}
+        if self.cached_tokens is not None:  # the engine's figure, unchanged
+            usage["prompt_tokens_details"] = {"cached_tokens": self.cached_tokens}
+        return usage
 
 
 def count(value: Any) -> int:

@@ -1,26 +1,26 @@
 """The interface every kind of engine implements, and what passes through it.
 
 The web layer only relays: it resolves a model name to (engine, virtual model or none), asks the engine
-for its own request (`chat_call`), sends it through the engine's `transport`, and reads the streamed
-answer back through `delta`, line by line in the engine's `line_format`. Translation (OpenAI's request
-to the engine's), where the role goes in the engine's body, and what the engine's lines mean are the
+for its own request (`chat_call`), sends it through the engine's `transport`, and reads the answer back
+as neutral deltas (`deltas`). Translation (OpenAI's request to the engine's), where the role goes in the
+engine's body, how the engine counts and how big its window is, and what its answers mean are the
 engine's module's job, nowhere else.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from role_injector.engines.answer import Delta
-from role_injector.engines.lines import LineFormat
-from role_injector.engines.transport import Transport
+from role_injector.engines.kinds import EngineKind
+from role_injector.engines.transport import Answer, Transport
 from role_injector.fitting import FitCache
 from role_injector.injection import Injection, VirtualRequest
 from role_injector.openai_compat import ChatRequest, ModelEntry
-from role_injector.profiles import Profiles
+from role_injector.profiles import Profiles, VirtualModel
 from role_injector.store import RoleSet
 
 
@@ -31,34 +31,45 @@ class ChatCall:
     path: str
     body: bytes
     injection: Injection | None  # the role put in, for a virtual model
+    headers: Mapping[str, str] = field(default_factory=dict)  # the engine's own, over the client's
 
 
 class Engine(ABC):
-    """One kind of model server the worker puts roles in front of."""
+    """One model server the worker puts roles in front of: a kind, and where it is."""
 
-    kind: ClassVar[str]  # how settings and profile files name the kind: "ollama"
-    label: ClassVar[str]  # how messages name it: "Ollama"
-    line_format: ClassVar[LineFormat]  # how its chat answers stream
-    models_path: ClassVar[str]  # GET: the models it serves
+    kind: EngineKind  # how settings and profile files name the kind
+    label: str  # how messages name it: "Ollama", "llama.cpp"
+    models_path: str  # GET: the models it serves
+    # Whether `chat_call` asks the engine anything (its window, template, /tokenize counts): then it runs on
+    # the event loop, whose sockets it uses, and not in the CPU pool's OS threads (web/state.compute).
+    asks_while_building = False
 
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, name: str, transport: Transport) -> None:
+        self.name = name  # "default", or its name in the profile file (a metric label: bounded)
         self.transport = transport
+
+    @property
+    def where(self) -> str:
+        """The engine in messages: `llama.cpp at http://host:8080` (never the URL's userinfo)."""
+        return self.transport.where
 
     @abstractmethod
     def chat_call(self, request: ChatRequest, virtual: VirtualRequest | None, profiles: Profiles,
                   cache: FitCache) -> ChatCall:
         """The engine's request for a chat completion asked in OpenAI's shape: translated, with the role
-        in it for a virtual model, a plain model's conversation checked against its window. Raises
-        `InvalidRequest` for what the engine cannot do, and what `inject` raises."""
+        in it for a virtual model, a plain model's conversation checked against its window where the
+        engine would not refuse it itself. Raises `InvalidRequest` for what the engine cannot do, what
+        `inject` raises, and the transport's errors where the engine is asked for its facts first."""
 
     @abstractmethod
-    def delta(self, line: Mapping[str, Any]) -> Delta:
-        """One line of the engine's streamed chat answer; an error reported in the stream raises
-        `UpstreamError`."""
+    def deltas(self, answer: Answer) -> Iterator[Delta]:
+        """The engine's answer to a `ChatCall` (status 200) as deltas, the last one `done`; an error the
+        engine reports inside it raises `UpstreamError`. Ending without a `done` delta means the answer
+        was cut. Closing the iterator closes the connection."""
 
     @abstractmethod
-    def model_list(self, listed: Any, roles: RoleSet, profiles: Profiles) -> list[ModelEntry]:
-        """The engine's answer to `models_path` as entries, the declared virtual models among them."""
+    def model_list(self, listed: Any, roles: RoleSet, declared: Mapping[str, VirtualModel]) -> list[ModelEntry]:
+        """The engine's answer to `models_path` as entries, with `declared`, the virtual models it serves."""
 
     @abstractmethod
     def refusal(self, answer: Any, status: int) -> str:

@@ -37,15 +37,18 @@ import binascii
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
 from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.kinds import EngineKind
+from role_injector.engines.lines import read_lines
 from role_injector.engines.messages import neutralise_message, neutralise_tools
-from role_injector.engines.transport import encode_json
+from role_injector.engines.transport import Answer, encode_json
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError, shown
 from role_injector.fitting import FitCache
 from role_injector.formats import Message, neutralise
@@ -325,11 +328,10 @@ def virtual_entry(virtual: VirtualModel, base: Mapping[str, Any] | None, role_ve
     }
 
 
-def tags_response(upstream: Any, roles: RoleSet, profiles: Profiles) -> dict[str, Any]:
-    """Ollama's model list plus the declared virtual models (after the real ones, by name)."""
+def tags_response(upstream: Any, roles: RoleSet, declared: Mapping[str, VirtualModel]) -> dict[str, Any]:
+    """Ollama's model list plus `declared`, the virtual models it serves (after the real ones, by name)."""
     if not isinstance(upstream, dict) or not isinstance(upstream.get("models"), list):
         raise UpstreamError("Ollama's /api/tags answer is not an object with a 'models' list")
-    declared = profiles.virtual_models
     real = [m for m in upstream["models"]
             if not (isinstance(m, dict) and (m.get("name") in declared or m.get("model") in declared))]
     virtual = []
@@ -712,11 +714,10 @@ def model_entries(tags: Any) -> list[ModelEntry]:
 
 
 class OllamaEngine(Engine):
-    """Ollama's native API (ROLE_INJECTOR_OLLAMA_URL)."""
+    """Ollama's native API (ROLE_INJECTOR_OLLAMA_URL, or an `engines:` entry of kind ollama)."""
 
-    kind = "ollama"
+    kind = EngineKind.OLLAMA
     label = "Ollama"
-    line_format = "ndjson"
     models_path = "/api/tags"
 
     def chat_call(self, request: ChatRequest, virtual: VirtualRequest | None, profiles: Profiles,
@@ -727,11 +728,14 @@ class OllamaEngine(Engine):
         body, injection = rewrite_chat(chat, virtual)
         return ChatCall("/api/chat", encode_json(body), injection)
 
-    def delta(self, line: Mapping[str, Any]) -> Delta:
-        return answer_delta(line)
+    def deltas(self, answer: Answer) -> Iterator[Delta]:
+        lines = read_lines(answer.chunks(), "ndjson", self.label)
+        with closing(lines):
+            for line in lines:
+                yield answer_delta(line)
 
-    def model_list(self, listed: Any, roles: RoleSet, profiles: Profiles) -> list[ModelEntry]:
-        return model_entries(tags_response(listed, roles, profiles))
+    def model_list(self, listed: Any, roles: RoleSet, declared: Mapping[str, VirtualModel]) -> list[ModelEntry]:
+        return model_entries(tags_response(listed, roles, declared))
 
     def refusal(self, answer: Any, status: int) -> str:
         message = answer.get("error") if isinstance(answer, dict) else None

@@ -5,11 +5,15 @@ way to send a request and read its answer within bounds.
     answer = transport.send("POST", "/api/chat", body, {"Content-Type": "application/json"})
     for piece in answer.chunks(): ...                   # at most 64 KiB each, as they arrive
     data = answer.json("/api/tags")                     # or the whole body, bounded
+    props = transport.request_json("GET", "/props")     # a whole JSON exchange; an error status raises
 
-- Every path goes under the URL's base path; the URL's userinfo is sent as Basic auth, and only
-  `EngineUrl.shown` appears in messages, logs and details.
+- Every path goes under the URL's base path; the URL's userinfo is sent as Basic auth (an API key,
+  when given, as a Bearer token instead), and only `EngineUrl.shown` appears in messages, logs and
+  details.
 - `send` raises `UpstreamUnreachable` (refused, no route, unknown host), `UpstreamTimeout` (no status
   within the timeout) or `ClientClosed` (the caller's client went away meanwhile, as its `Watch` says).
+  A request whose connection the engine closes before answering is sent once more on a new connection
+  when its body can be sent again (bytes): a kept-alive connection the engine dropped without saying so.
 - `Answer.chunks()` raises `UpstreamTimeout` when the engine falls silent for the timeout and
   `UpstreamError` (bad_upstream, retriable) when it breaks off; `Answer.body()`/`json()` read at most
   `max_json_bytes` (ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES). A connection goes back to the pool only
@@ -30,7 +34,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from http.client import IncompleteRead
+from http.client import IncompleteRead, RemoteDisconnected
 from typing import Any, Protocol
 
 import orjson
@@ -42,6 +46,7 @@ from role_injector.errors import (
     ClientClosed,
     RoleInjectorError,
     UpstreamError,
+    UpstreamRefused,
     UpstreamTimeout,
     UpstreamUnreachable,
 )
@@ -52,6 +57,7 @@ log = logging.getLogger("role_injector.upstream")
 logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 PIECE = 64 * 1024
+REFUSAL_CHARS = 300  # of an engine's error answer, in a message
 ERRNO = re.compile(r"\[Errno -?\d+\][^'\")]*")
 
 
@@ -87,6 +93,14 @@ class Unwatched:
         return None
 
 
+def _closed_before_answering(exc: BaseException) -> bool:
+    """The engine closed the connection before a byte of its answer: what a pooled keep-alive connection
+    does when the engine dropped it after its last answer without saying so (llama-server closes every
+    connection after a streamed answer, with no `Connection: close`), racing its reuse."""
+    cause = exc.args[1] if isinstance(exc, urllib3.exceptions.ProtocolError) and len(exc.args) > 1 else None
+    return isinstance(cause, RemoteDisconnected | ConnectionResetError | BrokenPipeError)
+
+
 def _reason(exc: BaseException) -> str:
     short = next((arg for arg in exc.args if isinstance(arg, IncompleteRead)), None)
     if short is not None and short.expected is not None:
@@ -103,9 +117,10 @@ class Transport:
     loading the app, so each worker makes its own pool on first use)."""
 
     def __init__(self, url: EngineUrl, label: str, *, timeout: float, max_json_bytes: int,
-                 pool_size: int = 64, unreachable_hint: str = "") -> None:
+                 pool_size: int = 64, api_key: str | None = None, unreachable_hint: str = "") -> None:
         self.url = url
         self.label = label  # how messages name the engine: "Ollama"
+        self._authorization = f"Bearer {api_key}" if api_key else url.authorization  # never shown
         # What the person who reads "cannot reach ..." can do about it, e.g. the setting to change.
         self.unreachable_hint = unreachable_hint
         self.timeout = timeout
@@ -148,23 +163,43 @@ class Transport:
         known `length` goes as it is, not chunked."""
         watch = watch or Unwatched()
         sent = dict(headers or {})
-        if self.url.authorization:
+        if self._authorization:
             sent = {k: v for k, v in sent.items() if k.lower() != "authorization"}
-            sent["Authorization"] = self.url.authorization
+            sent["Authorization"] = self._authorization
         if length is not None:
             sent["Content-Length"] = str(length)
-        try:
-            with watch.waiting():
-                response = self._pool().urlopen(
-                    method, self.url.base_path + path, body=body, headers=sent, preload_content=False,
-                    decode_content=False, redirect=False, retries=False, release_conn=False,
-                    assert_same_host=False, timeout=urllib3.Timeout(connect=min(self.timeout, 10.0),
-                                                                    read=self.timeout),
-                )
-        except BaseException as exc:
-            watch.stop()
-            raise self._send_failure(exc, method, path, watch) from None
-        return Answer(response, self, path, watch)
+        replayable = body is None or isinstance(body, bytes)
+        for attempt in (1, 2):
+            try:
+                with watch.waiting():
+                    response = self._pool().urlopen(
+                        method, self.url.base_path + path, body=body, headers=sent, preload_content=False,
+                        decode_content=False, redirect=False, retries=False, release_conn=False,
+                        assert_same_host=False, timeout=urllib3.Timeout(connect=min(self.timeout, 10.0),
+                                                                        read=self.timeout),
+                    )
+                return Answer(response, self, path, watch)
+            except BaseException as exc:
+                if attempt == 1 and replayable and _closed_before_answering(exc) and not watch.gone:
+                    continue  # a kept-alive connection the engine had closed: once more, on a new one
+                watch.stop()
+                raise self._send_failure(exc, method, path, watch) from None
+        raise AssertionError("unreachable")
+
+    def request_json(self, method: str, path: str, body: Any = None) -> Any:
+        """One JSON exchange (an engine's /props, /tokenize): the parsed JSON of a 2xx answer, read
+        within `max_json_bytes`. An error status is `UpstreamRefused` with the start of the engine's
+        message and `details["status"]`; the rest as `send` and `Answer.json`."""
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        answer = self.send(method, path, None if body is None else encode_json(body), headers)
+        if not 200 <= answer.status < 300:
+            text = answer.body(f"{path} error").decode("utf-8", "replace").strip()
+            log.warning("%s refused %s %s%s: %s %s", self.label, method, self.url.shown, path, answer.status,
+                        text[:REFUSAL_CHARS])
+            raise UpstreamRefused(f"{self.where} answered {method} {path} with {answer.status}"
+                                  + (f": {text[:REFUSAL_CHARS]}" if text else ""),
+                                  details={"status": answer.status, "url": self.url.shown})
+        return answer.json(path)
 
     def _send_failure(self, exc: BaseException, method: str, path: str, watch: Watch) -> BaseException:
         if watch.gone:

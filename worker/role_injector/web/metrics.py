@@ -1,6 +1,7 @@
-"""Prometheus metrics: HTTP requests by route, method and status (every route), and per role the
+"""Prometheus metrics: HTTP requests by route, method and status (every route), per role the
 injections of `/v1/inject`, the Ollama proxy and the OpenAI route (their time, trims, dropped
-messages and budget errors). Under gunicorn every worker writes to a shared directory
+messages and budget errors), and per engine the prompt tokens its answers on the OpenAI route
+reported and how many of them it reused from its prefix cache. Under gunicorn every worker writes to a shared directory
 (prometheus_client's multiprocess mode, set up by `role_injector.server`), so a scrape of any
 worker sees the whole server."""
 
@@ -26,6 +27,18 @@ TRIMS = Counter("role_injector_trims", "Injections whose role was trimmed to fit
 DROPPED = Counter("role_injector_dropped_messages",
                   "Oldest messages of conversations left out by the context policy", ["role"])
 BUDGET_ERRORS = Counter("role_injector_budget_errors", "Budget and context errors by role", ["role", "code"])
+# By the engine's name in the settings ("default") or the profile file: a bounded set of labels.
+ENGINE_PROMPT_TOKENS = Counter("role_injector_engine_prompt_tokens",
+                               "Prompt tokens of the answers engines gave on the OpenAI route", ["engine"])
+ENGINE_CACHED_TOKENS = Counter("role_injector_engine_cached_tokens",
+                               "Of those, the tokens the engine reused from its prefix cache (where it says)",
+                               ["engine"])
+
+
+def engine_answer(engine: str, prompt_tokens: int, cached_tokens: int | None) -> None:
+    ENGINE_PROMPT_TOKENS.labels(engine).inc(prompt_tokens)
+    if cached_tokens is not None:
+        ENGINE_CACHED_TOKENS.labels(engine).inc(cached_tokens)
 
 
 @contextmanager

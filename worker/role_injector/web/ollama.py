@@ -1,9 +1,13 @@
 """The Ollama-compatible proxy (/api/*): roles for every Ollama client.
 
 HTTP only: read the client's request, let `role_injector.engines.ollama` rewrite bodies for virtual
-models (`virtual_models.target` says which), forward to the engine (ROLE_INJECTOR_OLLAMA_URL) and relay
-the answer chunk by chunk as it arrives. Requests on plain models, and every other path under /api/,
-go through untouched. Errors are in Ollama's shape (`error_shapes.OLLAMA`).
+models (`virtual_models.target` says which), forward to Ollama (ROLE_INJECTOR_OLLAMA_URL, or the profile
+file's Ollama engine) and relay the answer chunk by chunk as it arrives. Requests on plain models, and
+every other path under /api/, go through untouched. Errors are in Ollama's shape (`error_shapes.OLLAMA`).
+
+Ollama's API is not translated for an OpenAI-compatible engine: a model served by one is a 400 naming
+the route that serves it, /v1/chat/completions (its clients can send no `num_ctx`, `raw` prompt or
+`context` that such an engine would take, and OpenAI's route keeps every field the engine has).
 """
 
 from __future__ import annotations
@@ -15,14 +19,17 @@ from typing import Any
 from flask import Blueprint, Response, current_app, redirect, request
 
 from role_injector.engines import ollama as native
+from role_injector.engines.engine import Engine
+from role_injector.engines.kinds import EngineKind
 from role_injector.engines.transport import encode_json
+from role_injector.errors import InvalidRequest
 from role_injector.injection import Injection, VirtualRequest
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_body
 from role_injector.web.error_shapes import OLLAMA, answer_errors
 from role_injector.web.pages import wants_page
-from role_injector.web.state import profiles, roles
+from role_injector.web.state import compute, engines, profiles, roles
 from role_injector.web.upstream import forward_headers, is_stream, relay, send
-from role_injector.web.virtual_models import mark_dropped, placing, target
+from role_injector.web.virtual_models import Target, mark_placed, placing, target
 
 ollama = Blueprint("ollama", __name__)
 answer_errors(ollama, OLLAMA)
@@ -32,10 +39,31 @@ ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 Rewrite = Callable[[dict[str, Any], VirtualRequest], tuple[dict[str, Any], Injection]]
 
 
+def ollama_engine() -> Engine:
+    """The Ollama this proxy forwards to; a worker with none answers every Ollama client with a 400."""
+    found = engines().ollama
+    if found is None:
+        raise InvalidRequest(f"this worker serves no Ollama (its engine is {engines().default.where}): Ollama's "
+                             "API is not translated for it, so send chat requests to the OpenAI-compatible route "
+                             "/v1/chat/completions (base URL: this worker + /v1)")
+    return found
+
+
+def on_ollama(name: Any, field: str) -> Target:
+    """What a model name (a body's `field`) means, where Ollama serves it; a model another engine serves
+    is a 400."""
+    chosen = target(name, field)
+    if chosen.engine.kind is not EngineKind.OLLAMA:
+        raise InvalidRequest(f"model {name!r} is served by {chosen.engine.where}, which speaks OpenAI's API, not "
+                             "Ollama's: send it to /v1/chat/completions (base URL: this worker + /v1)",
+                             details={"field": field})
+    return chosen
+
+
 def forward(method: str, path: str, body: Any = None, content_type: str | None = None,
-            length: int | None = None) -> Response:
-    """Send to the engine and relay its answer as it is; errors inside an NDJSON stream as Ollama's."""
-    answer = send(method, path, body, forward_headers(content_type), length)
+            length: int | None = None, engine: Engine | None = None) -> Response:
+    """Send to Ollama and relay its answer as it is; errors inside an NDJSON stream as Ollama's."""
+    answer = send(engine or ollama_engine(), method, path, body, forward_headers(content_type), length)
     return relay(answer, shape=OLLAMA if is_stream(answer) else None)
 
 
@@ -47,13 +75,15 @@ def _completion(path: str, rewrite: Rewrite) -> Response:
     raw = read_proxy_body()
     body = parse_ollama_body(raw)
     field = native.model_field(body)
-    on_virtual = target(body.get(field), field).virtual
+    chosen = on_ollama(body.get(field), field)
+    on_virtual = chosen.virtual
     if on_virtual is None:
-        return forward("POST", path, raw)  # a plain model: the client's bytes, untouched
+        return forward("POST", path, raw, engine=chosen.engine)  # a plain model: the client's bytes, untouched
     with placing(on_virtual.virtual) as placed:
-        upstream_body, injection = rewrite(body, on_virtual)
+        upstream_body, injection = compute(lambda: rewrite(body, on_virtual))
         placed(injection)
-    return mark_dropped(forward("POST", path, encode_json(upstream_body), "application/json"), injection)
+    sent = forward("POST", path, encode_json(upstream_body), "application/json", engine=chosen.engine)
+    return mark_placed(sent, injection)
 
 
 @ollama.post("/api/chat")
@@ -71,22 +101,25 @@ def show() -> Response:
     raw = read_proxy_body()
     body = parse_ollama_body(raw)
     field = native.model_field(body)
-    on_virtual = target(body.get(field), field).virtual
+    chosen = on_ollama(body.get(field), field)
+    on_virtual = chosen.virtual
     if on_virtual is None:
-        return forward("POST", "/api/show", raw)
-    answer = send("POST", "/api/show", encode_json(native.rewrite_show(body, on_virtual.virtual)),
+        return forward("POST", "/api/show", raw, engine=chosen.engine)
+    answer = send(chosen.engine, "POST", "/api/show", encode_json(native.rewrite_show(body, on_virtual.virtual)),
                   forward_headers("application/json"))
     if answer.status != 200:
         return relay(answer)  # Ollama's own error, as it is
-    return answer_json(native.show_response(answer.json("/api/show"), on_virtual))
+    upstream = answer.json("/api/show")
+    return answer_json(compute(lambda: native.show_response(upstream, on_virtual)))
 
 
 @ollama.get("/api/tags")
 def tags() -> Response:
-    answer = send("GET", "/api/tags", headers=forward_headers())
+    serving = ollama_engine()
+    answer = send(serving, "GET", "/api/tags", headers=forward_headers())
     if answer.status != 200:
         return relay(answer)
-    return answer_json(native.tags_response(answer.json("/api/tags"), roles(), profiles()))
+    return answer_json(native.tags_response(answer.json("/api/tags"), roles(), engines().declared(serving, profiles())))
 
 
 @ollama.route("/", methods=["GET", "HEAD"])

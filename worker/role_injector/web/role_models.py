@@ -16,12 +16,12 @@ from typing import Any
 from flask import Blueprint, Response, g, request
 
 from role_injector.engines.transport import encode_json
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import InvalidRequest, RoleInjectorError
 from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import create_role_model, plan_role_model
 from role_injector.web.bodies import check_role_name, parse_json_object, parse_role_model, read_body
 from role_injector.web.error_shapes import REST, InternalError, answer_errors
-from role_injector.web.state import cache, engine, profiles, roles
+from role_injector.web.state import cache, compute, engines, profiles, roles
 
 role_models = Blueprint("role_models", __name__)
 answer_errors(role_models, REST)
@@ -43,9 +43,14 @@ def stream(first: dict[str, Any], rest: Iterator[dict[str, Any]]) -> Iterator[by
 @role_models.post("/v1/roles/<path:name>/ollama-model")
 def create_ollama_model(name: str) -> Response:
     options, replace = parse_role_model(parse_json_object(read_body(), request.content_type))
-    model = plan_role_model(roles(), profiles(), cache(), check_role_name(name, "name"), **options)
+    ollama = engines().ollama
+    if ollama is None:
+        raise InvalidRequest(f"creating an Ollama model needs Ollama, and this worker serves none (its engine is "
+                             f"{engines().default.where}); add one to the profile file's engines: (kind: ollama)")
+    role = check_role_name(name, "name")
+    model = compute(lambda: plan_role_model(roles(), profiles(), cache(), role, **options))
     g.log.update(role=model.role.name, model=model.name, base=model.base)
     # The engine's transport: its pooled connections, its timeouts, its bounds. One retry of what may pass.
-    lines = create_role_model(OllamaClient(engine().transport, retries=1), model, replace=replace)
+    lines = create_role_model(OllamaClient(ollama.transport, retries=1), model, replace=replace)
     first = next(lines)  # errors before Ollama's first line are answered as errors
     return Response(stream(first, lines), mimetype="application/x-ndjson")

@@ -2,10 +2,10 @@
 proxy, the OpenAI-compatible route): the Flask side of `role_injector.engines.transport`.
 
     api_path()                                          # the client's path, if it is a plain /api/ path
-    answer = send("POST", "/api/chat", body, forward_headers("application/json"))
+    answer = send(engine, "POST", "/api/chat", body, forward_headers("application/json"))
     return relay(answer)                                # relayed as it arrives (a stream) or read whole
 
-- `send` goes through the app's engine's transport (`state.engine()`) with the client watched
+- `send` goes through the engine's transport (one of `state.engines()`) with the client watched
   (`client_watch`): when the client disconnects while the engine is silent, the connection to the
   engine is closed at once, which tells it to stop; the request ends with `ClientClosed` (499, logged).
 - `relay(answer, body=None, ...)` is the Flask response. Before the status goes out it waits for the
@@ -27,13 +27,14 @@ from typing import Any
 
 from flask import Response, request
 
+from role_injector.engines.engine import Engine
 from role_injector.engines.lines import MAX_LINE_BYTES
 from role_injector.engines.transport import Answer
 from role_injector.engines.url import SEGMENT
 from role_injector.errors import ClientClosed, InvalidRequest, RoleInjectorError
 from role_injector.web.client_watch import ClientWatch
 from role_injector.web.error_shapes import ErrorShape, InternalError
-from role_injector.web.state import engine, settings
+from role_injector.web.state import settings
 
 log = logging.getLogger("role_injector.upstream")
 
@@ -91,10 +92,10 @@ def forward_headers(content_type: str | None = None) -> dict[str, str]:
     return headers
 
 
-def send(method: str, path: str, body: bytes | Iterable[bytes] | None = None,
+def send(engine: Engine, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
          headers: dict[str, str] | None = None, length: int | None = None) -> Answer:
-    """Send a request to the engine (see `Transport.send`), the client watched while it waits."""
-    return engine().transport.send(method, path, body, headers, length, watch=ClientWatch.start())
+    """Send a request to `engine` (see `Transport.send`), the client watched while it waits."""
+    return engine.transport.send(method, path, body, headers, length, watch=ClientWatch.start())
 
 
 def _cut() -> BrokenPipeError:

@@ -18,13 +18,16 @@ from role_injector.injection import Injection, VirtualRequest
 from role_injector.options import OptionError, RoleOptions
 from role_injector.profiles import VirtualModel, check_model_length, resolve_virtual
 from role_injector.web import metrics
-from role_injector.web.state import cache, engine, profiles, roles
+from role_injector.web.state import cache, engines, profiles, roles
 
 # Ollama clients cannot send fields of their own, but most can send headers: this one chooses the
 # context policy of a request (role_injector.context) over the virtual model's and the role's.
 POLICY_HEADER = "X-Role-Injector-Context-Policy"
-# On every answer for a virtual model: how many of the oldest messages the policy left out.
+# On every answer for a virtual model: how many of the oldest messages the policy left out, and the
+# prompt's tokens as the worker counted them (exactly, or estimated with the profile's margin).
 DROPPED_HEADER = "X-Role-Injector-Dropped-Messages"
+PROMPT_TOKENS_HEADER = "X-Role-Injector-Prompt-Tokens"
+COUNTS_HEADER = "X-Role-Injector-Counts"
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,12 @@ def target(name: Any, field: str = "model") -> Target:
     check_model_length(name, field)
     virtual = resolve_virtual(profiles(), name)
     if virtual is None:
-        return Target(engine(), None)
-    g.log.update(model=virtual.name, base=virtual.base, role=virtual.role)
-    return Target(engine(), VirtualRequest(virtual, roles(), profiles(), cache(), header_options()))
+        serving = engines().serving(profiles(), name if isinstance(name, str) else None)
+        g.log.update(engine=serving.name)
+        return Target(serving, None)
+    serving = engines().serving(profiles(), virtual.base, virtual)
+    g.log.update(model=virtual.name, base=virtual.base, role=virtual.role, engine=serving.name)
+    return Target(serving, VirtualRequest(virtual, roles(), profiles(), cache(), header_options()))
 
 
 def header_options() -> RoleOptions:
@@ -66,13 +72,16 @@ def placing(virtual: VirtualModel) -> Iterator[Callable[[Injection], None]]:
             record(injection)
             g.log.update(system_tokens=injection.usage.system_tokens, trimmed=injection.fit.trimmed,
                          context_policy=injection.usage.context_policy,
-                         dropped_messages=injection.dropped_messages)
+                         dropped_messages=injection.dropped_messages,
+                         tokens=injection.usage.prompt_tokens, exact=injection.usage.exact)
 
         yield placed
 
 
-def mark_dropped(response: Response, injection: Injection | None) -> Response:
-    """The dropped-messages header on an answer for a virtual model."""
+def mark_placed(response: Response, injection: Injection | None) -> Response:
+    """The dropped-messages and prompt-count headers on an answer for a virtual model."""
     if injection is not None:
         response.headers[DROPPED_HEADER] = str(injection.dropped_messages)
+        response.headers[PROMPT_TOKENS_HEADER] = str(injection.usage.prompt_tokens)
+        response.headers[COUNTS_HEADER] = "exact" if injection.usage.exact else "estimate"
     return response
