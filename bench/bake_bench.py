@@ -15,7 +15,13 @@ questions the mean log-likelihood per answer token and the behaviour score of th
 role, with it and of the baked model without it, each as retention (target >= 0.5), and the neutral
 score of the three (the baked model's within 0.1 of the base's with the role).
 
-Run: .venv/bin/python -m bench.bake_bench [--epochs 2] [--learning-rate 3e-5] [--context 256] [--keep DIR]
+With --drop-repeats, training leaves out the teacher's answers that loop (a three-word sequence said
+three times or more: a 135M teacher loops in about a third of its answers, and a student taught those
+loops repeats the opening for ever); the held-out answers, the checks and the neutral questions stay
+the same.
+
+Run: .venv/bin/python -m bench.bake_bench [--epochs 2] [--learning-rate 3e-5] [--context 256] [--drop-repeats]
+    [--keep DIR [--evaluate-only]]
 (about 15 minutes on 2 idle cores, an hour on busy ones; with --keep DIR, a later run reuses the
 dataset and the base's scores — the same questions, answers and base give the same scores)
 """
@@ -26,10 +32,12 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import re
 import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,7 +48,7 @@ from role_injector.fitting import FitCache
 from role_injector.llama_server import LlamaServerClient
 from role_injector.llama_tools import TrainingSettings, llama_server
 from role_injector.profiles import load_profiles
-from role_injector.store import RoleStore
+from role_injector.store import RoleSet, RoleStore
 from tests.engine import llama_bin, smollm2
 from tests.servers import REPO
 
@@ -56,6 +64,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=bake_train.DEFAULT_SETTINGS.epochs)
     parser.add_argument("--learning-rate", type=float, default=bake_train.DEFAULT_SETTINGS.learning_rate)
     parser.add_argument("--context", type=int, default=bake_train.DEFAULT_SETTINGS.context)
+    parser.add_argument("--drop-repeats", action="store_true", help="train without the teacher's looping answers")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="no training: evaluate the baked model an earlier run left in --keep DIR")
     parser.add_argument("--keep", metavar="DIR", help="keep the dataset and the baked model here")
     args = parser.parse_args()
 
@@ -79,18 +90,11 @@ def main() -> int:
           f"{dataset.answer_tokens} answer tokens, {dataset_seconds:.0f} s")
 
     baked = work / "baked.gguf"
-    if baked.exists():
-        baked.unlink()
-    settings = TrainingSettings(context=args.context, epochs=args.epochs, learning_rate=args.learning_rate, threads=2)
-    summary = bake_train.train(files.train, base, baked, roles, folder, settings=settings)
-    per_second = summary.steps * settings.context / summary.training_seconds  # padding included
-    losses = ", ".join(f"{loss:.3f}" for loss in summary.epoch_losses)
-    print(f"training (lr {settings.learning_rate:g}, context {settings.context}): {summary.pairs} pairs, "
-          f"{summary.tokens} tokens ({summary.trained_tokens} of answers trained) in {summary.windows} windows, "
-          f"{summary.epochs} epochs, {summary.steps} steps in {summary.training_seconds / 60:.1f} min "
-          f"({per_second:.0f} tokens/s), mean loss per answer token by epoch {losses}, peak memory "
-          f"{summary.peak_memory_bytes / 2**30:.2f} GiB, disk {summary.disk_needed_bytes / 2**20:.0f} MiB, "
-          f"model {summary.size_bytes / 2**20:.0f} MiB")
+    if args.evaluate_only:
+        if not baked.exists():
+            parser.error(f"--evaluate-only: no {baked} to evaluate")
+    else:
+        _train(args, files, base, baked, roles, folder)
 
     models = {"base": base, "baked": baked}
     prompt = teacher.prompt
@@ -131,6 +135,41 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     met = all(isinstance(r, float) and r >= TARGET for r in (likelihood["retention"], behaviour["retention"]))
     return 0 if met and neutral["kept"] else 1
+
+
+def _train(args: argparse.Namespace, files: bake.DatasetFiles, base: Path, baked: Path, roles: RoleSet,
+           folder: Path) -> None:
+    if baked.exists():
+        baked.unlink()
+    settings = TrainingSettings(context=args.context, epochs=args.epochs, learning_rate=args.learning_rate, threads=2)
+    training = _without_repeats(files) if args.drop_repeats else files.train
+    summary = bake_train.train(training, base, baked, roles, folder, settings=settings)
+    per_second = summary.steps * settings.context / summary.training_seconds  # padding included
+    losses = ", ".join(f"{loss:.3f}" for loss in summary.epoch_losses)
+    print(f"training (lr {settings.learning_rate:g}, context {settings.context}): {summary.pairs} pairs, "
+          f"{summary.tokens} tokens ({summary.trained_tokens} of answers trained) in {summary.windows} windows, "
+          f"{summary.epochs} epochs, {summary.steps} steps in {summary.training_seconds / 60:.1f} min "
+          f"({per_second:.0f} tokens/s), mean loss per answer token by epoch {losses}, peak memory "
+          f"{summary.peak_memory_bytes / 2**30:.2f} GiB, disk {summary.disk_needed_bytes / 2**20:.0f} MiB, "
+          f"model {summary.size_bytes / 2**20:.0f} MiB")
+
+
+def _repeats(answer: str, size: int = 3, times: int = 3) -> bool:
+    words = re.findall(r"\w+", answer.casefold())
+    counts = Counter(tuple(words[i:i + size]) for i in range(len(words) - size + 1))
+    return max(counts.values(), default=0) >= times
+
+
+def _without_repeats(files: bake.DatasetFiles) -> Path:
+    """A copy of the training pairs without the answers that loop, beside the dataset (with its meta)."""
+    kept = bake.DatasetFiles.for_output(files.train.with_name("no-repeats.jsonl"))
+    lines = files.train.read_text("utf-8").splitlines()
+    answers = [json.loads(line)["messages"][-1]["content"] for line in lines]
+    kept.train.write_text("".join(f"{line}\n" for line, answer in zip(lines, answers, strict=True)
+                                  if not _repeats(answer)), "utf-8")
+    shutil.copy(files.meta, kept.meta)
+    print(f"training without repeats: {sum(map(_repeats, answers))} of {len(answers)} teacher answers left out")
+    return kept.train
 
 
 def _fingerprint(held_out: Path, base: Path, role_version: str) -> str:
