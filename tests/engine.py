@@ -26,7 +26,7 @@ import requests
 
 from role_injector.engine_tokens import PostJson
 from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
-from tests.servers import REPO, free_port, stop_process
+from tests.servers import REPO, ServerProcess, free_port, stop_process
 
 TOOLCHAIN = REPO / "scripts" / "engine-toolchain.sh"
 SMOLLM2_WINDOW = 8192  # SmolLM2-135M-Instruct's trained context
@@ -58,14 +58,8 @@ def vllm_router() -> Path:
     return _toolchain("router")
 
 
-@dataclass
-class LlamaServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class LlamaServer(ServerProcess):
+    """A llama-server the suite started."""
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:

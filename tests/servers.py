@@ -31,13 +31,20 @@ def free_port() -> int:
 
 
 @dataclass
-class WorkerProcess:
+class ServerProcess:
+    """A server the suite started: where it answers, its process and its log."""
+
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class WorkerProcess(ServerProcess):
+    """A `role-injector serve` the suite started (gunicorn's master)."""
 
     def worker_pids(self) -> list[int]:
         """gunicorn's worker processes: the children of its master."""
