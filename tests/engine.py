@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -157,6 +157,8 @@ class EngineExchange:
     path: str
     body: Any  # the request's JSON (None when empty)
     answer: bytes  # what went back to the worker (at most 1 MiB)
+    raw: bytes = b""  # the request's body as it came
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's, as they came
 
 
 class FaultyEngine:
@@ -205,7 +207,7 @@ class FaultyEngine:
                 time.sleep(fault.delay)
                 if fault.status is not None:
                     body = fault.body if isinstance(fault.body, bytes) else json.dumps(fault.body).encode()
-                    engine._record(EngineExchange(self.command, path, _json(raw), body))
+                    engine._record(EngineExchange(self.command, path, _json(raw), body, raw, dict(self.headers)))
                     self.send_response(fault.status)
                     self.send_header("Content-Type", fault.content_type)
                     self.send_header("Content-Length", str(len(body)))
@@ -219,7 +221,8 @@ class FaultyEngine:
                 sent = bytearray()
 
                 def record() -> None:  # before the answer's last bytes: a test reads it once its answer is in
-                    engine._record(EngineExchange(self.command, path, _json(raw), bytes(sent)))
+                    engine._record(EngineExchange(self.command, path, _json(raw), bytes(sent), raw,
+                                                  dict(self.headers)))
 
                 try:
                     if fault.rewrite is not None:

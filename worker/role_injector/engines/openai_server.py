@@ -42,10 +42,11 @@ from role_injector.engine_window import (
     max_model_len_window,
 )
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
-from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.engine import ChatCall, Engine, chat_key
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.lines import read_lines
 from role_injector.engines.messages import neutralise_message, neutralise_tools
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS
 from role_injector.engines.transport import Answer, Transport, encode_json
 from role_injector.errors import BudgetTooSmall, ContextOverflow, UpstreamError, UpstreamRefused, VariableError
 from role_injector.fitting import FitCache
@@ -276,8 +277,9 @@ class OpenAIServerEngine(Engine):
     models_path = "/v1/models"
 
     def __init__(self, name: str, kind: EngineKind, transport: Transport,
-                 facts: FactsCache[ModelFacts] | None = None) -> None:
-        super().__init__(name, transport)
+                 facts: FactsCache[ModelFacts] | None = None,
+                 routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS) -> None:
+        super().__init__(name, transport, routing_headers)
         self.kind = kind
         self.server = SERVERS[kind]
         self.label = self.server.label
@@ -352,11 +354,6 @@ class OpenAIServerEngine(Engine):
 
     # --- the request ---
 
-    def request_headers(self, request: ChatRequest, virtual: VirtualRequest | None) -> dict[str, str]:
-        """Headers of the engine's own for a chat request, over the client's: where a router in front
-        of several engines is given its routing key (a session's, so its prefix cache is found again)."""
-        return {}
-
     def chat_call(self, request: ChatRequest, virtual: VirtualRequest | None, profiles: Profiles,
                   cache: FitCache) -> ChatCall:
         body = dict(request.body)
@@ -366,7 +363,7 @@ class OpenAIServerEngine(Engine):
         injection = None
         if virtual is not None:
             body, injection = self._with_role(body, messages, virtual, profiles, cache)
-        return ChatCall(CHAT_PATH, encode_json(streamed(body)), injection, self.request_headers(request, virtual))
+        return self.call(CHAT_PATH, encode_json(streamed(body)), injection, chat_key(request))
 
     def _with_role(self, body: dict[str, Any], messages: list[dict[str, Any]], request: VirtualRequest,
                    profiles: Profiles, cache: FitCache) -> tuple[dict[str, Any], Injection]:
