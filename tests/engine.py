@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import threading
 import time
@@ -68,12 +69,13 @@ class LlamaServer:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0,
+                 what: str = "llama-server") -> None:
     """Until `GET /health` answers 200 (llama-server answers 503 while it loads the model)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {process.returncode} before it was healthy")
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was healthy")
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -113,14 +115,15 @@ def run_llama_server(
     context: int = SMOLLM2_WINDOW,
     slots: int = 1,
     extra: Sequence[str] = (),
+    threads: int = 2,
 ) -> Iterator[LlamaServer]:
     """`llama-server` on a free port with `model` (default SmolLM2), `slots` parallel slots sharing
-    `context` tokens, 2 threads; stopped afterwards."""
+    `context` tokens, `threads` threads; stopped afterwards."""
     port = free_port()
     log_path = log_dir / f"llama-server-{port}.log"
     binary = llama_bin() / "llama-server"
     command = [str(binary), "-m", str(model or smollm2()), "--host", "127.0.0.1", "--port", str(port),
-               "-c", str(context), "-np", str(slots), "-t", "2", "--no-ui", *extra]
+               "-c", str(context), "-np", str(slots), "-t", str(threads), "--no-ui", *extra]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={"LD_LIBRARY_PATH": str(binary.parent), "PATH": "/usr/bin:/bin"})
@@ -128,6 +131,46 @@ def run_llama_server(
     try:
         wait_healthy(url, process)
         yield LlamaServer(url=url, process=process, log_path=log_path)
+    finally:
+        stop_process(process, timeout=10)
+
+
+# --- a router in front of several engines ---------------------------------------------------------------
+
+# How vllm-router gives up on a dead engine within one request (docs/scaling.md): after 2 failures its
+# circuit opens, and the request's next retry (of up to 4, 20 ms apart at first) goes to another engine.
+ROUTER_FAILOVER = ("--cb-failure-threshold", "2", "--retry-max-retries", "4", "--retry-initial-backoff-ms", "20")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass
+class Router:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        """Its log without colours (it colours its lines whatever NO_COLOR says)."""
+        return ANSI.sub("", self.log_path.read_text(errors="replace"))
+
+
+@contextmanager
+def run_vllm_router(log_dir: Path, engines: Sequence[str], policy: str = "consistent_hash",
+                    extra: Sequence[str] = ROUTER_FAILOVER) -> Iterator[Router]:
+    """vllm-router (installed by scripts/engine-toolchain.sh) on a free port in front of `engines` (their
+    URLs), with `policy`; its Prometheus exporter on another free port; stopped afterwards."""
+    port = free_port()
+    log_path = log_dir / f"vllm-router-{port}.log"
+    command = [str(vllm_router()), "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+               "--worker-urls", *engines, "--policy", policy, "--health-check-endpoint", "/health",
+               "--log-level", "info", *extra]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, what="vllm-router")  # 200 once every engine behind it is healthy
+        yield Router(url=url, process=process, log_path=log_path)
     finally:
         stop_process(process, timeout=10)
 

@@ -46,7 +46,7 @@ from role_injector.engines.engine import ChatCall, Engine, chat_key
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.lines import read_lines
 from role_injector.engines.messages import neutralise_message, neutralise_tools
-from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, routing_key
 from role_injector.engines.transport import Answer, Transport, encode_json
 from role_injector.errors import BudgetTooSmall, ContextOverflow, UpstreamError, UpstreamRefused, VariableError
 from role_injector.fitting import FitCache
@@ -293,10 +293,17 @@ class OpenAIServerEngine(Engine):
         assert found is not None  # _read_facts always answers
         return found
 
+    def _exchange(self, method: str, path: str, body: Any = None) -> Any:
+        """A JSON exchange of the worker's own (facts, counts) under a routing key of its path and body:
+        a router logs that key rather than the body (vllm-router logs a short body whole, conversation
+        text included, when a request has no key), and spreads these requests as it would by the body."""
+        key = routing_key(path, None, json.dumps(body, ensure_ascii=True, sort_keys=True))
+        return self.transport.request_json(method, path, body, dict.fromkeys(self.routing_headers, key))
+
     def _asked(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON exchange with the engine, a missing endpoint said plainly (is the engine's kind right?)."""
         try:
-            return self.transport.request_json(method, path, body)
+            return self._exchange(method, path, body)
         except UpstreamRefused as exc:
             if exc.details.get("status") not in (404, 405, 501):
                 raise
@@ -334,7 +341,7 @@ class OpenAIServerEngine(Engine):
         messages = [{"role": "system", "content": PROBE_SYSTEM}] + [
             {"role": m.role, "content": m.content} for m in PROBE_TURNS]
         try:
-            answer = self.transport.request_json("POST", "/apply-template", {"messages": messages})
+            answer = self._exchange("POST", "/apply-template", {"messages": messages})
         except UpstreamRefused:
             return None
         prompt = answer.get("prompt") if isinstance(answer, dict) else None
@@ -346,7 +353,7 @@ class OpenAIServerEngine(Engine):
         conversation as the profile's chat format does."""
         if profile.exact or self.server.tokenize is None:
             return None
-        tokenizer = EngineTokenizer(lambda path, body: self.transport.request_json("POST", path, body),
+        tokenizer = EngineTokenizer(lambda path, body: self._exchange("POST", path, body),
                                     self.server.tokenize, model, f"{self.label}:{self.name}/{facts.model_id}", cache)
         if facts.probe is not None and facts.probe != RENDERERS[profile.format](PROBE_SYSTEM, PROBE_TURNS):
             return Counting(tokenizer, exact=False, margin=profile.margin)
