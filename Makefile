@@ -57,6 +57,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.connections_bench
 	$(BIN)/python -m bench.engine_tokens_bench
 	$(BIN)/python -m bench.bake_bench
+	$(BIN)/python -m bench.roles_bench
 	$(BIN)/python -m bench.engine_bench
 
 clean:

@@ -8,21 +8,26 @@ from the fit cache), through the library's `inject` with the budget a request ge
 - added p50: p50 of an injection with relevance selection minus p50 of the same injection with
   priority selection (whose fit, the same for every question, comes from the fit cache): target <= 2 ms;
 - the parts of it: ranking the sections for the question, and fitting the ranked sections;
-- the index build: once per role version, on the first relevance request.
+- the index build: once per role version, on the first relevance request;
+- the index's size per MB of role: this role, a book at the size limit (3.8 MB of the same text in
+  8,300 sections), and the worst text (3.8 MB of words that are all different), against the bound
+  the fit cache plans with and the default cache.
 
 Run: make bench   (or .venv/bin/python -m bench.relevance_bench)
 """
 
 from __future__ import annotations
 
+import random
 import statistics
+import string
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from bench.handbook import LANGUAGES, role_text, topics
-from role_injector.fitting import FitCache, fit_budget
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FitCache, fit_budget
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.options import RoleOptions
@@ -37,10 +42,12 @@ TARGET_TOKENS = 200_000
 TARGET_MS = 2.0
 MODEL = "qwen3:8b"
 ROUNDS = 640
+BOOK_TOKENS = 760_000  # a role of 3.8 MB in these sections (English and Russian)
+MB = 1024 * 1024
 
 
-def large_role() -> Role:
-    """Sections of the handbooks and the manifest, copied under numbered titles up to TARGET_TOKENS."""
+def large_role(target_tokens: int = TARGET_TOKENS) -> Role:
+    """Sections of the handbooks and the manifest, copied under numbered titles up to `target_tokens`."""
     tokenizer = load_tokenizer("qwen")
     manifest = RoleStore(ROLES).current().roles["manifest"]
     bodies = [section.text.partition("\n")[2] for section in manifest.sections[1:]]
@@ -51,16 +58,35 @@ def large_role() -> Role:
             bodies.append(topic.text)
     preamble = role_text("en").split("\n## ")[0].split("---\n", 2)[2]
     sections, total, copy = [preamble, "## How to answer {required}\nAnswer from the sections below."], 0, 0
-    while total < TARGET_TOKENS:
+    while total < target_tokens:
         for title, body in zip(titles, bodies, strict=True):
             text = f"## {title} ({copy})\n{body}".replace("{{team}}", "Platform").replace("{{assistant_name}}", "Keel")
             sections.append(text)
             total += tokenizer.count(text)
-            if total >= TARGET_TOKENS:
+            if total >= target_tokens:
                 break
         copy += 1
 
     return build_role(parse_role_source("large", "large.md", "\n\n".join(sections)))
+
+
+def unique_words_role(size: int, sections: int) -> Role:
+    """The worst text for an index: `size` bytes of six-letter words, nearly every one different."""
+    chosen = random.Random(1)
+    words = " ".join("".join(chosen.choice(string.ascii_lowercase) for _ in range(6)) for _ in range(size // 7))
+    step = len(words) // sections
+    text = "\n\n".join(f"## Part {i}\n{words[i * step:(i + 1) * step]}" for i in range(sections))
+    return build_role(parse_role_source("unique", "unique.md", text))
+
+
+def index_size(role: Role) -> str:
+    started = time.perf_counter()
+    index = RelevanceIndex(role.sections)
+    seconds = time.perf_counter() - started
+    size = sum(len(section.text.encode()) for section in role.sections) / MB
+    return (f"{size:.2f} MB in {len(role.sections)} sections: index {index.nbytes / MB:.2f} MB "
+            f"({index.nbytes / MB / size:.2f} MB per MB of role), built in {seconds:.2f} s; bound "
+            f"{RelevanceIndex.bound(role.sections) / MB:.1f} MB")
 
 
 def median_ms(samples: list[float]) -> float:
@@ -80,7 +106,7 @@ def main() -> int:
     questions = [q for language in LANGUAGES for topic in topics(language) for q in topic.questions]
 
     import_started = time.perf_counter()
-    RelevanceIndex(role.sections[:1])  # imports bm25s and numpy, once per process
+    RelevanceIndex(role.sections[:1])  # imports bm25s (stop words) and numpy, once per process
     import_ms = (time.perf_counter() - import_started) * 1e3
     builds = [timed(lambda: RelevanceIndex(role.sections)) for _ in range(3)]
 
@@ -113,6 +139,11 @@ def main() -> int:
     print(f"  of which: ranking p50 {median_ms(samples['rank']):.3f} ms, fit with a new ranking p50 "
           f"{median_ms(samples['fit']):.3f} ms")
     print(f"added p50 of relevance selection: {added:.3f} ms (target <= {TARGET_MS} ms)")
+    print("\nthe index in memory (the fit cache holds it whole; the default cache is "
+          f"{DEFAULT_FIT_CACHE_BYTES / MB:.0f} MB):")
+    print(f"  this role: {index_size(role)}")
+    print(f"  a book at the size limit: {index_size(large_role(BOOK_TOKENS))}")
+    print(f"  all words different: {index_size(unique_words_role(int(3.8 * MB), 2_000))}")
     return 0 if added <= TARGET_MS else 1
 
 

@@ -17,12 +17,13 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from role_injector.errors import RoleError
 from role_injector.fitting import ENTRY_BYTES, FitCache, fit_budget, footprint, measure_section
 from role_injector.formats import Message
 from role_injector.injection import InjectRequest, inject
 from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
-from role_injector.relevance import Query, RelevanceIndex
+from role_injector.relevance import INDEX_BYTES_PER_BYTE, Query, RelevanceIndex
 from role_injector.roles import Section, resolve_variables
 from role_injector.settings import Settings
 from role_injector.store import RoleStore
@@ -112,7 +113,7 @@ RUSSIAN = "абвгдежзийклмнопрстуфхцчшщыэюя"
 @pytest.mark.parametrize("shape", INDEX_SHAPES)
 def test_a_relevance_index_is_counted_with_at_least_the_bytes_it_holds(shape: str) -> None:
     sections = INDEX_SHAPES[shape]()
-    RelevanceIndex(sections[:1])  # imports and their caches, before measuring
+    RelevanceIndex(sections)  # imports, and the stemmers' caches (bounded, not the index's), before measuring
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -121,6 +122,41 @@ def test_a_relevance_index_is_counted_with_at_least_the_bytes_it_holds(shape: st
     finally:
         tracemalloc.stop()
     assert footprint(index) >= held
+    assert index.nbytes <= RelevanceIndex.bound(sections)
+
+
+unicode_words = st.lists(st.text(st.characters(categories=["L", "N"]) | st.sampled_from("ΐŉİﬃß"), min_size=1,
+                                 max_size=6), max_size=80).map(" ".join)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), unicode_words), min_size=1, max_size=20))
+def test_an_index_never_holds_more_than_its_bound(shapes: list[tuple[bool, str]]) -> None:
+    """The bound is known before the index is built (the fit cache refuses an index that might not fit):
+    words of one letter, letters that casefold into several, titles counted three times."""
+    sections = [Section(f"T{words[:8]}" if titled else None, (f"## T{words[:8]}\n" if titled else "") + words,
+                        50, False, frozenset()) for titled, words in shapes]
+    assert RelevanceIndex(sections).nbytes <= RelevanceIndex.bound(sections)
+
+
+def test_the_index_of_the_largest_role_the_default_limits_admit_fits_the_default_cache() -> None:
+    limits, cache = Settings().role_limits, FitCache()
+    sections = [Section("x", "x", 50, False, frozenset())] * limits.max_sections
+    largest = RelevanceIndex.bound(sections) + INDEX_BYTES_PER_BYTE * (limits.max_resolved_bytes - len(sections))
+    assert largest < cache.max_bytes // 2  # and leaves room for the rest
+
+
+def test_an_index_that_might_not_fit_is_refused_before_it_is_built(tmp_path: Path) -> None:
+    (tmp_path / "book.md").write_text("---\nselection: relevance\n---\n" + "".join(
+        f"## Chapter {i}\n" + unique_words(200, string.ascii_lowercase, 6, i) + "\n\n" for i in range(40)))
+    role = RoleStore(tmp_path).current().roles["book"]
+    small = FitCache(max_bytes=RelevanceIndex.bound(role.sections))  # the index itself would fit, maybe
+    with pytest.raises(RoleError) as refused:
+        small.relevance_index(role)
+    assert "ROLE_INJECTOR_FIT_CACHE_BYTES" in refused.value.message
+    assert refused.value.details["limit"] == "ROLE_INJECTOR_FIT_CACHE_BYTES" and len(small) == 0
+    roomy = FitCache(max_bytes=2 * RelevanceIndex.bound(role.sections))
+    assert roomy.relevance_index(role) is roomy.relevance_index(role)
 
 
 def test_distinct_large_variable_values_stay_within_the_budget(tmp_path: Path) -> None:

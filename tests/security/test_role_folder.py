@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from role_injector.store import NotARegularFile, RoleStore, read_regular_file
+from role_injector.regular_files import NotARegularFile, read_regular_file
+from role_injector.store import RoleStore
 from tests.security.hostile_roles import GOOD, serve_roles
 
 OUTSIDE = "SECRET=do-not-serve\n"
@@ -83,6 +84,21 @@ def test_a_roles_folder_reached_through_a_link_and_a_linked_partials_folder_insi
     store = RoleStore(tmp_path / "current")
     assert store.current().roles["signed"].content == "Hello. Signed."
     assert not store.current().errors
+
+
+def test_a_partials_folder_linked_to_outside_is_not_read(tmp_path: Path) -> None:
+    roles = folder(tmp_path)
+    (roles / "_partials").rmdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "sig.md").write_text(OUTSIDE)
+    (roles / "_partials").symlink_to(tmp_path / "elsewhere")
+    (roles / "signed.md").write_text("Hello. {{> sig}}\n")
+    store = RoleStore(roles, check_interval=0, settle_time=0)
+    assert errors(store) == {"signed.md": "partial 'sig': the folder _partials cannot be read: _partials is a "
+                                          "symbolic link to outside the roles folder"}
+    (tmp_path / "elsewhere" / "sig.md").write_text(OUTSIDE + "more\n")
+    assert store.refresh_files({"_partials/sig.md"}) == set()
+    assert "signed" not in store.current().roles and set(store.current().roles) == {"fine"}
 
 
 def make_special_files(roles: Path) -> None:

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from role_injector.normalization import LONG_MARK_RUN, marks, nfc
-from role_injector.tokens import VOCABULARIES, Tokenizer, load_tokenizer
+from role_injector.tokens import BLANK_CHAR, VOCABULARIES, Tokenizer, load_tokenizer
 from tests.ollama_standin import OllamaStandin
 from tests.security.hostile_roles import GOOD, MIB, serve_roles
 
@@ -60,6 +60,19 @@ def test_prompt_counts_equal_the_unsplit_tokenizer_with_specials(name: str, long
     prompt = f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n"
     normalised = unicodedata.normalize("NFC", prompt) if tokenizer.nfc else prompt
     assert tokenizer.count_prompt(prompt) == len(tokenizer.encoding.encode(normalised, allowed_special="all"))
+
+
+blank_runs = st.lists(st.sampled_from(sorted({chr(c) for c in range(0x110000) if BLANK_CHAR.match(chr(c))})),
+                      min_size=1, max_size=3000).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(TOKENIZERS), blank_runs)
+def test_the_blank_piece_encoder_gives_the_tokens_of_the_whole_vocabulary(name: str, run: str) -> None:
+    """Long runs of blanks are encoded by an encoding that knows only the tokens made of blanks' bytes
+    (and releases the GIL): a piece of blanks never needs another token."""
+    tokenizer = load_tokenizer(name)
+    assert tokenizer.blank_pieces.encode_ordinary(run) == tokenizer.encoding._encode_single_piece(run.encode())
 
 
 SHAPES = {

@@ -179,7 +179,7 @@ def test_cut_points_skip_code_fences_and_headings() -> None:
 
 class CountingTokenizer(VocabularyTokenizer):
     def __init__(self, base: VocabularyTokenizer) -> None:
-        super().__init__(base.name, base.encoding, base.nfc, base.token_bytes)
+        super().__init__(base.name, base.encoding, base.nfc, base.token_bytes, base.blank_pieces)
         self.encoded_chars = 0
 
     def encode(self, text: str) -> list[int]:

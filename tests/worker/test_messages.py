@@ -34,8 +34,7 @@ ALL_TOKENS = sorted(set().union(*(template_tokens(name) for name in TEMPLATES)) 
 
 def render(name: str, messages: list[dict[str, Any]], tools: list[Any] | None = None) -> str:
     """As transformers' apply_chat_template renders it (render_reference, with tools)."""
-    return _compiled(name).render(messages=messages, tools=tools, documents=None, add_generation_prompt=True,
-                                  **SPECIAL_TOKENS[name])
+    return _compiled(name).render(messages, tools=tools, add_generation_prompt=True)
 
 
 # --- a conversation whose every slot is generated ---------------------------------------------------

@@ -15,7 +15,7 @@ from role_injector.injection import InjectRequest, inject
 from role_injector.options import RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.relevance import MAX_QUERY_CHARS, Query, RelevanceIndex, terms
-from role_injector.roles import Role
+from role_injector.roles import Role, Section
 from role_injector.store import RoleStore
 from role_injector.tokens import VOCABULARIES, Tokenizer, load_tokenizer
 from tests.worker.conftest import RoleWriter
@@ -190,6 +190,43 @@ def test_counts_add_up_at_a_separator_before_a_heading(first: str, pieces: list[
         assert added == tokenizer.count("\n\n".join(texts)), tokenizer.name
 
 queries = st.lists(st.sampled_from([*WORDS, "the", "и", "section", "?", "x" * 300]), max_size=12).map(" ".join)
+
+
+# --- the index against bm25s ------------------------------------------------------------------------
+
+section_texts = st.lists(st.lists(st.sampled_from([*WORDS, "the", "и", "Parking", "парковка", "x" * 40, "?", "ΐ"]),
+                                  max_size=30).map(" ".join), min_size=1, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(bodies=section_texts, titled=st.lists(st.booleans(), min_size=12, max_size=12),
+       question=st.lists(queries, min_size=1, max_size=3))
+def test_the_compact_index_scores_exactly_as_bm25s(bodies: list[str], titled: list[bool], question: list[str]) -> None:
+    """The index holds bm25s's scores in its own arrays: bit for bit the scores bm25s gives for the same
+    terms (its Lucene variant, float32, terms added in the query's order), for every part of a query."""
+    import bm25s
+
+    from role_injector.relevance import _document
+
+    sections = [Section(f"T{i} {body[:12]}" if titled[i] else None,
+                        (f"## T{i} {body[:12]}\n" if titled[i] else "") + body, 50, False, frozenset())
+                for i, body in enumerate(bodies)]
+    documents = [_document(section) for section in sections]
+    index = RelevanceIndex(sections)
+    if not any(documents):
+        assert not index.scores(Query.from_text(" ".join(question))).any()
+        return
+    oracle = bm25s.BM25()
+    oracle.index(documents, show_progress=False)
+    for words in (tuple(dict.fromkeys(terms(q))) for q in question):
+        expected = oracle.get_scores_from_ids(oracle.get_tokens_ids(list(words)))
+        assert index.scores(Query(((1.0, words),))).astype("float32").tobytes() == expected.tobytes()
+
+
+def test_words_that_are_no_term_of_the_index_match_nothing() -> None:
+    index = RelevanceIndex(make_role(HANDBOOK).sections)
+    assert index.term_ids(["bike", "cage", "nothing", "", "bikes"]) == index.term_ids(["bike", "cage"])
+    assert len(index.term_ids(["bike", "cage"])) == 2 and index.term_ids(["zzz"]) == []
 
 
 def relevance_fit(role: Role, budget: int, tokenizer: Tokenizer, question: str, cache: FitCache | None = None):

@@ -7,7 +7,7 @@ import re
 from role_injector.settings import Settings
 from tests.worker.conftest import REPO
 
-SETTINGS_SOURCES = ["settings.py", "roles.py", "server.py", "llama_tools.py"]
+SETTINGS_SOURCES = ["settings.py", "roles.py", "fitting.py", "cpu_pool.py", "server.py", "llama_tools.py"]
 
 
 def test_every_environment_variable_is_in_a_readme_table() -> None:

@@ -47,9 +47,10 @@ class ChatTemplate:
             raise InvalidRequest(f"the model's chat template cannot be read: {exc}") from None
         self.special_tokens = dict(special_tokens or {})
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool) -> str:
+    def render(self, messages: Sequence[Mapping[str, Any]], *, add_generation_prompt: bool,
+               tools: Sequence[Any] | None = None) -> str:
         try:
-            text = self.template.render(messages=list(messages), tools=None, documents=None,
+            text = self.template.render(messages=list(messages), tools=tools, documents=None,
                                         add_generation_prompt=add_generation_prompt, **self.special_tokens)
         except jinja2.TemplateError as exc:
             raise InvalidRequest(f"the model's chat template failed: {exc}") from None

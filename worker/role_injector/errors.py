@@ -81,6 +81,8 @@ KINDS: dict[str, ErrorKind] = _kinds(
               " explicitly: \"replace\": true, --replace)", 409, 409, "invalid_request_error", 15),
     ErrorKind("tool_failed", "a llama.cpp tool (trainer, quantizer, server) failed; the message ends with its output",
               502, 502, "server_error", 16),
+    ErrorKind("overloaded", "the worker has as much CPU work in flight as it takes (ROLE_INJECTOR_CPU_QUEUE_BYTES); "
+              "retry after the seconds in Retry-After", 503, 503, "server_error", 17),
     ErrorKind("client_closed", "the client went away before the answer (only logged: nobody receives it)",
               499, 499, "invalid_request_error", 2),
     ErrorKind("internal_error", "a defect of Role Injector; the worker's log has the trace", 500, 500,
@@ -226,6 +228,12 @@ class ModelExists(RoleInjectorError):
     """Creating a model would overwrite one that Role Injector did not make."""
 
     code = "model_exists"
+
+
+class Overloaded(RoleInjectorError):
+    """The worker's CPU work in flight is at its bound (`cpu_pool.CpuPool`): come back in a moment."""
+
+    code = "overloaded"
 
 
 class UpstreamRefused(RoleInjectorError):

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import logging
 import re
 import sys
-import threading
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -32,12 +32,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal, cast
 
-from role_injector.errors import BudgetTooSmall
+from role_injector import os_threads
+from role_injector.errors import BudgetTooSmall, RoleError
 from role_injector.formats import neutralise
 from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
 from role_injector.roles import FENCE, SEPARATOR, Role, Section, fill_variables
 from role_injector.tokens import Tokenizer
 
+log = logging.getLogger("role_injector.fitting")
 SENTENCE_END = re.compile(r"[.!?…。！？][\"'»”’)\]]*+(?=\s)")
 
 
@@ -285,11 +287,7 @@ ENTRY_BYTES = 256
 # after it was cached: at most one cut per character, so the entry is counted with 8 bytes more
 # per character from the start.
 CUT_BYTES_PER_CHAR = 8
-# A BM25 index (bm25s: vocabulary, sparse scores) held at most ~35 bytes per character of section
-# text and ~2.2 KB per section, measured on the worst roles found (unique Russian words, thousands
-# of small titled sections; tests/security/test_cache_bounds.py checks these bounds).
-INDEX_BYTES_PER_CHAR = 48
-INDEX_BYTES_PER_SECTION = 4096
+FIT_CACHE_VARIABLE = "ROLE_INJECTOR_FIT_CACHE_BYTES"
 
 
 def footprint(value: object) -> int:
@@ -308,7 +306,7 @@ def footprint(value: object) -> int:
         return (ENTRY_BYTES * (1 + 2 * len(value.outline.titles)) + sys.getsizeof(value.kept_chars)
                 + sys.getsizeof(value.system) + sum(map(sys.getsizeof, tuples)))
     if isinstance(value, RelevanceIndex):
-        return INDEX_BYTES_PER_CHAR * value.characters + INDEX_BYTES_PER_SECTION * (1 + value.sections)
+        return value.nbytes  # what its arrays hold (tests/security/test_cache_bounds.py measures it)
     if isinstance(value, _Filled):  # a cut piece is a text of its own; whole ones are the sections'
         return (ENTRY_BYTES * (1 + len(value.pieces)) + sys.getsizeof(value.pieces) + sys.getsizeof(value.system)
                 + sum(map(sys.getsizeof, value.pieces.values())))
@@ -325,7 +323,9 @@ class FitCache:
         self.max_bytes = max_bytes
         self.bytes = 0
         self._entries: OrderedDict[Hashable, tuple[object, int]] = OrderedDict()
-        self._lock = threading.Lock()
+        # An OS lock: the CPU pool's threads and the event loop's take it (under gevent, threading.Lock
+        # would be a greenlet lock). Held around dictionary operations only.
+        self._lock = os_threads.lock()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -362,13 +362,25 @@ class FitCache:
         return plan
 
     def relevance_index(self, role: Role) -> RelevanceIndex:
-        """The BM25 index of the role's sections, built once per role version."""
+        """The BM25 index of the role's sections, built once per role version. An index that might not
+        fit in the cache is refused before it is built: kept nowhere, it would be built on every request.
+        (With the default limits it always fits: 4 MiB of role, at most 14 bytes per byte, in 128 MiB.)"""
         key = (role.version, "relevance")
         found = self.get(key)
         if isinstance(found, RelevanceIndex):
             return found
+        bound = RelevanceIndex.bound(role.sections)
+        if ENTRY_BYTES + footprint(key) + bound > self.max_bytes:
+            raise RoleError(
+                f"role {role.name!r} is too large for relevance selection: its index may need {bound} bytes, "
+                f"more than the fit cache holds ({self.max_bytes} bytes, set by {FIT_CACHE_VARIABLE}); raise it, "
+                "or use priority selection",
+                details={"limit": FIT_CACHE_VARIABLE, "value": self.max_bytes, "needed": bound},
+            )
         index = RelevanceIndex(role.sections)
         self.put(key, index)
+        log.info("built the relevance index of role %r, version %s: %d bytes", role.name, role.version[7:19],
+                 index.nbytes)
         return index
 
     def measure(

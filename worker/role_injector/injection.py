@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -113,11 +112,11 @@ def find_role(roles: RoleSet, name: str) -> Role:
     more), so a user who guessed a name sees what to pick."""
     role = roles.roles.get(name)
     if role is None:
-        suggestions = difflib.get_close_matches(name, list(roles.roles), n=3, cutoff=0.5)
+        suggestions = roles.close_names(name)
         if suggestions:
             hint = f"; did you mean {', '.join(suggestions)}?"
         elif roles.roles:
-            names = sorted(roles.roles)
+            names = roles.sorted_names
             more = len(names) - LISTED_ROLES
             hint = f"; the roles are {', '.join(names[:LISTED_ROLES])}"
             hint += f" and {more} more (GET /v1/roles lists them all)" if more > 0 else ""
@@ -159,13 +158,12 @@ def turn_costs(format_name: str, turns: Sequence[Message], tokenizer: Tokenizer,
     frame = cache.count((format_name, "frame"), renderer("", []), tokenizer, prompt=True)
 
     def cost(message: Message) -> int:
-        digest = hashlib.sha256(message.content.encode()).digest()
         if exact:
             framed = render_chatml("", [Message(message.role, "")])
+            digest = hashlib.sha256(message.content.encode()).digest()
             return (cache.count(("chatml-frame", message.role), framed, tokenizer, prompt=True) - frame
                     + cache.count(("content", digest), message.content, tokenizer))
-        alone = renderer("", [message])
-        return cache.count((format_name, "turn", message.role, digest), alone, tokenizer, prompt=True) - frame
+        return prompt_tokens(renderer("", [message]), tokenizer, cache) - frame
 
     return TurnCosts(frame, tuple(map(cost, turns)), exact)
 
@@ -175,13 +173,20 @@ def count_messages(format_name: str, turns: Sequence[Message], tokenizer: Tokeni
     if adds_up(format_name, tokenizer) and not any(m.content[:1].isspace() for m in turns):
         costs = turn_costs(format_name, turns, tokenizer, cache)
         return costs.frame + sum(costs.each)
-    return tokenizer.count_prompt(RENDERERS[format_name]("", turns))
+    return prompt_tokens(RENDERERS[format_name]("", turns), tokenizer, cache)
 
 
-def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str) -> int:
+def prompt_tokens(prompt: str, tokenizer: Tokenizer, cache: FitCache) -> int:
+    """`tokenizer.count_prompt(prompt)`, once per text: where counts cannot be added up, one request
+    counts the same rendered text up to three times (the policy's checks, then the usage)."""
+    return cache.count(("prompt", hashlib.sha256(prompt.encode()).digest()), prompt, tokenizer, prompt=True)
+
+
+def count_prompt(format_name: str, tokenizer: Tokenizer, fit: Fit, messages_tokens: int, prompt: str,
+                 cache: FitCache) -> int:
     if adds_up(format_name, tokenizer) and not fit.system[:1].isspace():
         return messages_tokens + fit.tokens
-    return tokenizer.count_prompt(prompt)
+    return prompt_tokens(prompt, tokenizer, cache)
 
 
 def count_system_part(format_name: str, fit: Fit, tokenizer: Tokenizer, cache: FitCache) -> int | None:
@@ -240,7 +245,7 @@ class PromptParts:
 
     def count_turns(self, first: int) -> int:
         """Tokens of the prompt without the system text, from turn `first` on, counted by encoding."""
-        return self.tokenizer.count_prompt(RENDERERS[self.format]("", self.turns[first:]))
+        return prompt_tokens(RENDERERS[self.format]("", self.turns[first:]), self.tokenizer, self.cache)
 
 
 def shrink_role(parts: PromptParts, explicit: int | None, room: Room) -> tuple[Fit, int]:
@@ -283,7 +288,7 @@ def keep_role(parts: PromptParts, budget: int, starts: Sequence[int], room: Room
         if exact:
             if (messages_tokens := costs.frame + sum(costs.each[first:])) <= left:
                 return fit, messages_tokens, first
-        elif parts.tokenizer.count_prompt(renderer(fit.system, turns[first:])) <= room.for_prompt:
+        elif prompt_tokens(renderer(fit.system, turns[first:]), parts.tokenizer, parts.cache) <= room.for_prompt:
             return fit, parts.count_turns(first), first
     raise overflow(first, parts.count_turns(first), fit)
 
@@ -352,7 +357,7 @@ def inject(
         budget=fit.budget,
         messages_tokens=messages_tokens,
         attached_tokens=room.attached,
-        prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt),
+        prompt_tokens=count_prompt(format_name, tokenizer, fit, messages_tokens, prompt, cache),
         context_window=context_window,
         reserve_output=room.reserve_output,
         num_ctx=context_window,

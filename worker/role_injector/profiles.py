@@ -17,8 +17,8 @@ from role_injector.engines.url import EngineUrl
 from role_injector.errors import ConfigError, InvalidRequest, ProfileError
 from role_injector.formats import FORMATS
 from role_injector.options import VIRTUAL_FIELDS, OptionError, RoleOptions, parse_options, tokens
+from role_injector.regular_files import read_regular_file
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, NAME_PATTERN, RoleLimits
-from role_injector.store import read_regular_file
 from role_injector.tokens import VOCABULARIES
 from role_injector.yaml_input import YamlRefused, load_yaml
 

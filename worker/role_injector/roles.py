@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -51,6 +51,7 @@ class RoleLimits:
     max_extends_depth: int = 8  # parents above a role
     max_partial_depth: int = 5  # partials inside partials
     max_partial_expansions: int = 1_000  # `{{> name}}` replaced while resolving one role
+    max_files: int = 100_000  # role files and partials in the roles folder
 
 
 DEFAULT_LIMITS = RoleLimits()
@@ -65,6 +66,7 @@ LIMIT_VARIABLES = {
     "max_extends_depth": "ROLE_INJECTOR_MAX_EXTENDS_DEPTH",
     "max_partial_depth": "ROLE_INJECTOR_MAX_PARTIAL_DEPTH",
     "max_partial_expansions": "ROLE_INJECTOR_MAX_PARTIAL_EXPANSIONS",
+    "max_files": "ROLE_INJECTOR_MAX_ROLE_FILES",
 }
 
 
@@ -248,12 +250,17 @@ class PartialExpander:
     def __init__(self, read_partial: Callable[[str], str], limits: RoleLimits) -> None:
         self.read_partial = read_partial
         self.limits = limits
-        self._expanded: dict[str, tuple[str, int, int]] = {}  # name -> (text, inclusions in it, depth)
+        # name -> (text, inclusions in it, depth, the partials below it)
+        self._expanded: dict[str, tuple[str, int, int, frozenset[str]]] = {}
 
-    def expand(self, text: str) -> str:
-        return self._expand(text, ())[0]
+    def expand(self, text: str, used: set[str] | None = None) -> str:
+        """`text` with its partials in place; `used` gets the name of every partial it reached (nested
+        ones too, and the one that failed), so a store knows what to rebuild when a partial changes."""
+        if "{{" not in text:  # most roles: nothing to look for
+            return text
+        return self._expand(text, (), set() if used is None else used)[0]
 
-    def _expand(self, text: str, chain: tuple[str, ...]) -> tuple[str, int, int]:
+    def _expand(self, text: str, chain: tuple[str, ...], used: set[str]) -> tuple[str, int, int]:
         limits = self.limits
         inclusions, size, depth = 0, 0, 0
 
@@ -264,9 +271,10 @@ class PartialExpander:
                 return match.group(0)
             if not NAME_PATTERN.fullmatch(name):
                 raise RoleError(f"partial name {name!r} is not allowed")
+            used.add(name)
             if name in chain:
                 raise RoleError(f"partials include each other in a cycle: {' -> '.join([*chain, name])}")
-            text, inner, below = self._partial(name, chain)
+            text, inner, below = self._partial(name, chain, used)
             if len(chain) + below > limits.max_partial_depth:
                 raise over_limit(limits, "max_partial_depth",
                                  f"partials nest {len(chain) + below} deep: {' -> '.join([*chain, name])} -> ...")
@@ -281,16 +289,22 @@ class PartialExpander:
 
         return PLACEHOLDER.sub(replace, text), inclusions, depth
 
-    def _partial(self, name: str, chain: tuple[str, ...]) -> tuple[str, int, int]:
+    def _partial(self, name: str, chain: tuple[str, ...], used: set[str]) -> tuple[str, int, int]:
         """The partial expanded: (text, inclusions inside it, how many partials deep it goes)."""
         if name not in self._expanded:
             if len(chain) >= self.limits.max_partial_depth:
                 raise over_limit(self.limits, "max_partial_depth",
                                  f"partials nest {len(chain) + 1} deep: {' -> '.join([*chain, name])}")
             raw = normalise_text(self.read_partial(name)).strip("\n")
-            text, inclusions, depth = self._expand(raw, (*chain, name))
-            self._expanded[name] = (text, inclusions, depth + 1)
-        return self._expanded[name]
+            below: set[str] = set()
+            try:
+                text, inclusions, depth = self._expand(raw, (*chain, name), below)
+            finally:
+                used |= below
+            self._expanded[name] = (text, inclusions, depth + 1, frozenset(below))
+        text, inclusions, depth, below_names = self._expanded[name]
+        used |= below_names
+        return text, inclusions, depth
 
 
 def split_sections(body: str, preamble_required: bool, limits: RoleLimits = DEFAULT_LIMITS) -> list[Section]:
@@ -346,6 +360,8 @@ def _parse_heading(heading: str) -> tuple[str, int, bool]:
 
 
 def _used_variables(text: str) -> frozenset[str]:
+    if "{{" not in text:
+        return frozenset()
     return frozenset(name for is_partial, name in map(placeholder, PLACEHOLDER.finditer(text)) if not is_partial)
 
 
@@ -368,13 +384,15 @@ def merge_sections(parent: list[Section], child: list[Section]) -> list[Section]
     return preamble + merged
 
 
-def build_role(source: RoleSource, parent: Role | None = None, partials: PartialExpander | None = None) -> Role:
+def build_role(source: RoleSource, parent: Role | None = None, partials: PartialExpander | None = None,
+               used: set[str] | None = None) -> Role:
     """Resolve partials and merge the parent (the role `extends` names, already built), check
-    variables and limits, and compute the version. Without `partials`, none can be included."""
+    variables and limits, and compute the version. Without `partials`, none can be included;
+    `used` gets the names of the partials the role reached (see `PartialExpander.expand`)."""
     partials = partials or PartialExpander(_no_partials, DEFAULT_LIMITS)
     limits = partials.limits
     meta = dict(source.meta)
-    body = partials.expand(source.body)
+    body = partials.expand(source.body, used)
     sections = split_sections(body, meta.get("preamble") == "required", limits)
     variables = _parse_variables(meta.get("variables") or {})
     params: dict[str, Any] = dict(meta.get("params") or {})
@@ -427,6 +445,86 @@ def build_role(source: RoleSource, parent: Role | None = None, partials: Partial
         history_share=None if resolved.get("history_share") is None else float(resolved["history_share"]),
         selection=selection,
     )
+
+
+@dataclass(frozen=True)
+class Built:
+    """What building one role gave: the role, or why not; and the partials it reached (missing and
+    failing ones too), so that a store builds it again when one of them changes."""
+
+    role: Role | None
+    error: str | None
+    partials: frozenset[str] = frozenset()
+    parents: int = 0  # how many parents are above it (when built)
+    cause: str | None = None  # what its children say when it failed: "parent role 'x' failed to load: ..."
+
+
+def _failed(name: str, error: str, partials: Iterable[str] = ()) -> Built:
+    return Built(None, error, frozenset(partials), cause=f"parent role {name!r} failed to load: {error}")
+
+
+def build_roles(
+    names: Iterable[str],
+    sources: Mapping[str, RoleSource],
+    unreadable: Mapping[str, str],
+    built: Mapping[str, Built],
+    partials: PartialExpander,
+) -> dict[str, Built]:
+    """Build each of `names`, and first the parents it `extends` that are not in `built` (the results of
+    an earlier build whose files did not change). `sources` are the parsed role files, `unreadable` the
+    role files that could not be read or parsed (name -> message).
+
+    A role's result depends on the files only, never on the order roles are built in: its own error,
+    else its parent's ("parent role 'p' failed to load: ...", naming the parent that failed first, so
+    the message stays short on long chains), a cycle through it, or more than `max_extends_depth`
+    parents above it. Walks go up by an explicit list, never by recursion, each role once."""
+    limits = partials.limits
+    results: dict[str, Built] = {}
+
+    def resolved(name: str) -> Built | None:
+        return results[name] if name in results else built.get(name)
+
+    def build(name: str, parent: str | None) -> Built:
+        above = resolved(parent) if parent is not None else None
+        if parent is not None and above is None:
+            if parent in unreadable:
+                return Built(None, f"parent role {parent!r} failed to load: {unreadable[parent]}",
+                             cause=f"parent role {parent!r} failed to load: {unreadable[parent]}")
+            return _failed(name, f"parent role {parent!r} not found")
+        if above is not None and above.role is None:
+            return Built(None, above.cause, cause=above.cause)
+        parents = 0 if above is None else above.parents + 1
+        if parents > limits.max_extends_depth:
+            return _failed(name, over_limit(limits, "max_extends_depth", f"{parents} parents above {name!r}").message)
+        used: set[str] = set()
+        try:
+            return Built(build_role(sources[name], above.role if above else None, partials, used), None,
+                         frozenset(used), parents)
+        except RoleError as exc:
+            return _failed(name, exc.message, used)
+        except Exception as exc:  # a defect must cost one role, not the service
+            return _failed(name, f"cannot load the role ({type(exc).__name__}: {exc}); please report this", used)
+
+    for start in sorted(names):
+        if start in results:
+            continue
+        if start not in sources:
+            results[start] = _failed(start, unreadable.get(start, "the file is gone"))
+            continue
+        path: list[str] = []  # the roles on the way up from `start` still to build, child first
+        name: str | None = start
+        while name is not None and name in sources and resolved(name) is None and name not in path:
+            path.append(name)
+            name = sources[name].meta.get("extends")
+        if name is not None and name in path:  # a cycle: each of its roles says so, from itself
+            ring = path[path.index(name):]
+            for i, member in enumerate(ring):
+                round_trip = [*ring[i:], *ring[:i], member]
+                results[member] = _failed(member, f"roles extend each other in a cycle: {' -> '.join(round_trip)}")
+            path = path[: path.index(name)]
+        for current in reversed(path):  # the oldest parent first
+            results[current] = build(current, sources[current].meta.get("extends"))
+    return results
 
 
 def resolve_variables(role: Role, given: Mapping[str, str]) -> dict[str, str]:

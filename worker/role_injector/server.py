@@ -12,8 +12,13 @@ once (bench/connections_bench.py). What a slow client may hold is bounded by tim
 - answer: each write to a client waits at most ROLE_INJECTOR_WRITE_TIMEOUT (then the connection is
   closed and, for a proxied answer, the connection to Ollama too).
 
-Tokenising runs on the event loop: one fit costs milliseconds, a pathological body at most the time its
-size limit allows; several worker processes (`--workers`, default 2) use more cores.
+CPU work (counting, fitting, ranking, listing roles) runs in each worker's pool of OS threads
+(`cpu_pool`, through `web.state.compute`), never on the event loop, so a worker that counts a body of
+64 MiB still answers everyone else and still heartbeats to gunicorn's master; admission bounds the work
+in flight (503 beyond it). A body over the limit is answered 413 before it is read, and what the client
+still sends is skipped in pieces that let the loop go (`drained`). Gunicorn's own refusals of malformed
+requests are JSON (`write_json_error`). Each worker starts its role store's watcher after the fork.
+Several worker processes (`--workers`, default 2) use more cores.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import ipaddress
+import json
 import logging
 import os
 import resource
@@ -30,16 +36,23 @@ import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import gevent
+from gevent.local import local as gevent_local
+from gunicorn import util as gunicorn_util
 from gunicorn.app.base import BaseApplication
+from gunicorn.http.errors import ParseException
+from werkzeug.exceptions import BadRequest
 
-from role_injector.errors import RoleInjectorError
+from role_injector.errors import RoleInjectorError, code_of_status
 
 log = logging.getLogger("role_injector.server")
 
 # Answers after which the connection is closed: the client stopped sending its body. (Not after a 413:
-# a client still sending would get a reset instead of the answer; gunicorn reads the rest of that
+# a client still sending would get a reset instead of the answer; `drained` reads the rest of that
 # body, within the read timeout, before the next request.)
 CLOSE_AFTER = ("408",)
+DRAIN_PIECE = 1 << 16  # what a body is read and skipped in, the event loop serving others in between
+MAX_ECHOED_CHARS = 200  # of what gunicorn quotes from a refused request (a header name can be 8 KiB)
 
 
 class WorkerServer(BaseApplication):  # type: ignore[misc]
@@ -67,7 +80,6 @@ def patch_for_gevent() -> None:
 
 
 def worker_class(read_timeout: float, write_timeout: float) -> type:
-    import gevent
     from gunicorn.workers.ggevent import GeventWorker
 
     class Worker(GeventWorker):  # type: ignore[misc]
@@ -91,18 +103,34 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
             if self.alive:
                 self.alive = False
                 super().handle_quit(sig, frame)
+        def init_process(self) -> None:
+            gunicorn_util.write_error = write_json_error  # its one call is in handle_error, below
+            super().init_process()
+
+        def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+            """A request gunicorn itself refuses (a malformed request line or header, a request line over
+            4 KiB) never reaches the app: its answer is written by `write_json_error`, in the shape of
+            the surface its path names, when the path was read."""
+            refused.path = refused_path(req, exc)
+            try:
+                super().handle_error(req, client, addr, exc)
+            finally:
+                refused.path = None
 
         def timeout_ctx(self) -> Any:
             return gevent.Timeout(read_timeout, False)  # (gunicorn's own uses `keepalive`, whole seconds)
 
         def load_wsgi(self) -> None:
             super().load_wsgi()
-            self.wsgi = with_write_timeout(self.wsgi, write_timeout)
+            self.wsgi = with_connection_rules(self.wsgi, write_timeout)
 
         def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
             sock.settimeout(read_timeout)  # the body, read by the app
             try:
-                return bool(super().handle_request(listener_name, req, sock, addr))
+                super().handle_request(listener_name, req, sock, addr)  # StopIteration: the connection closes
+                if not drained(req.body):
+                    raise StopIteration
+                return True
             except TimeoutError:
                 self.log.info("closed the connection of %s: it took no data for longer than the timeout",
                               addr[0] if isinstance(addr, tuple) else addr)
@@ -113,16 +141,113 @@ def worker_class(read_timeout: float, write_timeout: float) -> type:
     return Worker
 
 
-def with_write_timeout(app: Callable[..., Iterable[bytes]], write_timeout: float) -> Callable[..., Iterable[bytes]]:
-    """The WSGI app, with the client's socket switched to the write timeout once the answer starts."""
+def drained(body: Any) -> bool:
+    """Read what the app left of a request body (a body over the limit: 413 before a byte was read), in
+    pieces, letting the event loop serve others between them; each read waits at most the read timeout.
+    gunicorn itself skips it in 1 KiB reads that never yield: 64 MiB held every connection for 1.5-2 s.
+    False when the body is malformed: the next request's start is unknown, so the connection closes
+    (and no second answer follows the one the app gave)."""
+    try:
+        while body.read(DRAIN_PIECE):
+            gevent.sleep(0)
+    except ParseException:
+        return False
+    return True
+
+
+refused = gevent_local()  # per connection (greenlet): the path of the request gunicorn refuses
+
+
+def refused_path(req: Any, exc: BaseException) -> str | None:
+    """The path of a request gunicorn refused, when its request line was read: on the request, on the
+    error (a bad header value), or on the request being parsed when the error was raised (a bad header
+    name), which only the traceback still holds."""
+    from gunicorn.http.message import Request
+
+    found = req or getattr(exc, "req", None)
+    frame = exc.__traceback__
+    while found is None and frame is not None:
+        candidate = frame.tb_frame.f_locals.get("self")
+        found = candidate if isinstance(candidate, Request) else None
+        frame = frame.tb_next
+    path = getattr(found, "path", None)
+    return path if isinstance(path, str) else None
+
+
+def protocol_error_body(status: int, message: str, path: str | None) -> dict[str, Any]:
+    """The JSON of an error gunicorn answers itself: REST's envelope, or Ollama's or OpenAI's shape by path."""
+    from role_injector.web.error_shapes import REST, shape_of_path
+
+    error = RoleInjectorError(message)
+    # 501 is gunicorn's answer to a transfer coding the client should not have sent: the client's error.
+    error.code = "internal_error" if status == 500 else code_of_status(status) if status < 500 else "invalid_request"
+    return (REST if path is None else shape_of_path(path)).body(error)
+
+
+def write_json_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """gunicorn's `util.write_error`, in JSON: the same status, the message bounded (it may quote the request)."""
+    if len(message) > MAX_ECHOED_CHARS:
+        message = message[:MAX_ECHOED_CHARS] + "…"
+    body = json.dumps(protocol_error_body(status, message or reason, refused.path), ensure_ascii=False).encode()
+    head = (f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n")
+    gunicorn_util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+class RequestBody:
+    """gunicorn's request body stream, read in pieces that let the event loop serve others between them
+    (from a fast client a socket always has data, so reading 64 MiB at once held every connection of the
+    worker for most of a second), and where a malformed chunked body is the client's error: a 400 in the
+    shape of the route (werkzeug's BadRequest reaches the app's error handlers), never a 500."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.broken = False  # then the connection is closed after the answer: the stream cannot go on
+
+    def _call(self, read: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return read(*args)
+        except ParseException as exc:
+            self.broken = True
+            raise BadRequest(f"the request body is malformed: {str(exc)[:MAX_ECHOED_CHARS]}") from None
+
+    def read(self, size: int | None = None) -> bytes:
+        pieces, wanted = [], -1 if size is None or size < 0 else size
+        while wanted:
+            piece = bytes(self._call(self._stream.read, DRAIN_PIECE if wanted < 0 else min(wanted, DRAIN_PIECE)))
+            if not piece:
+                break
+            pieces.append(piece)
+            wanted -= len(piece) if wanted > 0 else 0
+            gevent.sleep(0)
+        return b"".join(pieces)
+
+    def readline(self, size: int | None = None) -> bytes:
+        return bytes(self._call(self._stream.readline, size))
+
+    def readlines(self, size: int | None = None) -> list[bytes]:
+        return list(self._call(self._stream.readlines, size))
+
+    def __iter__(self) -> RequestBody:
+        return self
+
+    def __next__(self) -> bytes:
+        return bytes(self._call(self._stream.__next__))
+
+
+def with_connection_rules(app: Callable[..., Iterable[bytes]], write_timeout: float) -> Callable[..., Iterable[bytes]]:
+    """The WSGI app, with the client's socket switched to the write timeout once the answer starts, the
+    connection closed after an answer that leaves the body unread (408) or broken, and the body read
+    through `RequestBody`."""
 
     def application(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         sock = environ.get("gunicorn.socket")
+        body = environ["wsgi.input"] = RequestBody(environ["wsgi.input"])
 
         def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
             if sock is not None:
                 sock.settimeout(write_timeout)
-            if status[:3] in CLOSE_AFTER:
+            if status[:3] in CLOSE_AFTER or body.broken:
                 response = getattr(start_response, "__self__", None)  # gunicorn's Response
                 if response is not None and hasattr(response, "force_close"):
                     response.force_close()
@@ -199,6 +324,11 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
     log.info("role-injector: roles from %s; the Ollama proxy forwards to %s", settings.roles_dir,
              EngineUrl.parse(settings.ollama_url).shown)
 
+    def post_fork(server: Any, worker: Any) -> None:
+        from role_injector.web.state import start_worker
+
+        start_worker(app)
+
     def child_exit(server: Any, worker: Any) -> None:
         from prometheus_client import multiprocess
 
@@ -213,6 +343,7 @@ def serve(host: str, port: int, roles_dir: str, workers: int) -> int:
         "timeout": 120,
         "graceful_timeout": 10,
         "preload_app": True,
+        "post_fork": post_fork,
         "child_exit": child_exit,
         "on_exit": remove_metrics_dir,
         "accesslog": None,

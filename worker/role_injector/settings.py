@@ -7,10 +7,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from role_injector.cpu_pool import DEFAULT_MAX_PENDING_BYTES, DEFAULT_THREADS, QUEUE_VARIABLE
 from role_injector.engines.kinds import EngineKind, engine_kind
 from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, routing_headers
 from role_injector.errors import ConfigError
-from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES
+from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
 
 # A name in ROLE_INJECTOR_ALLOWED_HOSTS: a host name (`worker`, `roles.example.com`), `.example.com`
@@ -57,6 +58,10 @@ class Settings:
     write_timeout: float = 30.0  # each piece of an answer must be taken by the client within this
     max_connections: int = 4096  # open connections per worker process
     max_upstream_json_bytes: int = 16 * 1024 * 1024  # Ollama answers the proxy reads whole (/api/tags, /api/show)
+    # The CPU work of requests (README: Serving many connections): OS threads per worker process, and the
+    # bytes of request bodies whose work may be running or waiting in them.
+    cpu_threads: int = DEFAULT_THREADS
+    cpu_queue_bytes: int = DEFAULT_MAX_PENDING_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
@@ -106,7 +111,7 @@ class Settings:
             "role_limits": RoleLimits(**{
                 limit: number(variable, getattr(cls.role_limits, limit)) for limit, variable in LIMIT_VARIABLES.items()
             }),
-            "fit_cache_bytes": number("ROLE_INJECTOR_FIT_CACHE_BYTES", cls.fit_cache_bytes),
+            "fit_cache_bytes": number(FIT_CACHE_VARIABLE, cls.fit_cache_bytes),
             "reload_interval": number("ROLE_INJECTOR_RELOAD_INTERVAL", cls.reload_interval, float),
             "upstream_timeout": number("ROLE_INJECTOR_UPSTREAM_TIMEOUT", cls.upstream_timeout, float),
             "log_prompts": env.get("ROLE_INJECTOR_LOG_PROMPTS", "") in {"1", "true", "yes"},
@@ -114,6 +119,8 @@ class Settings:
             "write_timeout": number("ROLE_INJECTOR_WRITE_TIMEOUT", cls.write_timeout, float),
             "max_connections": number("ROLE_INJECTOR_MAX_CONNECTIONS", cls.max_connections),
             "max_upstream_json_bytes": number("ROLE_INJECTOR_MAX_UPSTREAM_JSON_BYTES", cls.max_upstream_json_bytes),
+            "cpu_threads": number("ROLE_INJECTOR_CPU_THREADS", cls.cpu_threads),
+            "cpu_queue_bytes": number(QUEUE_VARIABLE, cls.cpu_queue_bytes),
         }
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]

@@ -18,7 +18,6 @@ import base64
 import hashlib
 import itertools
 import re
-import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -26,6 +25,7 @@ from typing import ClassVar, Protocol
 
 import tiktoken
 
+from role_injector import os_threads
 from role_injector.errors import VocabularyError
 from role_injector.normalization import marks, nfc
 
@@ -137,6 +137,26 @@ VOCABULARIES: dict[str, Vocabulary] = {
 }
 
 
+# Every byte of a blank's UTF-8 form: a piece made of blanks can only merge into tokens made of these.
+BLANK_BYTES = frozenset(b"".join(chr(c).encode() for c in range(0x110000) if BLANK_CHAR.match(chr(c))))
+
+
+def blank_piece_encoding(name: str, ranks: dict[bytes, int]) -> tiktoken.Encoding:
+    """An encoding that makes one piece of any text and knows only the tokens made of blanks' bytes.
+
+    BPE of a piece only ever looks up byte strings that occur in the piece, so for a piece of blanks
+    these tokens are all it can use: its tokens are exactly those of the whole vocabulary. Unlike
+    `Encoding._encode_single_piece`, `encode_ordinary` releases the GIL while it works (a long run of
+    blanks takes 0.3-0.6 s per MiB), and its pattern has no backtracking to overflow. It holds a few
+    hundred tokens, not the vocabulary's 150,000."""
+    return tiktoken.Encoding(
+        name=f"{name}-blank-pieces",
+        pat_str=r"(?s:.+)",
+        mergeable_ranks={token: rank for token, rank in ranks.items() if BLANK_BYTES.issuperset(token)},
+        special_tokens={},
+    )
+
+
 class Tokenizer(Protocol):
     """What fitting (`fitting.py`) and injection (`injection.py`) need of a model's vocabulary."""
 
@@ -175,6 +195,7 @@ class VocabularyTokenizer:
     encoding: tiktoken.Encoding
     nfc: bool
     token_bytes: list[int] = field(repr=False)
+    blank_pieces: tiktoken.Encoding = field(repr=False)
     long_blank_run: int = LONG_BLANK_RUN
 
     def __post_init__(self) -> None:
@@ -189,7 +210,7 @@ class VocabularyTokenizer:
         done = 0
         for start, end in long_blank_tails(text, self.long_blank_run):
             tokens += self.encoding.encode_ordinary(text[done:start])
-            tokens += self.encoding._encode_single_piece(text[start:end].encode())
+            tokens += self.blank_pieces.encode_ordinary(text[start:end])
             done = end
         if not done:
             return self.encoding.encode_ordinary(text)
@@ -255,11 +276,12 @@ def build_tokenizer(vocabulary: Vocabulary, data: bytes) -> VocabularyTokenizer:
         mergeable_ranks=ranks,
         special_tokens=vocabulary.special_tokens,
     )
-    return VocabularyTokenizer(vocabulary.name, encoding, vocabulary.nfc, token_bytes)
+    return VocabularyTokenizer(vocabulary.name, encoding, vocabulary.nfc, token_bytes,
+                               blank_piece_encoding(vocabulary.name, ranks))
 
 
 _loaded: dict[str, VocabularyTokenizer] = {}
-_lock = threading.Lock()
+_lock = os_threads.lock()  # taken in the CPU pool's threads too (real threads under gevent)
 
 
 def load_tokenizer(name: str) -> VocabularyTokenizer:

@@ -246,14 +246,14 @@ def test_a_file_truncated_right_after_the_scan_is_not_loaded(tmp_path: Path,
 
     path.write_text(ALPHA_1, encoding="utf-8")
     os.utime(path, (long_ago + 1, long_ago + 1))  # the new text, settled
-    scan = store._scan
+    scan = store._full_scan
 
     def scan_then_truncate() -> object:
         found = scan()
         path.write_bytes(b"")  # a writer starts rewriting the file in place
         return found
 
-    monkeypatch.setattr(store, "_scan", scan_then_truncate)
+    monkeypatch.setattr(store, "_full_scan", scan_then_truncate)
     assert store.current().roles["r"].version == old
     monkeypatch.undo()
     path.write_text(ALPHA_1, encoding="utf-8")  # the writer finishes

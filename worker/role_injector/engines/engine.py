@@ -50,6 +50,9 @@ class Engine(ABC):
     kind: EngineKind  # how settings and profile files name the kind
     label: str  # how messages name it: "Ollama", "llama.cpp"
     models_path: str  # GET: the models it serves
+    # Whether `chat_call` asks the engine anything (its window, template, /tokenize counts): then it runs on
+    # the event loop, whose sockets it uses, and not in the CPU pool's OS threads (web/state.compute).
+    asks_while_building = False
 
     def __init__(self, name: str, transport: Transport,
                  routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS) -> None:

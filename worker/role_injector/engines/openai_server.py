@@ -275,6 +275,7 @@ class OpenAIServerEngine(Engine):
     """An OpenAI-compatible server of one kind (`SERVERS`) at the transport's URL."""
 
     models_path = "/v1/models"
+    asks_while_building = True  # /props, /tokenize
 
     def __init__(self, name: str, kind: EngineKind, transport: Transport,
                  facts: FactsCache[ModelFacts] | None = None,

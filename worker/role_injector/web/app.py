@@ -128,6 +128,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.after_request
     def record(response: Response) -> Response:
+        if g.get("retry_after"):  # the worker's CPU pool was full (state.compute): any surface, any shape
+            response.headers["Retry-After"] = str(g.retry_after)
         route = request.url_rule.rule if request.url_rule else "unmatched"
         method = request.method if request.method in METHODS else "other"
         metrics.REQUESTS.labels(route, method, str(response.status_code)).inc()

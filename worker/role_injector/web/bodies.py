@@ -7,7 +7,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from flask import request
+from flask import g, request
 from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 
 from role_injector.errors import (
@@ -49,6 +49,7 @@ def read_body(limit: int | None = None) -> bytes:
             raise RequestEntityTooLarge()
     except (ClientDisconnected, OSError) as exc:
         raise _client_failure(exc) from None
+    g.body_bytes = len(data)  # what the request's CPU work is admitted by (web/state.compute)
     return data
 
 

@@ -26,7 +26,7 @@ from role_injector.errors import InvalidRequest
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_body
 from role_injector.web.error_shapes import OLLAMA, answer_errors
 from role_injector.web.pages import wants_page
-from role_injector.web.state import engines, profiles, roles
+from role_injector.web.state import compute, engines, profiles, roles
 from role_injector.web.upstream import forward_headers, is_stream, relay, send
 from role_injector.web.virtual_models import Target, mark_placed, placing, routed, target
 
@@ -80,7 +80,8 @@ def _completion(path: str) -> Response:
         call = routed(native.completion_call(chosen.engine, path, raw, body, None, chosen.session))
         return forward("POST", path, call.body, engine=chosen.engine, headers=call.headers)
     with placing(on_virtual.virtual) as placed:
-        call = routed(native.completion_call(chosen.engine, path, raw, body, on_virtual, chosen.session))
+        call = routed(compute(lambda: native.completion_call(chosen.engine, path, raw, body, on_virtual,
+                                                             chosen.session)))
         assert call.injection is not None  # a virtual model's call always has one
         placed(call.injection)
     sent = forward("POST", path, call.body, "application/json", engine=chosen.engine, headers=call.headers)
@@ -110,7 +111,8 @@ def show() -> Response:
                   forward_headers("application/json"))
     if answer.status != 200:
         return relay(answer)  # Ollama's own error, as it is
-    return answer_json(native.show_response(answer.json("/api/show"), on_virtual))
+    upstream = answer.json("/api/show")
+    return answer_json(compute(lambda: native.show_response(upstream, on_virtual)))
 
 
 @ollama.get("/api/tags")

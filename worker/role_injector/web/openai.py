@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import replace
 
@@ -21,7 +21,7 @@ from flask import Blueprint, Response, current_app, g
 
 from role_injector import openai_compat as compat
 from role_injector.engines.answer import ChatAnswer, Delta
-from role_injector.engines.engine import Engine
+from role_injector.engines.engine import ChatCall, Engine
 from role_injector.engines.transport import REFUSAL_CHARS, Answer
 from role_injector.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from role_injector.injection import Injection
@@ -29,7 +29,7 @@ from role_injector.json_text import parse_engine_json
 from role_injector.web import metrics
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body
 from role_injector.web.error_shapes import OPENAI, answer_errors
-from role_injector.web.state import cache, engines, profiles, roles
+from role_injector.web.state import cache, compute, engines, profiles, roles
 from role_injector.web.upstream import forward_headers, relay, send
 from role_injector.web.virtual_models import mark_placed, placing, routed, target
 
@@ -112,6 +112,12 @@ def _completion(serving: Engine, deltas: Iterator[Delta], answer: ChatAnswer,
     return compat.completion(answer)
 
 
+def build_call(serving: Engine, build: Callable[[], ChatCall]) -> ChatCall:
+    """The engine's request, built in the CPU pool, or on the event loop where building it asks the engine
+    (its sockets belong to the loop's thread)."""
+    return build() if serving.asks_while_building else compute(build)
+
+
 @openai.get("/v1/models")
 def models() -> Response:
     """Every engine's models, and the declared virtual models each serves."""
@@ -143,10 +149,10 @@ def chat_completions() -> Response:
     asked = replace(asked, session=chosen.session)
     if chosen.virtual is None:
         g.log.update(model=asked.model)
-        call = routed(serving.chat_call(asked, None, profiles(), cache()))
+        call = routed(build_call(serving, lambda: serving.chat_call(asked, None, profiles(), cache())))
     else:  # the role, the context policy and what is logged, as on the Ollama proxy
         with placing(chosen.virtual.virtual) as placed:
-            call = routed(serving.chat_call(asked, chosen.virtual, profiles(), cache()))
+            call = routed(build_call(serving, lambda: serving.chat_call(asked, chosen.virtual, profiles(), cache())))
             if call.injection is not None:
                 placed(call.injection)
     answer = send(serving, "POST", call.path, call.body, forward_headers("application/json", call.headers))

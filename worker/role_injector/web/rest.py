@@ -10,13 +10,13 @@ from flask import Blueprint, Response, g, request
 
 from role_injector.errors import KINDS
 from role_injector.formats import FORMATS
-from role_injector.injection import Injection, find_role, inject, plan_injection
+from role_injector.injection import Injection, InjectionPlan, find_role, inject, plan_injection
 from role_injector.roles import Role
 from role_injector.tokens import load_tokenizer
 from role_injector.web import metrics
 from role_injector.web.bodies import check_role_name, parse_count, parse_inject, parse_json_object, read_body
 from role_injector.web.error_shapes import REST, answer_errors
-from role_injector.web.state import cache, profiles, roles, settings
+from role_injector.web.state import cache, compute, profiles, roles, settings
 
 rest = Blueprint("rest", __name__)
 answer_errors(rest, REST)
@@ -60,6 +60,10 @@ def role_summary(role: Role) -> dict[str, Any]:
     }
 
 
+def answered(result: Injection) -> tuple[Injection, dict[str, Any]]:
+    return result, injection_json(result)
+
+
 def injection_json(result: Injection) -> dict[str, Any]:
     return {
         "role": {"name": result.role.name, "version": result.role.version},
@@ -87,15 +91,19 @@ def healthz() -> tuple[dict[str, Any], int]:
 @rest.get("/v1/roles")
 def list_roles() -> dict[str, Any]:
     snapshot = roles()
-    return {
+    return compute(lambda: {
         "roles": [role_summary(role) for _, role in sorted(snapshot.roles.items())],
         "errors": [{"file": e.file, "message": e.message} for e in snapshot.errors],
-    }
+    })
 
 
 @rest.get("/v1/roles/<path:name>")
 def get_role(name: str) -> dict[str, Any]:
     role = find_role(roles(), check_role_name(name, "name"))
+    return compute(lambda: role_json(role))
+
+
+def role_json(role: Role) -> dict[str, Any]:
     tokenizer = load_tokenizer(profiles().for_model(role.model).tokenizer)
     sections = [
         {
@@ -114,14 +122,14 @@ def inject_role() -> dict[str, Any]:
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
     with metrics.injection(request_.role) as record:
-        result = inject(roles(), profiles(), request_, cache())
+        result, answer = compute(lambda: answered(inject(roles(), profiles(), request_, cache())))
         record(result)
     g.log.update(tokens=result.usage.prompt_tokens, system_tokens=result.usage.system_tokens,
                  trimmed=result.fit.trimmed, context_policy=result.usage.context_policy,
                  dropped_messages=result.dropped_messages)
     if settings().log_prompts:
         g.log["prompt"] = result.prompt
-    return injection_json(result)
+    return answer
 
 
 @rest.post("/v1/plan")
@@ -129,7 +137,10 @@ def plan() -> dict[str, Any]:
     """What /v1/inject answers for the same body, plus what the fit did to each section."""
     request_ = parse_inject(json_body())
     g.log["role"] = request_.role
-    result = plan_injection(roles(), profiles(), request_, cache())
+    return compute(lambda: plan_json(plan_injection(roles(), profiles(), request_, cache())))
+
+
+def plan_json(result: InjectionPlan) -> dict[str, Any]:
     sections = [
         {"index": s.index, "label": s.label, "title": s.title, "required": s.required, "priority": s.priority,
          "order": s.order, "tokens": s.tokens, "state": s.state, "chars": len(s.text), "kept_chars": s.kept_chars,
@@ -162,7 +173,7 @@ def list_profiles() -> dict[str, Any]:
 def count() -> dict[str, Any]:
     text, model = parse_count(json_body())
     profile = profiles().for_model(model)
-    return {"tokens": load_tokenizer(profile.tokenizer).count(text), "tokenizer": profile.tokenizer,
+    return {"tokens": compute(lambda: load_tokenizer(profile.tokenizer).count(text)), "tokenizer": profile.tokenizer,
             "exact": profile.exact}
 
 

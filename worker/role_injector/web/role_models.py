@@ -21,7 +21,7 @@ from role_injector.ollama_client import OllamaClient
 from role_injector.ollama_models import create_role_model, plan_role_model
 from role_injector.web.bodies import check_role_name, parse_json_object, parse_role_model, read_body
 from role_injector.web.error_shapes import REST, InternalError, answer_errors
-from role_injector.web.state import cache, engines, profiles, roles
+from role_injector.web.state import cache, compute, engines, profiles, roles
 
 role_models = Blueprint("role_models", __name__)
 answer_errors(role_models, REST)
@@ -47,7 +47,8 @@ def create_ollama_model(name: str) -> Response:
     if ollama is None:
         raise InvalidRequest(f"creating an Ollama model needs Ollama, and this worker serves none (its engine is "
                              f"{engines().default.where}); add one to the profile file's engines: (kind: ollama)")
-    model = plan_role_model(roles(), profiles(), cache(), check_role_name(name, "name"), **options)
+    role = check_role_name(name, "name")
+    model = compute(lambda: plan_role_model(roles(), profiles(), cache(), role, **options))
     g.log.update(role=model.role.name, model=model.name, base=model.base)
     # The engine's transport: its pooled connections, its timeouts, its bounds. One retry of what may pass.
     lines = create_role_model(OllamaClient(ollama.transport, retries=1), model, replace=replace)
