@@ -18,6 +18,7 @@ import json
 import random
 import re
 import signal
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -100,10 +101,16 @@ def released(engine: LlamaServer) -> list[int]:
 
 
 def engine_of(answer: dict[str, Any], engines: list[LlamaServer]) -> list[int]:
-    """The engines (indexes) whose log released a request of this answer's size."""
+    """The engines (indexes) whose log released a request of this answer's size. llama-server logs the
+    release just after it sends the answer's end, so a moment is given for the line to come."""
     prompt = answer["usage"]["prompt_tokens"]
-    return sorted({i for i, engine in enumerate(engines) for n in released(engine)
-                   if prompt <= n < prompt + ANSWER_TOKENS})
+    deadline = time.monotonic() + 10
+    while True:
+        found = sorted({i for i, engine in enumerate(engines) for n in released(engine)
+                        if prompt <= n < prompt + ANSWER_TOKENS})
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
 
 
 def logged(worker: WorkerProcess) -> list[dict[str, Any]]:
