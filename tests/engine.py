@@ -27,7 +27,7 @@ import requests
 
 from role_injector.engine_tokens import PostJson
 from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
-from tests.servers import REPO, free_port, stop_process
+from tests.servers import REPO, Served, free_port, stop_process
 
 TOOLCHAIN = REPO / "scripts" / "engine-toolchain.sh"
 SMOLLM2_WINDOW = 8192  # SmolLM2-135M-Instruct's trained context
@@ -59,14 +59,8 @@ def vllm_router() -> Path:
     return _toolchain("router")
 
 
-@dataclass
-class LlamaServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class LlamaServer(Served):
+    """llama-server, started by `run_llama_server`."""
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0,
@@ -143,15 +137,12 @@ ROUTER_FAILOVER = ("--cb-failure-threshold", "2", "--retry-max-retries", "4", "-
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-@dataclass
-class Router:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+class Router(Served):
+    """vllm-router, started by `run_vllm_router`."""
 
     def log(self) -> str:
         """Its log without colours (it colours its lines whatever NO_COLOR says)."""
-        return ANSI.sub("", self.log_path.read_text(errors="replace"))
+        return ANSI.sub("", super().log())
 
 
 @contextmanager
