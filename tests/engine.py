@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -183,6 +183,7 @@ class EngineFault:
     cut_after: int | None = None
     stall: float = 0.0
     rewrite: Callable[[Any], Any] | None = None
+    times: int | None = None  # on this many requests, then none (None: on every request)
 
 
 @dataclass(frozen=True)
@@ -211,6 +212,17 @@ class FaultyEngine:
     def fail(self, path: str, **fault: Any) -> None:
         self.faults[path] = EngineFault(**fault)
 
+    def fault(self, path: str) -> EngineFault:
+        """The fault of a request on `path` (none: EngineFault()), one of its `times` used up."""
+        with self._lock:
+            fault = self.faults.get(path, EngineFault())
+            if fault.times is not None:
+                if fault.times <= 1:
+                    del self.faults[path]
+                else:
+                    self.faults[path] = replace(fault, times=fault.times - 1)
+            return fault
+
     def clear(self) -> None:
         with self._lock:
             self.faults.clear()
@@ -237,7 +249,7 @@ class FaultyEngine:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
-                fault = engine.faults.get(path, EngineFault())
+                fault = engine.fault(path)
                 time.sleep(fault.delay)
                 if fault.status is not None:
                     body = fault.body if isinstance(fault.body, bytes) else json.dumps(fault.body).encode()

@@ -297,9 +297,17 @@ class OpenAIServerEngine(Engine):
     def _exchange(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON exchange of the worker's own (facts, counts) under a routing key of its path and body:
         a router logs that key rather than the body (vllm-router logs a short body whole, conversation
-        text included, when a request has no key), and spreads these requests as it would by the body."""
+        text included, when a request has no key), and spreads these requests as it would by the body.
+        A 502 is asked once more: these requests only read, and a router answers 502 when its connection
+        to an engine failed, where vllm-router retries chat requests but not these."""
         key = routing_key(path, None, json.dumps(body, ensure_ascii=True, sort_keys=True))
-        return self.transport.request_json(method, path, body, dict.fromkeys(self.routing_headers, key))
+        headers = dict.fromkeys(self.routing_headers, key)
+        try:
+            return self.transport.request_json(method, path, body, headers)
+        except UpstreamRefused as exc:
+            if exc.details.get("status") != 502:
+                raise
+            return self.transport.request_json(method, path, body, headers)
 
     def _asked(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON exchange with the engine, a missing endpoint said plainly (is the engine's kind right?)."""
