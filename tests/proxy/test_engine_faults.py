@@ -101,7 +101,7 @@ def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess,
 def test_a_routers_502_on_a_count_is_asked_once_more(worker: WorkerProcess, faulty_engine: FaultyEngine) -> None:
     # vllm-router answers 502 when its connection to an engine failed; it retries chat requests, not these.
     faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=1)
-    answer = chat(worker, "smollm2@once")
+    answer = chat(worker, "smollm2@once", max_tokens=4)
     assert answer.status_code == 200, answer.text
     asked = faulty_engine.sent_to("/tokenize")
     assert asked[0].answer == ROUTER_502 and len(asked) >= 2 and asked[1].body == asked[0].body
@@ -109,7 +109,7 @@ def test_a_routers_502_on_a_count_is_asked_once_more(worker: WorkerProcess, faul
 
     faulty_engine.clear()
     faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=2)
-    response = chat(worker, "smollm2@twice")
+    response = chat(worker, "smollm2@twice", max_tokens=4)
     assert response.status_code in (502, 503), response.text
     assert "Backend request failed" in response.json()["error"]["message"]
     assert [e.answer for e in faulty_engine.sent_to("/tokenize")] == [ROUTER_502, ROUTER_502]  # once more, no more
