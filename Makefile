@@ -37,7 +37,7 @@ engine:
 
 # Everything: lint, the n8n node (lint, build, tests), then all Python tests incl. the e2e suite.
 test: lint test-node engine
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=10
 
 # A real n8n with the packed node (one per session): the e2e and the browser tests.
 test-e2e: $(STAMP)
@@ -51,7 +51,7 @@ test-browser: $(STAMP)
 docs-screenshots: $(STAMP)
 	ROLE_INJECTOR_SCREENSHOTS=1 $(BIN)/pytest tests/browser
 
-bench: $(STAMP)
+bench: $(STAMP) engine
 	$(BIN)/python -m bench.fit_bench
 	$(BIN)/python -m bench.inject_bench
 	$(BIN)/python -m bench.proxy_bench

@@ -27,7 +27,7 @@ import requests
 
 from role_injector.engine_tokens import PostJson
 from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
-from tests.servers import REPO, Served, free_port, stop_process
+from tests.servers import REPO, ServerProcess, free_port, stop_process
 
 TOOLCHAIN = REPO / "scripts" / "engine-toolchain.sh"
 SMOLLM2_WINDOW = 8192  # SmolLM2-135M-Instruct's trained context
@@ -59,8 +59,8 @@ def vllm_router() -> Path:
     return _toolchain("router")
 
 
-class LlamaServer(Served):
-    """llama-server, started by `run_llama_server`."""
+class LlamaServer(ServerProcess):
+    """A llama-server the suite started."""
 
 
 def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0,
@@ -137,7 +137,7 @@ ROUTER_FAILOVER = ("--cb-failure-threshold", "2", "--retry-max-retries", "4", "-
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class Router(Served):
+class Router(ServerProcess):
     """vllm-router, started by `run_vllm_router`."""
 
     def log(self) -> str:

@@ -31,8 +31,8 @@ def free_port() -> int:
 
 
 @dataclass
-class Served:
-    """A process of the tests' serving HTTP at `url`, its output in `log_path`."""
+class ServerProcess:
+    """A server the suite started: where it answers, its process and its log."""
 
     url: str
     process: subprocess.Popen[bytes]
@@ -43,7 +43,9 @@ class Served:
 
 
 @dataclass
-class WorkerProcess(Served):
+class WorkerProcess(ServerProcess):
+    """A `role-injector serve` the suite started (gunicorn's master)."""
+
     def worker_pids(self) -> list[int]:
         """gunicorn's worker processes: the children of its master."""
         return child_pids(self.process.pid)

@@ -206,7 +206,7 @@ def test_the_raw_event_stream_is_openais(worker: WorkerProcess) -> None:
     response = requests.post(worker.url + "/v1/chat/completions", timeout=10, stream=True, json={
         "model": "engineer", "messages": HI, "stream": True, "stream_options": {"include_usage": True}})
     assert response.status_code == 200
-    assert response.headers["Content-Type"].startswith("text/event-stream")
+    assert response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
     assert response.headers["Cache-Control"] == "no-cache"
     text = response.content.decode()
     events = text.split("\n\n")

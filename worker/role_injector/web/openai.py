@@ -37,7 +37,8 @@ openai = Blueprint("openai", __name__)
 answer_errors(openai, OPENAI)
 log = logging.getLogger("role_injector.engine")
 
-SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
+SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no")]
 
 
 def _relayed_error(serving: Engine, answer: Answer) -> Response:
