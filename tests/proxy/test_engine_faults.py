@@ -31,6 +31,10 @@ description: Counted by nobody yet
 ## Mission {required}
 You keep bees on a roof in Lisbon and answer questions about honey.
 """
+# Roles for the router's 502s, each counted by nobody before its test.
+ONCE = FRESH.replace("bees on a roof in Lisbon", "goats on a hill above Porto")
+TWICE = FRESH.replace("bees on a roof in Lisbon", "pigeons in a loft in Faro")
+ROUTER_502 = b"Backend request failed: error sending request for url (http://127.0.0.1:9/tokenize)"
 PROFILE = """\
 virtual_models:
   guard: {base: smollm2, role: guard, params: {temperature: 0, num_predict: 12}}
@@ -49,7 +53,8 @@ def engine_env(url: str, place: Any) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return write_place(tmp_path_factory.mktemp("engine-faults"), {"guard": GUARD, "fresh": FRESH}, PROFILE)
+    return write_place(tmp_path_factory.mktemp("engine-faults"),
+                       {"guard": GUARD, "fresh": FRESH, "once": ONCE, "twice": TWICE}, PROFILE)
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +96,24 @@ def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess,
     assert "cannot tokenize" in message and "404" in message
     assert faulty_engine.sent_to("/v1/chat/completions") == []  # nothing was sent without its count
     assert logged(worker)[-1]["status"] == 503
+
+
+def test_a_routers_502_on_a_count_is_asked_once_more(worker: WorkerProcess, faulty_engine: FaultyEngine) -> None:
+    # vllm-router answers 502 when its connection to an engine failed; it retries chat requests, not these.
+    faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=1)
+    answer = chat(worker, "smollm2@once", max_tokens=4)
+    assert answer.status_code == 200, answer.text
+    asked = faulty_engine.sent_to("/tokenize")
+    assert asked[0].answer == ROUTER_502 and len(asked) >= 2 and asked[1].body == asked[0].body
+    assert len(faulty_engine.sent_to("/v1/chat/completions")) == 1
+
+    faulty_engine.clear()
+    faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=2)
+    response = chat(worker, "smollm2@twice", max_tokens=4)
+    assert response.status_code in (502, 503), response.text
+    assert "Backend request failed" in response.json()["error"]["message"]
+    assert [e.answer for e in faulty_engine.sent_to("/tokenize")] == [ROUTER_502, ROUTER_502]  # once more, no more
+    assert faulty_engine.sent_to("/v1/chat/completions") == []
 
 
 @pytest.mark.parametrize(("base", "fault", "status", "code", "said"), [
