@@ -4,7 +4,8 @@ there. Each is a clear error in OpenAI's shape (before the first byte a JSON 4xx
 error event and no [DONE]) and a log line; never a 500, never a silently cut role.
 
 The engine is the session's real llama-server behind `tests.engine.FaultyEngine`, which misbehaves on
-the paths a test names. The worker waits 3 s for the engine (ROLE_INJECTOR_UPSTREAM_TIMEOUT). Facts
+the paths a test names. The worker waits 6 s for the engine (ROLE_INJECTOR_UPSTREAM_TIMEOUT; room for a loaded
+machine: the real engine behind it must start its answer within that). Facts
 (/props) are cached per model for a minute, so each test that spoils them asks for a model of its own."""
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ pytestmark = pytest.mark.usefixtures("faulty_engine")  # no fault left from anot
 
 def engine_env(url: str, place: Any) -> dict[str, str]:
     return {"ROLE_INJECTOR_ENGINE": "llama.cpp", "ROLE_INJECTOR_ENGINE_URL": url,
-            "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "3"}
+            "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "6"}
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +125,7 @@ def test_a_routers_502_on_a_count_is_asked_once_more(worker: WorkerProcess, faul
      "n_ctx"),
     ("loading", {"status": 500, "body": {"error": {"message": "loading model"}}}, 502, "upstream_refused",
      "loading model"),
-    ("silent", {"delay": 5}, 504, "upstream_timeout", "did not answer within 3 s"),
+    ("silent", {"delay": 9}, 504, "upstream_timeout", "did not answer within 6 s"),
 ])
 def test_props_faults_are_clear_errors(worker: WorkerProcess, faulty_engine: FaultyEngine, base: str,
                                        fault: dict[str, Any], status: int, code: str, said: str) -> None:
@@ -156,8 +157,8 @@ def test_a_window_too_small_for_the_role_is_an_error_not_a_cut_role(worker: Work
     ({"status": 200, "body": b"garbage"}, 502, "bad_upstream"),  # as one JSON answer
     ({"status": 200, "body": b"data: garbage\n\n", "content_type": "text/event-stream"}, 502, "bad_upstream"),
     ({"status": 200, "body": b"", "content_type": "text/event-stream"}, 502, "bad_upstream"),  # ends at once
-    ({"delay": 5}, 504, "upstream_timeout"),  # silent before its status
-    ({"cut_after": 0, "stall": 5}, 504, "upstream_timeout"),  # headers, then silence
+    ({"delay": 9}, 504, "upstream_timeout"),  # silent before its status
+    ({"cut_after": 0, "stall": 9}, 504, "upstream_timeout"),  # headers, then silence
 ])
 def test_an_answer_that_fails_before_its_first_byte_is_a_json_error(
         worker: WorkerProcess, faulty_engine: FaultyEngine, fault: dict[str, Any], status: int, code: str,
@@ -168,7 +169,7 @@ def test_an_answer_that_fails_before_its_first_byte_is_a_json_error(
 
 
 @pytest.mark.parametrize(("stall", "code", "said"), [(0, "bad_upstream", "broke off"),
-                                                     (5, "upstream_timeout", "sent nothing for 3 s")])
+                                                     (9, "upstream_timeout", "sent nothing for 6 s")])
 def test_a_stream_cut_after_it_began_ends_with_an_error_event(worker: WorkerProcess, faulty_engine: FaultyEngine,
                                                               stall: float, code: str, said: str) -> None:
     faulty_engine.fail("/v1/chat/completions", cut_after=900, stall=stall)  # the role chunk, a piece of text, then
