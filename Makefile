@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint engine test-worker test-node test-e2e test-browser docs-screenshots bench clean
+.PHONY: run run-scale test lint engine test-worker test-node test-e2e test-browser docs-screenshots bench clean
 
 $(STAMP): worker/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): worker/pyproject.toml
 # The worker on 127.0.0.1:8000 and n8n on localhost:5678 with the node and the samples; Ctrl-C stops both.
 run: $(STAMP)
 	bash scripts/run-local.sh
+
+# Two llama-servers behind vllm-router, the worker in front of the router (docs/scaling.md); Ctrl-C stops all.
+run-scale: $(STAMP)
+	bash scripts/run-scale.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check
@@ -33,7 +37,7 @@ engine:
 
 # Everything: lint, the n8n node (lint, build, tests), then all Python tests incl. the e2e suite.
 test: lint test-node engine
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=10
 
 # A real n8n with the packed node (one per session): the e2e and the browser tests.
 test-e2e: $(STAMP)
@@ -47,7 +51,7 @@ test-browser: $(STAMP)
 docs-screenshots: $(STAMP)
 	ROLE_INJECTOR_SCREENSHOTS=1 $(BIN)/pytest tests/browser
 
-bench: $(STAMP)
+bench: $(STAMP) engine
 	$(BIN)/python -m bench.fit_bench
 	$(BIN)/python -m bench.inject_bench
 	$(BIN)/python -m bench.proxy_bench
@@ -59,6 +63,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bake_bench
 	$(BIN)/python -m bench.roles_bench
 	$(BIN)/python -m bench.engine_bench
+	$(BIN)/python -m bench.routing_bench
 
 clean:
 	rm -rf $(VENV)

@@ -24,21 +24,15 @@ worker_url="http://127.0.0.1:$WORKER_PORT"
 logs="$N8N_HOME/logs"
 
 say() { echo "run-local: $*" >&2; }
+# shellcheck source=scripts/processes.sh
+source scripts/processes.sh
 
 if [ ! -x .venv/bin/role-injector ]; then
   say ".venv/bin/role-injector is missing; create the venv first (make test or make run does it)"
   exit 1
 fi
-for port in "$WORKER_PORT" "$N8N_PORT"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    say "port $port is already in use"
-    exit 1
-  fi
-done
+ports_free "$WORKER_PORT" "$N8N_PORT"
 mkdir -p "$logs"
-
-# fail STEP LOG: show the end of a step's log and stop.
-fail() { tail -n 40 "$2" >&2; say "$1 failed (log: $2)"; exit 1; }
 
 toolchain=scripts/n8n-toolchain.sh
 tools=$(bash "$toolchain" install)
@@ -57,41 +51,12 @@ rm -rf "$pack"
 export N8N_USER_FOLDER="$N8N_HOME" DB_TYPE=sqlite N8N_PORT N8N_DIAGNOSTICS_ENABLED=false \
   N8N_VERSION_NOTIFICATIONS_ENABLED=false N8N_PERSONALIZATION_ENABLED=false
 
-worker_pid="" n8n_pid=""
-cleanup() {
-  trap - EXIT INT TERM
-  local running=() pid
-  for pid in $worker_pid $n8n_pid; do
-    if kill -0 "$pid" 2>/dev/null; then running+=("$pid"); fi
-  done
-  if [ ${#running[@]} -gt 0 ]; then
-    say "stopping"
-    kill "${running[@]}" 2>/dev/null || true
-    wait "${running[@]}" 2>/dev/null || true
-  fi
-}
-trap cleanup EXIT
-# Ctrl-C (SIGINT to the whole process group) or SIGTERM: stopping on purpose is no failure.
-trap 'exit 0' INT TERM
-
-# wait_up URL PID NAME [LOG]: until URL answers 2xx (about 150 s at most); stop if the process died.
-wait_up() {
-  for _ in $(seq 1 300); do
-    curl -fsS -o /dev/null "$1" 2>/dev/null && return 0
-    if ! kill -0 "$2" 2>/dev/null; then
-      if [ -n "${4:-}" ]; then fail "starting $3" "$4"; fi
-      say "$3 did not start"
-      exit 1
-    fi
-    sleep 0.5
-  done
-  say "$3 did not answer at $1"
-  exit 1
-}
+stop_on_exit
 
 ROLE_INJECTOR_OLLAMA_URL="$OLLAMA_URL" .venv/bin/role-injector serve --host 127.0.0.1 \
   --port "$WORKER_PORT" --roles "$repo/roles" &
 worker_pid=$!
+started+=("$worker_pid")
 wait_up "$worker_url/healthz" "$worker_pid" "the worker"
 
 say "importing the sample credentials and workflows (first run only; log: $logs/import.log)"
@@ -103,6 +68,7 @@ SAMPLES_DIR="$SAMPLES_DIR" ROLE_INJECTOR_URL="$worker_url" OLLAMA_MODEL="$OLLAMA
 say "starting n8n (log: $logs/n8n.log)"
 "$n8n" start >"$logs/n8n.log" 2>&1 &
 n8n_pid=$!
+started+=("$n8n_pid")
 # /healthz answers some 20 s before the editor does: wait for the editor's settings and page.
 wait_up "http://127.0.0.1:$N8N_PORT/rest/settings" "$n8n_pid" "n8n" "$logs/n8n.log"
 wait_up "http://127.0.0.1:$N8N_PORT/" "$n8n_pid" "n8n" "$logs/n8n.log"

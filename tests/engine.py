@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -26,7 +27,7 @@ import requests
 
 from role_injector.engine_tokens import PostJson
 from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
-from tests.servers import REPO, free_port, stop_process
+from tests.servers import REPO, ServerProcess, free_port, stop_process
 
 TOOLCHAIN = REPO / "scripts" / "engine-toolchain.sh"
 SMOLLM2_WINDOW = 8192  # SmolLM2-135M-Instruct's trained context
@@ -58,22 +59,17 @@ def vllm_router() -> Path:
     return _toolchain("router")
 
 
-@dataclass
-class LlamaServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+class LlamaServer(ServerProcess):
+    """A llama-server the suite started."""
 
 
-def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+def wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 120.0,
+                 what: str = "llama-server") -> None:
     """Until `GET /health` answers 200 (llama-server answers 503 while it loads the model)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"llama-server exited with {process.returncode} before it was healthy")
+            raise RuntimeError(f"{what} exited with {process.returncode} before it was healthy")
         try:
             if requests.get(url + "/health", timeout=2).status_code == 200:
                 return
@@ -113,14 +109,15 @@ def run_llama_server(
     context: int = SMOLLM2_WINDOW,
     slots: int = 1,
     extra: Sequence[str] = (),
+    threads: int = 2,
 ) -> Iterator[LlamaServer]:
     """`llama-server` on a free port with `model` (default SmolLM2), `slots` parallel slots sharing
-    `context` tokens, 2 threads; stopped afterwards."""
+    `context` tokens, `threads` threads; stopped afterwards."""
     port = free_port()
     log_path = log_dir / f"llama-server-{port}.log"
     binary = llama_bin() / "llama-server"
     command = [str(binary), "-m", str(model or smollm2()), "--host", "127.0.0.1", "--port", str(port),
-               "-c", str(context), "-np", str(slots), "-t", "2", "--no-ui", *extra]
+               "-c", str(context), "-np", str(slots), "-t", str(threads), "--no-ui", *extra]
     with log_path.open("wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                    env={"LD_LIBRARY_PATH": str(binary.parent), "PATH": "/usr/bin:/bin"})
@@ -128,6 +125,43 @@ def run_llama_server(
     try:
         wait_healthy(url, process)
         yield LlamaServer(url=url, process=process, log_path=log_path)
+    finally:
+        stop_process(process, timeout=10)
+
+
+# --- a router in front of several engines ---------------------------------------------------------------
+
+# How vllm-router gives up on a dead engine within one request (docs/scaling.md): after 2 failures its
+# circuit opens, and the request's next retry (of up to 4, 20 ms apart at first) goes to another engine.
+ROUTER_FAILOVER = ("--cb-failure-threshold", "2", "--retry-max-retries", "4", "--retry-initial-backoff-ms", "20")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class Router(ServerProcess):
+    """vllm-router, started by `run_vllm_router`."""
+
+    def log(self) -> str:
+        """Its log without colours (it colours its lines whatever NO_COLOR says)."""
+        return ANSI.sub("", super().log())
+
+
+@contextmanager
+def run_vllm_router(log_dir: Path, engines: Sequence[str], policy: str = "consistent_hash",
+                    extra: Sequence[str] = ROUTER_FAILOVER) -> Iterator[Router]:
+    """vllm-router (installed by scripts/engine-toolchain.sh) on a free port in front of `engines` (their
+    URLs), with `policy`; its Prometheus exporter on another free port; stopped afterwards."""
+    port = free_port()
+    log_path = log_dir / f"vllm-router-{port}.log"
+    command = [str(vllm_router()), "--host", "127.0.0.1", "--port", str(port), "--prometheus-port", str(free_port()),
+               "--worker-urls", *engines, "--policy", policy, "--health-check-endpoint", "/health",
+               "--log-level", "info", *extra]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, process, what="vllm-router")  # 200 once every engine behind it is healthy
+        yield Router(url=url, process=process, log_path=log_path)
     finally:
         stop_process(process, timeout=10)
 
@@ -149,6 +183,7 @@ class EngineFault:
     cut_after: int | None = None
     stall: float = 0.0
     rewrite: Callable[[Any], Any] | None = None
+    times: int | None = None  # on this many requests, then none (None: on every request)
 
 
 @dataclass(frozen=True)
@@ -157,6 +192,8 @@ class EngineExchange:
     path: str
     body: Any  # the request's JSON (None when empty)
     answer: bytes  # what went back to the worker (at most 1 MiB)
+    raw: bytes = b""  # the request's body as it came
+    headers: Mapping[str, str] = field(default_factory=dict)  # the request's, as they came
 
 
 class FaultyEngine:
@@ -174,6 +211,17 @@ class FaultyEngine:
 
     def fail(self, path: str, **fault: Any) -> None:
         self.faults[path] = EngineFault(**fault)
+
+    def fault(self, path: str) -> EngineFault:
+        """The fault of a request on `path` (none: EngineFault()), one of its `times` used up."""
+        with self._lock:
+            fault = self.faults.get(path, EngineFault())
+            if fault.times is not None:
+                if fault.times <= 1:
+                    del self.faults[path]
+                else:
+                    self.faults[path] = replace(fault, times=fault.times - 1)
+            return fault
 
     def clear(self) -> None:
         with self._lock:
@@ -201,11 +249,11 @@ class FaultyEngine:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 path = self.path.split("?", 1)[0]
-                fault = engine.faults.get(path, EngineFault())
+                fault = engine.fault(path)
                 time.sleep(fault.delay)
                 if fault.status is not None:
                     body = fault.body if isinstance(fault.body, bytes) else json.dumps(fault.body).encode()
-                    engine._record(EngineExchange(self.command, path, _json(raw), body))
+                    engine._record(EngineExchange(self.command, path, _json(raw), body, raw, dict(self.headers)))
                     self.send_response(fault.status)
                     self.send_header("Content-Type", fault.content_type)
                     self.send_header("Content-Length", str(len(body)))
@@ -219,7 +267,8 @@ class FaultyEngine:
                 sent = bytearray()
 
                 def record() -> None:  # before the answer's last bytes: a test reads it once its answer is in
-                    engine._record(EngineExchange(self.command, path, _json(raw), bytes(sent)))
+                    engine._record(EngineExchange(self.command, path, _json(raw), bytes(sent), raw,
+                                                  dict(self.headers)))
 
                 try:
                     if fault.rewrite is not None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +31,20 @@ def free_port() -> int:
 
 
 @dataclass
-class WorkerProcess:
+class ServerProcess:
+    """A server the suite started: where it answers, its process and its log."""
+
     url: str
     process: subprocess.Popen[bytes]
     log_path: Path
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class WorkerProcess(ServerProcess):
+    """A `role-injector serve` the suite started (gunicorn's master)."""
 
     def worker_pids(self) -> list[int]:
         """gunicorn's worker processes: the children of its master."""
@@ -86,6 +93,19 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float, sig: int = si
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def stop_group(process: subprocess.Popen[bytes]) -> int:
+    """Ctrl-C to the process group of a script started in a session of its own (`make run`, `make
+    run-scale`), as a terminal sends it; then SIGKILL to the whole group if it lingers. The script's exit
+    status (-9 when it had to be killed)."""
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=60)
+    with suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    return process.wait()
 
 
 @contextmanager

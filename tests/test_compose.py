@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from tests.engine import ROUTER_FAILOVER
 from tests.servers import REPO
 
 COMPOSE = REPO / "docker-compose.yml"
@@ -33,7 +34,7 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def test_every_build_context_and_dockerfile_exists(compose: dict[str, Any]) -> None:
     built = {name: s["build"] for name, s in services(compose).items() if "build" in s}
-    assert set(built) == {"worker", "n8n-import", "n8n"}
+    assert set(built) == {"worker", "n8n-import", "n8n", "engine-a", "engine-b", "router", "worker-scale"}
     for name, build in built.items():
         context = REPO / build["context"]
         assert context.is_dir(), name
@@ -86,6 +87,85 @@ def test_worker_serves_the_mounted_roles(compose: dict[str, Any]) -> None:
     assert '"serve", "--host", "0.0.0.0", "--port", "8000", "--roles", "/roles"' in dockerfile
 
 
+# --- the profile `scale` (docs/scaling.md) ---------------------------------------------------------------
+
+SCALE = {"engine-a", "engine-b", "router", "worker-scale"}
+
+
+def option(command: list[str], name: str) -> list[str]:
+    """The values after `name` in an argument list, up to the next option."""
+    start = command.index(name) + 1
+    end = next((i for i in range(start, len(command)) if command[i].startswith("-")), len(command))
+    return command[start:end]
+
+
+def toolchain_pin(name: str) -> str:
+    found = re.search(rf'^{name}="([^"]+)"$', (REPO / "scripts" / "engine-toolchain.sh").read_text(), re.MULTILINE)
+    assert found is not None, name
+    return found.group(1)
+
+
+def test_the_scale_layout_is_a_profile_of_its_own(compose: dict[str, Any]) -> None:
+    svc = services(compose)
+    profiled = {name for name, service in svc.items() if "profiles" in service}
+    assert profiled == SCALE  # a plain `docker compose up` starts what it started before
+    for name in SCALE:
+        assert svc[name]["profiles"] == ["scale"], name
+    # `up worker-scale` starts the layout and nothing else, and no default service waits for it.
+    for name, service in svc.items():
+        for needed in service.get("depends_on", {}):
+            assert (needed in SCALE) == (name in SCALE), f"{name} depends on {needed}"
+
+
+def test_the_scale_urls_name_the_services_and_ports_that_serve_them(compose: dict[str, Any]) -> None:
+    svc = services(compose)
+    router = svc["router"]["command"]
+    engines = option(router, "--worker-urls")
+    assert len(engines) == 2
+    for url in engines:
+        parts = urlsplit(url)
+        assert parts.hostname in SCALE and parts.hostname.startswith("engine-"), url
+        engine = svc[parts.hostname]
+        assert option(engine["command"], "--port") == [str(parts.port)], url
+        assert option(engine["command"], "--host") == ["0.0.0.0"], url
+        assert str(parts.port) in " ".join(engine["healthcheck"]["test"]), url
+        assert svc["router"]["depends_on"][parts.hostname]["condition"] == "service_healthy"
+    assert option(router, "--host") == ["0.0.0.0"]
+    worker = svc["worker-scale"]
+    upstream = urlsplit(worker["environment"]["ROLE_INJECTOR_ENGINE_URL"])
+    assert upstream.hostname == "router" and option(router, "--port") == [str(upstream.port)]
+    assert f"{upstream.port}/health" in " ".join(svc["router"]["healthcheck"]["test"])
+    assert worker["depends_on"]["router"]["condition"] == "service_healthy"
+    assert worker["environment"]["ROLE_INJECTOR_ENGINE"] == "llama.cpp"
+    # Without an API key the worker answers only to names it knows: other services reach it by this one.
+    assert worker["environment"]["ROLE_INJECTOR_ALLOWED_HOSTS"].split()[0] == "worker-scale"
+    published = [port.rsplit(":", 2)[-2:] for port in worker["ports"] + svc["worker"]["ports"]]
+    assert len({host for host, _ in published}) == 2  # two workers, two host ports
+    assert worker["volumes"] == svc["worker"]["volumes"] and worker["image"] == svc["worker"]["image"]
+
+
+def test_the_scale_router_routes_by_the_workers_key_as_tested(compose: dict[str, Any]) -> None:
+    router = services(compose)["router"]["command"]
+    assert option(router, "--policy") == ["consistent_hash"]  # reads X-Session-ID, the worker's default
+    assert option(router, "--health-check-endpoint") == ["/health"]
+    # The failover settings the tests run with (tests/engine.py), here and in make run-scale.
+    script = (REPO / "scripts" / "run-scale.sh").read_text()
+    for name, value in zip(ROUTER_FAILOVER[::2], ROUTER_FAILOVER[1::2], strict=True):
+        assert option(router, name) == [value], name
+        assert f"{name} {value}" in script, name
+
+
+def test_the_scale_images_pin_the_tested_versions(compose: dict[str, Any]) -> None:
+    svc = services(compose)
+    engine = (REPO / svc["engine-a"]["build"]["dockerfile"]).read_text()
+    assert f"ARG SMOLLM2_VERSION={toolchain_pin('SMOLLM2_VERSION')}\n" in engine
+    model = option(svc["engine-a"]["command"], "-m")[0]
+    assert re.search(rf"^COPY --from=model /model.gguf {re.escape(model)}$", engine, re.MULTILINE)
+    assert svc["engine-a"]["command"] == svc["engine-b"]["command"]
+    router = (REPO / svc["router"]["build"]["dockerfile"]).read_text()
+    assert f"ARG VLLM_ROUTER_VERSION={toolchain_pin('VLLM_ROUTER_VERSION')}\n" in router
+    assert 'ENTRYPOINT ["vllm-router"]' in router
+
 def test_n8n_image_is_the_tested_version() -> None:
     text = N8N_DOCKERFILE.read_text()
     version = re.search(r"^ARG N8N_VERSION=(\S+)$", text, re.MULTILINE)
@@ -113,7 +193,8 @@ def test_dockerfiles_copy_only_what_exists_and_is_not_ignored(dockerfile: str) -
 
 
 def test_scripts_are_executable() -> None:
-    for script in ["docker/import-samples.sh", "docker/n8n-entrypoint.sh", "scripts/run-local.sh"]:
+    for script in ["docker/import-samples.sh", "docker/n8n-entrypoint.sh", "scripts/run-local.sh",
+                   "scripts/run-scale.sh"]:
         assert (REPO / script).stat().st_mode & stat.S_IXUSR, script
 
 

@@ -14,11 +14,10 @@ from __future__ import annotations
 import copy
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +26,7 @@ import requests
 
 from tests.e2e.n8n import N8n, N8nError
 from tests.ollama_standin import DEFAULT_ANSWER, OllamaStandin, Reply, run_ollama_standin
-from tests.servers import REPO, ROLE_INJECTOR, child_pids, free_port, stop_process, wait_for_http
+from tests.servers import REPO, ROLE_INJECTOR, child_pids, free_port, stop_group, stop_process, wait_for_http
 
 WORKFLOWS = REPO / "workflows"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -257,15 +256,3 @@ def run_stack(base: Path) -> Iterator[Stack]:
         finally:
             stop_group(stack.local.process)
             stack.stop_replacement_workers()
-
-
-def stop_group(process: subprocess.Popen[bytes]) -> int:
-    """Ctrl-C, as a user stops `make run`; then SIGKILL to the whole group if it lingers. The script's
-    exit status (-9 when it had to be killed)."""
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGINT)
-    with suppress(subprocess.TimeoutExpired):
-        process.wait(timeout=60)
-    with suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGKILL)
-    return process.wait()

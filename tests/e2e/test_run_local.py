@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.stack import BANNER_END, Stack, stop_group
+from tests.e2e.stack import BANNER_END, Stack
+from tests.servers import stop_group
 
 pytestmark = pytest.mark.e2e
 

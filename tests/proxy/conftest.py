@@ -11,21 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests import standin_fixtures
 from tests.engine import FaultyEngine, LlamaServer, run_faulty_engine
-from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests.ollama_standin import OllamaStandin
 from tests.proxy.place import write_place
 from tests.servers import WorkerProcess, run_worker_at
 
-
-@pytest.fixture(scope="package")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def fresh_standin(standin: OllamaStandin) -> None:
-    standin.clear()
+# The folder's Ollama stand-in (tests/standin_fixtures.py).
+standin = standin_fixtures.standin
+fresh_standin = standin_fixtures.fresh_standin
 
 
 @pytest.fixture(scope="package")

@@ -4,7 +4,8 @@ there. Each is a clear error in OpenAI's shape (before the first byte a JSON 4xx
 error event and no [DONE]) and a log line; never a 500, never a silently cut role.
 
 The engine is the session's real llama-server behind `tests.engine.FaultyEngine`, which misbehaves on
-the paths a test names. The worker waits 3 s for the engine (ROLE_INJECTOR_UPSTREAM_TIMEOUT). Facts
+the paths a test names. The worker waits 6 s for the engine (ROLE_INJECTOR_UPSTREAM_TIMEOUT; room for a loaded
+machine: the real engine behind it must start its answer within that). Facts
 (/props) are cached per model for a minute, so each test that spoils them asks for a model of its own."""
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ description: Counted by nobody yet
 ## Mission {required}
 You keep bees on a roof in Lisbon and answer questions about honey.
 """
+# Roles for the router's 502s, each counted by nobody before its test.
+ONCE = FRESH.replace("bees on a roof in Lisbon", "goats on a hill above Porto")
+TWICE = FRESH.replace("bees on a roof in Lisbon", "pigeons in a loft in Faro")
+ROUTER_502 = b"Backend request failed: error sending request for url (http://127.0.0.1:9/tokenize)"
 PROFILE = """\
 virtual_models:
   guard: {base: smollm2, role: guard, params: {temperature: 0, num_predict: 12}}
@@ -44,12 +49,13 @@ pytestmark = pytest.mark.usefixtures("faulty_engine")  # no fault left from anot
 
 def engine_env(url: str, place: Any) -> dict[str, str]:
     return {"ROLE_INJECTOR_ENGINE": "llama.cpp", "ROLE_INJECTOR_ENGINE_URL": url,
-            "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "3"}
+            "ROLE_INJECTOR_MODELS": str(place / "models.yaml"), "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "6"}
 
 
 @pytest.fixture(scope="module")
 def place(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    return write_place(tmp_path_factory.mktemp("engine-faults"), {"guard": GUARD, "fresh": FRESH}, PROFILE)
+    return write_place(tmp_path_factory.mktemp("engine-faults"),
+                       {"guard": GUARD, "fresh": FRESH, "once": ONCE, "twice": TWICE}, PROFILE)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +99,24 @@ def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess,
     assert logged(worker)[-1]["status"] == 503
 
 
+def test_a_routers_502_on_a_count_is_asked_once_more(worker: WorkerProcess, faulty_engine: FaultyEngine) -> None:
+    # vllm-router answers 502 when its connection to an engine failed; it retries chat requests, not these.
+    faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=1)
+    answer = chat(worker, "smollm2@once", max_tokens=4)
+    assert answer.status_code == 200, answer.text
+    asked = faulty_engine.sent_to("/tokenize")
+    assert asked[0].answer == ROUTER_502 and len(asked) >= 2 and asked[1].body == asked[0].body
+    assert len(faulty_engine.sent_to("/v1/chat/completions")) == 1
+
+    faulty_engine.clear()
+    faulty_engine.fail("/tokenize", status=502, body=ROUTER_502, content_type="text/plain", times=2)
+    response = chat(worker, "smollm2@twice", max_tokens=4)
+    assert response.status_code in (502, 503), response.text
+    assert "Backend request failed" in response.json()["error"]["message"]
+    assert [e.answer for e in faulty_engine.sent_to("/tokenize")] == [ROUTER_502, ROUTER_502]  # once more, no more
+    assert faulty_engine.sent_to("/v1/chat/completions") == []
+
+
 @pytest.mark.parametrize(("base", "fault", "status", "code", "said"), [
     ("no-props", {"status": 404, "body": LLAMA_404}, 502, "bad_upstream", "has no /props (it answered 404)"),
     ("garbage", {"status": 200, "body": b"garbage"}, 502, "bad_upstream", "is not JSON"),
@@ -101,7 +125,7 @@ def test_an_engine_without_tokenize_cannot_count_the_role(worker: WorkerProcess,
      "n_ctx"),
     ("loading", {"status": 500, "body": {"error": {"message": "loading model"}}}, 502, "upstream_refused",
      "loading model"),
-    ("silent", {"delay": 5}, 504, "upstream_timeout", "did not answer within 3 s"),
+    ("silent", {"delay": 9}, 504, "upstream_timeout", "did not answer within 6 s"),
 ])
 def test_props_faults_are_clear_errors(worker: WorkerProcess, faulty_engine: FaultyEngine, base: str,
                                        fault: dict[str, Any], status: int, code: str, said: str) -> None:
@@ -133,8 +157,8 @@ def test_a_window_too_small_for_the_role_is_an_error_not_a_cut_role(worker: Work
     ({"status": 200, "body": b"garbage"}, 502, "bad_upstream"),  # as one JSON answer
     ({"status": 200, "body": b"data: garbage\n\n", "content_type": "text/event-stream"}, 502, "bad_upstream"),
     ({"status": 200, "body": b"", "content_type": "text/event-stream"}, 502, "bad_upstream"),  # ends at once
-    ({"delay": 5}, 504, "upstream_timeout"),  # silent before its status
-    ({"cut_after": 0, "stall": 5}, 504, "upstream_timeout"),  # headers, then silence
+    ({"delay": 9}, 504, "upstream_timeout"),  # silent before its status
+    ({"cut_after": 0, "stall": 9}, 504, "upstream_timeout"),  # headers, then silence
 ])
 def test_an_answer_that_fails_before_its_first_byte_is_a_json_error(
         worker: WorkerProcess, faulty_engine: FaultyEngine, fault: dict[str, Any], status: int, code: str,
@@ -145,7 +169,7 @@ def test_an_answer_that_fails_before_its_first_byte_is_a_json_error(
 
 
 @pytest.mark.parametrize(("stall", "code", "said"), [(0, "bad_upstream", "broke off"),
-                                                     (5, "upstream_timeout", "sent nothing for 3 s")])
+                                                     (9, "upstream_timeout", "sent nothing for 6 s")])
 def test_a_stream_cut_after_it_began_ends_with_an_error_event(worker: WorkerProcess, faulty_engine: FaultyEngine,
                                                               stall: float, code: str, said: str) -> None:
     faulty_engine.fail("/v1/chat/completions", cut_after=900, stall=stall)  # the role chunk, a piece of text, then

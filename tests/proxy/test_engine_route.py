@@ -120,7 +120,7 @@ def test_a_stream_ends_with_the_engines_usage_and_timings(engine_worker: WorkerP
                                                           faulty_engine: FaultyEngine) -> None:
     with requests.post(engine_worker.url + "/v1/chat/completions", stream=True, timeout=600, json={
             "model": "pip", "messages": PIP, "stream": True, "stream_options": {"include_usage": True}}) as response:
-        assert response.status_code == 200 and response.headers["Content-Type"] == "text/event-stream"
+        assert response.status_code == 200 and response.headers["Content-Type"] == "text/event-stream; charset=utf-8"
         predicted = int(response.headers["X-Role-Injector-Prompt-Tokens"])
         events = engine_events(response.content)
     assert response.content.endswith(b"data: [DONE]\n\n")

@@ -19,8 +19,13 @@ from typing import Any
 
 import pytest
 
-from tests.ollama_standin import OllamaStandin, run_ollama_standin
+from tests import standin_fixtures
+from tests.ollama_standin import OllamaStandin
 from tests.servers import WorkerProcess, run_worker_at
+
+# The folder's Ollama stand-in (tests/standin_fixtures.py).
+standin = standin_fixtures.standin
+fresh_standin = standin_fixtures.fresh_standin
 
 ROLE = """---
 description: A role that must never be skipped
@@ -46,17 +51,6 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "roles" / "guarded.md").write_text(ROLE, encoding="utf-8")
     (root / "models.yaml").write_text(PROFILE, encoding="utf-8")
     return root
-
-
-@pytest.fixture(scope="session")
-def standin() -> Iterator[OllamaStandin]:
-    with run_ollama_standin() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def fresh_standin(standin: OllamaStandin) -> None:
-    standin.clear()
 
 
 def with_userinfo(url: str, user: str = OLLAMA_USER, password: str = OLLAMA_PASSWORD) -> str:

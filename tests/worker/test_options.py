@@ -51,6 +51,13 @@ def test_the_merge_does_not_depend_on_grouping(top: RoleOptions, middle: RoleOpt
     assert top.over(RoleOptions()) == top == RoleOptions().over(top)
 
 
+@given(layers, layers)
+def test_the_merge_of_checked_layers_passes_the_check(top: RoleOptions, bottom: RoleOptions) -> None:
+    """`over` skips the check (both layers passed it): making the merge through the check is equal."""
+    merged = top.over(bottom)
+    assert RoleOptions(**{name: getattr(merged, name) for name in (*SCALARS, "params", "variables")}) == merged
+
+
 @given(layers)
 def test_the_policy_is_the_layers_else_the_default(options: RoleOptions) -> None:
     policy = options.policy

@@ -14,6 +14,14 @@ least `MIN_WORK_BYTES`); work that would take the sizes running and waiting beyo
 is refused (`Overloaded`: 503 with Retry-After) instead of queued, so CPU time and the memory of the
 bodies waiting stay bounded whatever the clients send. (Work alone is always taken, whatever its size.)
 
+Most requests are small and find what they need in the fit cache: handing them to a thread would cost
+more than their work (the handoff and the GIL passed back and forth). So work that comes from a small
+body (`INLINE_BYTES`) is first tried on the loop itself, and leaves it when it meets a heavy piece: the
+library calls `weigh(chars)` before CPU work proportional to `chars` (counting a text that is not
+cached, building a relevance index, a fit that is not cached), and past `INLINE_CHARS` the try is
+abandoned and the whole work runs again in a thread. That is why work given to the pool must be free of
+side effects other than filling caches (each route's is: it counts, fits and renders).
+
 Where gevent has not patched the process (the CLI, tests with Flask's test client), the work runs at once
 in the caller's thread: there is no event loop to keep free.
 """
@@ -23,6 +31,7 @@ from __future__ import annotations
 import contextvars
 import os
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from role_injector import os_threads
@@ -33,6 +42,22 @@ MIN_WORK_BYTES = 16 * 1024  # what a request counts for at least (so 4,096 conne
 DEFAULT_THREADS = 2
 DEFAULT_MAX_PENDING_BYTES = 128 * 1024 * 1024  # two bodies at the proxy's limit (ROLE_INJECTOR_CPU_QUEUE_BYTES)
 QUEUE_VARIABLE = "ROLE_INJECTOR_CPU_QUEUE_BYTES"
+INLINE_BYTES = 8 * 1024  # work from a body this small is tried on the loop first
+INLINE_CHARS = 16 * 1024  # the heaviest piece such a try may do there: about 0.7 ms of counting prose
+
+_on_loop: ContextVar[bool] = ContextVar("on_loop", default=False)
+
+
+class _LeaveLoop(BaseException):
+    """A try on the loop met a heavy piece (`weigh`). A BaseException, so that no `except Exception`
+    of the work can take it for an error of its own."""
+
+
+def weigh(chars: int) -> None:
+    """Called before CPU work proportional to `chars`: during a try on the event loop, work beyond
+    `INLINE_CHARS` leaves it for the pool's threads; anywhere else this does nothing."""
+    if chars > INLINE_CHARS and _on_loop.get():
+        raise _LeaveLoop
 
 
 def _gevent_patched() -> bool:
@@ -57,6 +82,14 @@ class CpuPool:
         from the pool itself. Raises `Overloaded` when `size` does not fit what is in flight."""
         if not _gevent_patched() or (self._pid == os.getpid() and os_threads.thread_id() != self._loop_thread):
             return work()
+        if size <= INLINE_BYTES:
+            trying = _on_loop.set(True)
+            try:
+                return work()
+            except _LeaveLoop:
+                pass
+            finally:
+                _on_loop.reset(trying)
         weight = max(size, MIN_WORK_BYTES)
         with self._lock:
             if self.pending_bytes and self.pending_bytes + weight > self.max_pending_bytes:

@@ -33,6 +33,7 @@ from functools import cached_property
 from typing import Any, Literal, cast
 
 from role_injector import os_threads
+from role_injector.cpu_pool import weigh
 from role_injector.errors import BudgetTooSmall, RoleError
 from role_injector.formats import neutralise
 from role_injector.relevance import CORE_PRIORITY, Query, Ranking, RelevanceIndex
@@ -377,6 +378,7 @@ class FitCache:
                 "or use priority selection",
                 details={"limit": FIT_CACHE_VARIABLE, "value": self.max_bytes, "needed": bound},
             )
+        weigh(len(role.content))
         index = RelevanceIndex(role.sections)
         self.put(key, index)
         log.info("built the relevance index of role %r, version %s: %d bytes", role.name, role.version[7:19],
@@ -424,6 +426,7 @@ def fit_budget(
     found = cache.get(key)
     if isinstance(found, Fit):
         return found
+    weigh(len(role.content))  # selecting among the sections: the bigger the role, the longer
     fit = _compute_fit(role, values, budget, tokenizer, cache, ranking)
     cache.put(key, fit)
     return fit

@@ -41,6 +41,7 @@ class ChatRequest:
     stream: bool  # what the client asked; engines are always asked for a stream
     include_usage: bool  # stream_options.include_usage
     body: Mapping[str, Any]
+    session: str | None = None  # the client's own session id, from a routing header (engines/routing.py)
 
 
 def flag(body: Mapping[str, Any], name: str) -> bool:

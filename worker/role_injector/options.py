@@ -116,15 +116,20 @@ class RoleOptions:
         _checked("variables", _variables, self.variables)
 
     def over(self, lower: RoleOptions) -> RoleOptions:
-        """This layer over `lower`: what is set here wins; params and variables name by name."""
-        return RoleOptions(
-            budget=_first(self.budget, lower.budget),
-            context_policy=_first(self.context_policy, lower.context_policy),
-            history_share=_first(self.history_share, lower.history_share),
-            selection=_first(self.selection, lower.selection),
-            params={**lower.params, **self.params},
-            variables={**lower.variables, **self.variables},
-        )
+        """This layer over `lower`: what is set here wins; params and variables name by name. Both
+        layers were checked when made, and so is all they hold together: not checked again (a request
+        pays this on every call)."""
+        merged = object.__new__(RoleOptions)
+        for name, value in (
+            ("budget", _first(self.budget, lower.budget)),
+            ("context_policy", _first(self.context_policy, lower.context_policy)),
+            ("history_share", _first(self.history_share, lower.history_share)),
+            ("selection", _first(self.selection, lower.selection)),
+            ("params", {**lower.params, **self.params}),
+            ("variables", {**lower.variables, **self.variables}),
+        ):
+            object.__setattr__(merged, name, value)
+        return merged
 
     @cached_property
     def policy(self) -> ContextPolicy:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from role_injector.engines.kinds import EngineKind, engine_kind
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, routing_headers
 from role_injector.engines.url import EngineUrl
 from role_injector.errors import ConfigError, InvalidRequest, ProfileError
 from role_injector.formats import FORMATS
@@ -79,6 +80,7 @@ class EngineEntry:
     kind: EngineKind
     url: EngineUrl
     api_key_env: str | None = None
+    routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS  # where it is given routing keys
 
 
 @dataclass(frozen=True)
@@ -196,19 +198,20 @@ def _parse_engine(name: Any, raw: Any) -> EngineEntry:
                            f"{DEFAULT_ENGINE!r}, which is ROLE_INJECTOR_ENGINE's)")
     if not isinstance(raw, dict) or not isinstance(raw.get("url"), str):
         raise ProfileError(f"{where} needs 'kind' and 'url' (the engine's base URL, without /v1)")
-    unknown = set(raw) - {"kind", "url", "api_key_env"}
+    unknown = set(raw) - {"kind", "url", "api_key_env", "routing_headers"}
     if unknown:
         raise ProfileError(f"{where} has unknown key(s): {', '.join(sorted(map(str, unknown)))}")
     try:
         kind = engine_kind(raw.get("kind"), f"{where}: kind")
         url = EngineUrl.parse(raw["url"], f"{where}: url")
+        routed = routing_headers(raw.get("routing_headers", list(DEFAULT_ROUTING_HEADERS)), f"{where}: routing_headers")
     except (ValueError, ConfigError) as exc:
         raise ProfileError(exc.message if isinstance(exc, ConfigError) else str(exc)) from None
     key_env = raw.get("api_key_env")
     if key_env is not None and not (isinstance(key_env, str) and key_env.isidentifier()):
         raise ProfileError(f"{where}: api_key_env must name an environment variable (the key itself stays out "
                            "of the file)")
-    return EngineEntry(name=name, kind=kind, url=url, api_key_env=key_env)
+    return EngineEntry(name=name, kind=kind, url=url, api_key_env=key_env, routing_headers=routed)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from role_injector.cpu_pool import DEFAULT_MAX_PENDING_BYTES, DEFAULT_THREADS, QUEUE_VARIABLE
 from role_injector.engines.kinds import EngineKind, engine_kind
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, routing_headers
 from role_injector.errors import ConfigError
 from role_injector.fitting import DEFAULT_FIT_CACHE_BYTES, FIT_CACHE_VARIABLE
 from role_injector.roles import DEFAULT_LIMITS, LIMIT_VARIABLES, RoleLimits
@@ -42,6 +43,8 @@ class Settings:
     engine: EngineKind = EngineKind.OLLAMA
     engine_url: str | None = field(default=None, repr=False)
     engine_api_key: str | None = field(default=None, repr=False)
+    # Where the default engine (or a router in front of several) is given each conversation's routing key.
+    engine_routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS
     models_file: str | None = None
     max_body_bytes: int = 1024 * 1024
     max_proxy_body_bytes: int = 64 * 1024 * 1024  # /api/* bodies carry base64 images
@@ -87,8 +90,14 @@ class Settings:
         if engine is not EngineKind.OLLAMA and engine_url is None:
             raise ConfigError(f"ROLE_INJECTOR_ENGINE={engine.value} needs ROLE_INJECTOR_ENGINE_URL, the engine's "
                               "base URL (without /v1), e.g. http://127.0.0.1:8080")
+        try:
+            routed = routing_headers(env.get("ROLE_INJECTOR_ENGINE_ROUTING_HEADERS") or list(DEFAULT_ROUTING_HEADERS),
+                                     "ROLE_INJECTOR_ENGINE_ROUTING_HEADERS")
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         values: dict[str, object] = {
             "engine": engine,
+            "engine_routing_headers": routed,
             "engine_url": engine_url,
             "engine_api_key": env.get("ROLE_INJECTOR_ENGINE_API_KEY") or None,
             "roles_dir": env.get("ROLE_INJECTOR_ROLES_DIR") or cls.roles_dir,

@@ -26,6 +26,7 @@ from typing import ClassVar, Protocol
 import tiktoken
 
 from role_injector import os_threads
+from role_injector.cpu_pool import weigh
 from role_injector.errors import VocabularyError
 from role_injector.normalization import marks, nfc
 
@@ -218,6 +219,7 @@ class VocabularyTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Tokens of plain text: special-token strings inside it count as text."""
+        weigh(len(text))
         return self._encode_ordinary(self._normalise(text))
 
     def count(self, text: str) -> int:
@@ -234,6 +236,7 @@ class VocabularyTokenizer:
         """Tokens of a rendered prompt, where the format's control tokens are real specials: what
         `encoding.encode(prompt, allowed_special="all")` counts, which encodes the text between
         special tokens as ordinary text, piece by piece."""
+        weigh(len(prompt))
         text = self._normalise(prompt)
         tokens = 0
         done = 0

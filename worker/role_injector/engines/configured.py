@@ -24,7 +24,8 @@ UNREACHABLE_HINT = ". Start Ollama there, or point the worker at it: ROLE_INJECT
 ENGINE_HINT = ". Start the engine there, or point the worker at it: {setting}"
 
 
-def make_engine(name: str, kind: EngineKind, url: EngineUrl, settings: Settings, api_key: str | None) -> Engine:
+def make_engine(name: str, kind: EngineKind, url: EngineUrl, settings: Settings, api_key: str | None,
+                routing_headers: tuple[str, ...]) -> Engine:
     if name != DEFAULT_ENGINE:
         hint = ENGINE_HINT.format(setting=f"the url of engine {name!r} in the profile file (ROLE_INJECTOR_MODELS)")
     elif kind is EngineKind.OLLAMA:
@@ -34,7 +35,9 @@ def make_engine(name: str, kind: EngineKind, url: EngineUrl, settings: Settings,
     label = OllamaEngine.label if kind is EngineKind.OLLAMA else SERVERS[kind].label
     transport = Transport(url, label, timeout=settings.upstream_timeout,
                           max_json_bytes=settings.max_upstream_json_bytes, api_key=api_key, unreachable_hint=hint)
-    return OllamaEngine(name, transport) if kind is EngineKind.OLLAMA else OpenAIServerEngine(name, kind, transport)
+    if kind is EngineKind.OLLAMA:
+        return OllamaEngine(name, transport, routing_headers)
+    return OpenAIServerEngine(name, kind, transport, routing_headers=routing_headers)
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,7 @@ def configured_engines(settings: Settings, profiles: Profiles, env: Mapping[str,
     kind = settings.engine
     url = EngineUrl.parse(settings.ollama_url) if kind is EngineKind.OLLAMA \
         else EngineUrl.parse(settings.engine_url or "", "ROLE_INJECTOR_ENGINE_URL")
-    default = make_engine(DEFAULT_ENGINE, kind, url, settings, settings.engine_api_key)
+    default = make_engine(DEFAULT_ENGINE, kind, url, settings, settings.engine_api_key, settings.engine_routing_headers)
     named = {}
     for name, entry in profiles.engines.items():
         key = None
@@ -80,5 +83,5 @@ def configured_engines(settings: Settings, profiles: Profiles, env: Mapping[str,
             if key is None:
                 raise ConfigError(f"engine {name!r} in the profile file takes its API key from {entry.api_key_env}, "
                                   "which is not set")
-        named[name] = make_engine(name, entry.kind, entry.url, settings, key)
+        named[name] = make_engine(name, entry.kind, entry.url, settings, key, entry.routing_headers)
     return Engines(default, named)

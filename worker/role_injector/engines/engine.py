@@ -16,6 +16,7 @@ from typing import Any
 
 from role_injector.engines.answer import Delta
 from role_injector.engines.kinds import EngineKind
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, body_session, opening, routing_key
 from role_injector.engines.transport import Answer, Transport
 from role_injector.fitting import FitCache
 from role_injector.injection import Injection, VirtualRequest
@@ -26,12 +27,21 @@ from role_injector.store import RoleSet
 
 @dataclass(frozen=True)
 class ChatCall:
-    """The engine's own request for one chat completion, ready to send (POST, JSON, streamed)."""
+    """The engine's own request for one chat completion, ready to send (POST, JSON): made by
+    `Engine.call`, so that every one carries its conversation's routing key."""
 
     path: str
     body: bytes
     injection: Injection | None  # the role put in, for a virtual model
+    routing_key: str  # the conversation's (engines/routing.py)
     headers: Mapping[str, str] = field(default_factory=dict)  # the engine's own, over the client's
+
+
+def chat_key(request: ChatRequest) -> str:
+    """The routing key of a Chat Completions request: the client's session id (a routing header, else
+    `prompt_cache_key` or `user`), else its first user message, on the model it names."""
+    return routing_key(request.model, request.session or body_session(request.body),
+                       opening(request.body.get("messages")))
 
 
 class Engine(ABC):
@@ -44,9 +54,16 @@ class Engine(ABC):
     # the event loop, whose sockets it uses, and not in the CPU pool's OS threads (web/state.compute).
     asks_while_building = False
 
-    def __init__(self, name: str, transport: Transport) -> None:
+    def __init__(self, name: str, transport: Transport,
+                 routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS) -> None:
         self.name = name  # "default", or its name in the profile file (a metric label: bounded)
         self.transport = transport
+        self.routing_headers = routing_headers  # where a router in front of engines reads the routing key
+
+    def call(self, path: str, body: bytes, injection: Injection | None, key: str) -> ChatCall:
+        """The engine's request for a chat, its routing key under each of the engine's routing headers:
+        the one place every chat request to an engine is made, on every route."""
+        return ChatCall(path, body, injection, key, dict.fromkeys(self.routing_headers, key))
 
     @property
     def where(self) -> str:

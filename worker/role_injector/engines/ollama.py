@@ -44,10 +44,11 @@ from datetime import datetime
 from typing import Any
 
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
-from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.engine import ChatCall, Engine, chat_key
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.lines import read_lines
 from role_injector.engines.messages import neutralise_message, neutralise_tools
+from role_injector.engines.routing import opening, routing_key
 from role_injector.engines.transport import Answer, encode_json
 from role_injector.errors import ContextOverflow, InvalidRequest, UpstreamError, VariableError, shown
 from role_injector.fitting import FitCache
@@ -268,6 +269,24 @@ def rewrite_generate(body: Mapping[str, Any], request: VirtualRequest) -> tuple[
         out["prompt"] = neutralise(prompt)
         out["system"] = injection.system
     return out, injection
+
+
+REWRITES = {"/api/chat": rewrite_chat, "/api/generate": rewrite_generate}
+
+
+def completion_call(engine: Engine, path: str, raw: bytes, body: Mapping[str, Any], virtual: VirtualRequest | None,
+                    session: str | None) -> ChatCall:
+    """An Ollama client's /api/chat or /api/generate request (`path`) as the engine's: a plain model's
+    bytes as they came, a virtual model's body rewritten (`REWRITES`); with the routing key of its
+    conversation (its first user message, or a generate request's prompt), or of the client's `session`."""
+    prompt = body.get("prompt")
+    first = opening(body.get("messages")) if path == "/api/chat" else prompt if isinstance(prompt, str) else ""
+    model = body.get(model_field(body))
+    key = routing_key(model if isinstance(model, str) else "", session, first)
+    if virtual is None:
+        return engine.call(path, raw, None, key)
+    out, injection = REWRITES[path](body, virtual)
+    return engine.call(path, encode_json(out), injection, key)
 
 
 # --- /api/show and /api/tags -----------------------------------------------------------------------
@@ -724,9 +743,9 @@ class OllamaEngine(Engine):
                   cache: FitCache) -> ChatCall:
         chat = chat_body(request)
         if virtual is None:
-            return ChatCall("/api/chat", encode_json(plain_chat(chat, profiles, cache)), None)
+            return self.call("/api/chat", encode_json(plain_chat(chat, profiles, cache)), None, chat_key(request))
         body, injection = rewrite_chat(chat, virtual)
-        return ChatCall("/api/chat", encode_json(body), injection)
+        return self.call("/api/chat", encode_json(body), injection, chat_key(request))
 
     def deltas(self, answer: Answer) -> Iterator[Delta]:
         lines = read_lines(answer.chunks(), "ndjson", self.label)

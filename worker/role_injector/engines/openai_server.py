@@ -42,10 +42,11 @@ from role_injector.engine_window import (
     max_model_len_window,
 )
 from role_injector.engines.answer import Delta, ToolCall, count, mapping
-from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.engine import ChatCall, Engine, chat_key
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.lines import read_lines
 from role_injector.engines.messages import neutralise_message, neutralise_tools
+from role_injector.engines.routing import DEFAULT_ROUTING_HEADERS, routing_key
 from role_injector.engines.transport import Answer, Transport, encode_json
 from role_injector.errors import BudgetTooSmall, ContextOverflow, UpstreamError, UpstreamRefused, VariableError
 from role_injector.fitting import FitCache
@@ -277,8 +278,9 @@ class OpenAIServerEngine(Engine):
     asks_while_building = True  # /props, /tokenize
 
     def __init__(self, name: str, kind: EngineKind, transport: Transport,
-                 facts: FactsCache[ModelFacts] | None = None) -> None:
-        super().__init__(name, transport)
+                 facts: FactsCache[ModelFacts] | None = None,
+                 routing_headers: tuple[str, ...] = DEFAULT_ROUTING_HEADERS) -> None:
+        super().__init__(name, transport, routing_headers)
         self.kind = kind
         self.server = SERVERS[kind]
         self.label = self.server.label
@@ -292,10 +294,25 @@ class OpenAIServerEngine(Engine):
         assert found is not None  # _read_facts always answers
         return found
 
+    def _exchange(self, method: str, path: str, body: Any = None) -> Any:
+        """A JSON exchange of the worker's own (facts, counts) under a routing key of its path and body:
+        a router logs that key rather than the body (vllm-router logs a short body whole, conversation
+        text included, when a request has no key), and spreads these requests as it would by the body.
+        A 502 is asked once more: these requests only read, and a router answers 502 when its connection
+        to an engine failed, where vllm-router retries chat requests but not these."""
+        key = routing_key(path, None, json.dumps(body, ensure_ascii=True, sort_keys=True))
+        headers = dict.fromkeys(self.routing_headers, key)
+        try:
+            return self.transport.request_json(method, path, body, headers)
+        except UpstreamRefused as exc:
+            if exc.details.get("status") != 502:
+                raise
+            return self.transport.request_json(method, path, body, headers)
+
     def _asked(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON exchange with the engine, a missing endpoint said plainly (is the engine's kind right?)."""
         try:
-            return self.transport.request_json(method, path, body)
+            return self._exchange(method, path, body)
         except UpstreamRefused as exc:
             if exc.details.get("status") not in (404, 405, 501):
                 raise
@@ -333,7 +350,7 @@ class OpenAIServerEngine(Engine):
         messages = [{"role": "system", "content": PROBE_SYSTEM}] + [
             {"role": m.role, "content": m.content} for m in PROBE_TURNS]
         try:
-            answer = self.transport.request_json("POST", "/apply-template", {"messages": messages})
+            answer = self._exchange("POST", "/apply-template", {"messages": messages})
         except UpstreamRefused:
             return None
         prompt = answer.get("prompt") if isinstance(answer, dict) else None
@@ -345,18 +362,13 @@ class OpenAIServerEngine(Engine):
         conversation as the profile's chat format does."""
         if profile.exact or self.server.tokenize is None:
             return None
-        tokenizer = EngineTokenizer(lambda path, body: self.transport.request_json("POST", path, body),
+        tokenizer = EngineTokenizer(lambda path, body: self._exchange("POST", path, body),
                                     self.server.tokenize, model, f"{self.label}:{self.name}/{facts.model_id}", cache)
         if facts.probe is not None and facts.probe != RENDERERS[profile.format](PROBE_SYSTEM, PROBE_TURNS):
             return Counting(tokenizer, exact=False, margin=profile.margin)
         return Counting(tokenizer, exact=True, margin=1.0)
 
     # --- the request ---
-
-    def request_headers(self, request: ChatRequest, virtual: VirtualRequest | None) -> dict[str, str]:
-        """Headers of the engine's own for a chat request, over the client's: where a router in front
-        of several engines is given its routing key (a session's, so its prefix cache is found again)."""
-        return {}
 
     def chat_call(self, request: ChatRequest, virtual: VirtualRequest | None, profiles: Profiles,
                   cache: FitCache) -> ChatCall:
@@ -367,7 +379,7 @@ class OpenAIServerEngine(Engine):
         injection = None
         if virtual is not None:
             body, injection = self._with_role(body, messages, virtual, profiles, cache)
-        return ChatCall(CHAT_PATH, encode_json(streamed(body)), injection, self.request_headers(request, virtual))
+        return self.call(CHAT_PATH, encode_json(streamed(body)), injection, chat_key(request))
 
     def _with_role(self, body: dict[str, Any], messages: list[dict[str, Any]], request: VirtualRequest,
                    profiles: Profiles, cache: FitCache) -> tuple[dict[str, Any], Injection]:

@@ -13,7 +13,7 @@ the route that serves it, /v1/chat/completions (its clients can send no `num_ctx
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Any
 
 from flask import Blueprint, Response, current_app, redirect, request
@@ -23,20 +23,18 @@ from role_injector.engines.engine import Engine
 from role_injector.engines.kinds import EngineKind
 from role_injector.engines.transport import encode_json
 from role_injector.errors import InvalidRequest
-from role_injector.injection import Injection, VirtualRequest
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body, stream_body
 from role_injector.web.error_shapes import OLLAMA, answer_errors
 from role_injector.web.pages import wants_page
 from role_injector.web.state import compute, engines, profiles, roles
 from role_injector.web.upstream import forward_headers, is_stream, relay, send
-from role_injector.web.virtual_models import Target, mark_placed, placing, target
+from role_injector.web.virtual_models import Target, mark_placed, placing, routed, target
 
 ollama = Blueprint("ollama", __name__)
 answer_errors(ollama, OLLAMA)
 log = logging.getLogger("role_injector.ollama")
 
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-Rewrite = Callable[[dict[str, Any], VirtualRequest], tuple[dict[str, Any], Injection]]
 
 
 def ollama_engine() -> Engine:
@@ -60,10 +58,11 @@ def on_ollama(name: Any, field: str) -> Target:
     return chosen
 
 
-def forward(method: str, path: str, body: Any = None, content_type: str | None = None,
-            length: int | None = None, engine: Engine | None = None) -> Response:
-    """Send to Ollama and relay its answer as it is; errors inside an NDJSON stream as Ollama's."""
-    answer = send(engine or ollama_engine(), method, path, body, forward_headers(content_type), length)
+def forward(method: str, path: str, body: Any = None, content_type: str | None = None, length: int | None = None,
+            engine: Engine | None = None, headers: Mapping[str, str] | None = None) -> Response:
+    """Send to Ollama (with `headers` of the engine's own) and relay its answer as it is; errors inside
+    an NDJSON stream as Ollama's."""
+    answer = send(engine or ollama_engine(), method, path, body, forward_headers(content_type, headers), length)
     return relay(answer, shape=OLLAMA if is_stream(answer) else None)
 
 
@@ -71,29 +70,32 @@ def answer_json(value: Any) -> Response:
     return current_app.json.response(value)
 
 
-def _completion(path: str, rewrite: Rewrite) -> Response:
+def _completion(path: str) -> Response:
     raw = read_proxy_body()
     body = parse_ollama_body(raw)
     field = native.model_field(body)
     chosen = on_ollama(body.get(field), field)
     on_virtual = chosen.virtual
-    if on_virtual is None:
-        return forward("POST", path, raw, engine=chosen.engine)  # a plain model: the client's bytes, untouched
+    if on_virtual is None:  # a plain model: the client's bytes, untouched
+        call = routed(native.completion_call(chosen.engine, path, raw, body, None, chosen.session))
+        return forward("POST", path, call.body, engine=chosen.engine, headers=call.headers)
     with placing(on_virtual.virtual) as placed:
-        upstream_body, injection = compute(lambda: rewrite(body, on_virtual))
-        placed(injection)
-    sent = forward("POST", path, encode_json(upstream_body), "application/json", engine=chosen.engine)
-    return mark_placed(sent, injection)
+        call = routed(compute(lambda: native.completion_call(chosen.engine, path, raw, body, on_virtual,
+                                                             chosen.session)))
+        assert call.injection is not None  # a virtual model's call always has one
+        placed(call.injection)
+    sent = forward("POST", path, call.body, "application/json", engine=chosen.engine, headers=call.headers)
+    return mark_placed(sent, call.injection)
 
 
 @ollama.post("/api/chat")
 def chat() -> Response:
-    return _completion("/api/chat", native.rewrite_chat)
+    return _completion("/api/chat")
 
 
 @ollama.post("/api/generate")
 def generate() -> Response:
-    return _completion("/api/generate", native.rewrite_generate)
+    return _completion("/api/generate")
 
 
 @ollama.post("/api/show")

@@ -15,41 +15,53 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import replace
 
 from flask import Blueprint, Response, current_app, g
 
 from role_injector import openai_compat as compat
 from role_injector.engines.answer import ChatAnswer, Delta
 from role_injector.engines.engine import ChatCall, Engine
-from role_injector.engines.transport import Answer
+from role_injector.engines.transport import REFUSAL_CHARS, Answer
 from role_injector.errors import UpstreamError, UpstreamTimeout, UpstreamUnreachable
 from role_injector.injection import Injection
+from role_injector.json_text import parse_engine_json
 from role_injector.web import metrics
 from role_injector.web.bodies import parse_ollama_body, read_proxy_body
 from role_injector.web.error_shapes import OPENAI, answer_errors
 from role_injector.web.state import cache, compute, engines, profiles, roles
 from role_injector.web.upstream import forward_headers, relay, send
-from role_injector.web.virtual_models import mark_placed, placing, target
+from role_injector.web.virtual_models import mark_placed, placing, routed, target
 
 openai = Blueprint("openai", __name__)
 answer_errors(openai, OPENAI)
 log = logging.getLogger("role_injector.engine")
 
-SSE_HEADERS = [("Content-Type", "text/event-stream"), ("Cache-Control", "no-cache"), ("X-Accel-Buffering", "no")]
+SSE_HEADERS = [("Content-Type", "text/event-stream; charset=utf-8"), ("Cache-Control", "no-cache"),
+               ("X-Accel-Buffering", "no")]
 
 
 def _relayed_error(serving: Engine, answer: Answer) -> Response:
-    """The engine's own refusal (e.g. 404 for a model it does not have) with its status, in OpenAI's shape."""
+    """The engine's own refusal in OpenAI's shape: a refusal of the request (4xx, e.g. 404 for a model it
+    does not have) with its status, a failure of its own (5xx, e.g. a router with no engine left) as a
+    502, never as a 500 of the worker's. An answer that is not JSON (a router's plain text) is quoted."""
     try:
-        refusal = answer.json(f"{answer.path} error")
-    except UpstreamError:
+        data = answer.body(f"{answer.path} error")
+    except UpstreamError:  # larger than the worker reads
+        data = b""
+    try:
+        refusal = parse_engine_json(data)
+    except (ValueError, RecursionError):
         refusal = None
-    kind = "invalid_request_error" if answer.status < 500 else "server_error"
     message = serving.refusal(refusal, answer.status)
+    text = data.decode("utf-8", "replace").strip()
+    if refusal is None and text:
+        message = f"{serving.where} answered {answer.status}: {text[:REFUSAL_CHARS]}"
+    kind = "invalid_request_error" if answer.status < 500 else "server_error"
     log.warning("%s refused %s with %s: %s", serving.where, answer.path, answer.status, message)
     response = current_app.json.response(compat.error_body(message, kind,
                                                            "model_not_found" if answer.status == 404 else None))
-    response.status_code = answer.status
+    response.status_code = answer.status if answer.status < 500 else 502
     return response
 
 
@@ -135,15 +147,16 @@ def chat_completions() -> Response:
     asked = compat.parse_chat_request(parse_ollama_body(read_proxy_body()))
     chosen = target(asked.model)
     serving = chosen.engine
+    asked = replace(asked, session=chosen.session)
     if chosen.virtual is None:
         g.log.update(model=asked.model)
-        call = build_call(serving, lambda: serving.chat_call(asked, None, profiles(), cache()))
+        call = routed(build_call(serving, lambda: serving.chat_call(asked, None, profiles(), cache())))
     else:  # the role, the context policy and what is logged, as on the Ollama proxy
         with placing(chosen.virtual.virtual) as placed:
-            call = build_call(serving, lambda: serving.chat_call(asked, chosen.virtual, profiles(), cache()))
+            call = routed(build_call(serving, lambda: serving.chat_call(asked, chosen.virtual, profiles(), cache())))
             if call.injection is not None:
                 placed(call.injection)
-    answer = send(serving, "POST", call.path, call.body, {**forward_headers("application/json"), **call.headers})
+    answer = send(serving, "POST", call.path, call.body, forward_headers("application/json", call.headers))
     if answer.status != 200:
         response = _relayed_error(serving, answer)
     elif asked.stream:

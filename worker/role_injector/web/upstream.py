@@ -22,7 +22,7 @@ from __future__ import annotations
 import errno
 import itertools
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from flask import Response, request
@@ -78,9 +78,11 @@ def _connection_tokens(headers: Any) -> set[str]:
     return {token.strip().lower() for token in headers.get("Connection", "").split(",") if token.strip()}
 
 
-def forward_headers(content_type: str | None = None) -> dict[str, str]:
-    """The client's headers that the engine may care about; never this worker's own API key."""
-    drop = NOT_SENT_UP | _connection_tokens(request.headers)
+def forward_headers(content_type: str | None = None, over: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The client's headers that the engine may care about, with `over` (the engine's own: a routing
+    key) in place of any of the client's of the same names; never this worker's own API key."""
+    over = over or {}
+    drop = NOT_SENT_UP | _connection_tokens(request.headers) | {name.lower() for name in over}
     if settings().api_key:
         drop |= OUR_AUTH
     if content_type is not None:
@@ -89,7 +91,7 @@ def forward_headers(content_type: str | None = None) -> dict[str, str]:
     headers["Accept-Encoding"] = "identity"  # relay bytes as they come
     if content_type is not None:
         headers["Content-Type"] = content_type
-    return headers
+    return {**headers, **over}
 
 
 def send(engine: Engine, method: str, path: str, body: bytes | Iterable[bytes] | None = None,

@@ -12,7 +12,8 @@ from typing import Any
 
 from flask import Response, g, request
 
-from role_injector.engines.engine import Engine
+from role_injector.engines.engine import ChatCall, Engine
+from role_injector.engines.routing import CLIENT_SESSION_HEADERS, client_session
 from role_injector.errors import InvalidRequest
 from role_injector.injection import Injection, VirtualRequest
 from role_injector.options import OptionError, RoleOptions
@@ -33,10 +34,12 @@ COUNTS_HEADER = "X-Role-Injector-Counts"
 @dataclass(frozen=True)
 class Target:
     """What a request's model name means: the engine that serves it and, for a virtual model, the
-    request on it (the role, the profiles, the cache and the request's own options)."""
+    request on it (the role, the profiles, the cache and the request's own options); and the client's
+    own session id, if it sent one under a routing header (for the routing key: engines/routing.py)."""
 
     engine: Engine
     virtual: VirtualRequest | None
+    session: str | None = None
 
 
 def target(name: Any, field: str = "model") -> Target:
@@ -47,10 +50,21 @@ def target(name: Any, field: str = "model") -> Target:
     if virtual is None:
         serving = engines().serving(profiles(), name if isinstance(name, str) else None)
         g.log.update(engine=serving.name)
-        return Target(serving, None)
+        return Target(serving, None, _session(serving))
     serving = engines().serving(profiles(), virtual.base, virtual)
     g.log.update(model=virtual.name, base=virtual.base, role=virtual.role, engine=serving.name)
-    return Target(serving, VirtualRequest(virtual, roles(), profiles(), cache(), header_options()))
+    return Target(serving, VirtualRequest(virtual, roles(), profiles(), cache(), header_options()), _session(serving))
+
+
+def _session(serving: Engine) -> str | None:
+    """The session id the client sent under a routing header: the common ones, or the engine's own."""
+    return client_session(request.headers, (*CLIENT_SESSION_HEADERS, *serving.routing_headers))
+
+
+def routed(call: ChatCall) -> ChatCall:
+    """The call, its routing key logged (to find the request in a router's log)."""
+    g.log.update(routing_key=call.routing_key)
+    return call
 
 
 def header_options() -> RoleOptions:
