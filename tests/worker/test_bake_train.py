@@ -1,11 +1,13 @@
 """`bake train` and `bake eval` with the real tools: llama.cpp's llama-finetune, llama-quantize and
 llama-server built by scripts/engine-toolchain.sh, SmolLM2-135M as the base. The training text is
-compared byte for byte with llama-server's own rendering of the chat template; a tiny training run
-(a few steps) must lower the loss and leave a model that llama-server serves; bad inputs fail
-before anything is written."""
+compared byte for byte with llama-server's own rendering of the chat template; llama-finetune (as
+patched by scripts/llama.cpp-masked-training.patch) must learn the answers and nothing else; a
+tiny training run (a few steps) must lower the loss and leave a model that llama-server serves; bad
+inputs fail before anything is written."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -21,12 +23,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from role_injector.bake import DatasetFiles, DatasetMeta, claim_files, pair
-from role_injector.bake_train import chat_template, exchange_text, trainable_base, training_text
+from role_injector.bake_train import chat_template, exchange, trainable_base, training_text
 from role_injector.errors import KINDS
 from role_injector.formats import neutralise
 from role_injector.gguf import read_gguf
 from role_injector.llama_server import LlamaServerClient
+from role_injector.llama_tools import TrainingProgress, TrainingSettings, dequantize, finetune
 from role_injector.store import RoleStore
+from role_injector.training_windows import NOT_TRAINED, TokenizedExchange, Windows, pack
 from tests.engine import LlamaServer, llama_bin, run_llama_server, smollm2
 from tests.servers import CLEAN_ENV, ROLE_INJECTOR
 from tests.worker.conftest import TEMPLATE, gguf_bytes, run_cli
@@ -71,10 +75,13 @@ def template_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaS
         yield server
 
 
-def rendered_by_server(server: LlamaServer, question: str, answer: str) -> str:
+def rendered_by_server(server: LlamaServer, question: str, answer: str | None = None) -> str:
+    """The exchange as llama-server renders it; without an answer, the prompt it makes of the question."""
+    messages = [{"role": "user", "content": question}]
+    if answer is not None:
+        messages.append({"role": "assistant", "content": answer})
     reply = requests.post(server.url + "/apply-template", timeout=30, json={
-        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}],
-        "add_generation_prompt": False})
+        "messages": messages, "add_generation_prompt": answer is None})
     assert reply.status_code == 200, reply.text
     return reply.json()["prompt"]
 
@@ -98,12 +105,71 @@ def test_the_training_text_is_the_models_chat_template_without_the_role(tmp_path
 def test_any_exchange_renders_as_llama_server_renders_it(template_server: LlamaServer, question: str,
                                                          answer: str) -> None:
     template = chat_template(trainable_base(smollm2()))
-    mine = exchange_text(template, question, answer)
-    assert mine == rendered_by_server(template_server, neutralise(question), neutralise(answer))
+    mine = exchange(template, question, answer)
+    assert mine.text == rendered_by_server(template_server, neutralise(question), neutralise(answer))
+    # the prompt is what the model is given when asked: the answer is all that follows it
+    assert mine.prompt == rendered_by_server(template_server, neutralise(question))
+    assert mine.answer.startswith(neutralise(answer)) and mine.answer.endswith("<|im_end|>\n")
+
+
+def tensor_digests(path: Path) -> dict[str, str]:
+    model = read_gguf(path)
+    digests = {}
+    with path.open("rb") as data:
+        for tensor in model.tensors:
+            data.seek(model.data_offset + tensor.offset)
+            digests[tensor.name] = hashlib.sha256(data.read(tensor.size)).hexdigest()
+    return digests
+
+
+def train_windows(tmp_path: Path, base: Path, windows: Windows, name: str) -> tuple[Path, list[float]]:
+    """One epoch of llama-finetune on `windows`; the model and the loss after each step (the running
+    mean over the epoch, per trained position)."""
+    path, out, losses = tmp_path / f"{name}.windows", tmp_path / f"{name}.gguf", []
+    windows.write(path)
+
+    def record(progress: TrainingProgress) -> None:
+        losses.append(progress.loss)
+
+    scale = windows.positions / windows.trained if windows.trained else 1.0
+    finetune(llama_bin(), base, path, out, TrainingSettings(), tmp_path / f"{name}.log", record, loss_scale=scale)
+    return out, losses
+
+
+def test_llama_finetune_learns_the_answers_and_nothing_else(tmp_path: Path, llama_server: LlamaServer) -> None:
+    """With every label -1, nothing is learned: the loss is 0 and every weight stays exactly as it
+    was (AdamW moves every weight whose gradient is not exactly 0). With the answer's labels, the
+    first step's loss is the base's own loss on the answer's tokens, as llama-server scores them
+    after the prompt, and not the loss on the whole exchange."""
+    base = tmp_path / "base-f32.gguf"
+    dequantize(llama_bin(), smollm2(), base)
+    client = LlamaServerClient(llama_server.url)
+    template = chat_template(trainable_base(smollm2()))
+    asked = exchange(template, *PAIRS[1])
+    prompt = client.tokenize(asked.prompt, special=True, add_special=True)
+    answer_text = neutralise(PAIRS[1][1])  # the answer without the end of its turn
+    answer = client.tokenize(answer_text, special=False)
+    windows = pack([TokenizedExchange(prompt, answer)], 256)
+
+    nothing = Windows(256, windows.inputs, [[NOT_TRAINED] * 256])
+    unchanged, losses = train_windows(tmp_path, base, nothing, "nothing")
+    assert losses == [0.0]
+    assert tensor_digests(unchanged) == tensor_digests(base)
+    unchanged.unlink()
+
+    _, losses = train_windows(tmp_path, base, windows, "answer")
+    answer_loss = -sum(client.score(prompt, answer_text)) / len(answer)
+    # Had the prompt been trained too, its default system message would count (a forced answer ends
+    # at a control token, so its text is scored after its own start):
+    system = client.score(client.tokenize("<|im_start|>system\n", special=True),
+                          "You are a helpful AI assistant named SmolLM, trained by Hugging Face")
+    with_system = (-sum(system) + answer_loss * len(answer)) / (len(system) + len(answer))
+    assert with_system - answer_loss > 0.5  # the test can tell them apart
+    assert losses[0] == pytest.approx(answer_loss, abs=0.1)  # F32 weights in the trainer, Q4_1 in the server
 
 
 def test_a_tiny_training_run_lowers_the_loss_and_its_model_answers(tmp_path: Path) -> None:
-    dataset = write_dataset(tmp_path, PAIRS, held_out=PAIRS[:2])  # two windows an epoch: four steps
+    dataset = write_dataset(tmp_path, PAIRS, held_out=PAIRS[:2])  # three windows an epoch: six steps
     baked = tmp_path / "baked.gguf"
     result = run_cli("bake", "train", str(dataset), "--base", str(smollm2()), "--out", str(baked),
                      "--roles", str(tmp_path / "roles"), "--llama-bin", str(llama_bin()), "--epochs", "2",
@@ -111,8 +177,11 @@ def test_a_tiny_training_run_lowers_the_loss_and_its_model_answers(tmp_path: Pat
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["dequantized"] is True and summary["epochs"] == 2
-    # Our count of the text's tokens is llama-finetune's: a window of 256 tokens every 128.
-    assert summary["steps"] == 2 * ((summary["tokens"] - 256 - 1) // 128) >= 2
+    # The exchanges packed whole into windows of 256 tokens, one step a window; only the answers trained.
+    assert summary["steps"] == 2 * summary["windows"] >= 4
+    assert summary["windows"] * 256 >= summary["tokens"] > (summary["windows"] - 1) * 128  # all but one half full
+    assert summary["tokens"] > summary["trained_tokens"] > 8 * 10
+    assert summary["cut"] == 0
     first, last = summary["epoch_losses"]
     assert last < first  # the second pass over the text is predicted better than the first
     assert not (tmp_path / "baked.gguf.work").exists()  # the work files are gone
@@ -212,12 +281,33 @@ def test_scores_are_the_models_own_log_probabilities(llama_server: LlamaServer) 
         "prompt": prompt, "n_predict": 1, "n_probs": 5, "temperature": 0}).json()
     candidates = top["completion_probabilities"][0]["top_logprobs"]
     for candidate in candidates[:3]:
-        [score] = client.score(prompt, [candidate["id"]])
+        assert client.tokenize(candidate["token"], special=False) == [candidate["id"]]
+        [score] = client.score(prompt, candidate["token"])
         assert score == pytest.approx(candidate["logprob"], abs=1e-4)
-    tokens = client.tokenize("The capital of France is Paris.", special=False)
-    scores = client.score(prompt, tokens)
-    assert len(scores) == len(tokens) and all(s <= 0 for s in scores)
-    assert sum(scores) > sum(client.score(prompt, client.tokenize("The capital of France is Rome.", special=False)))
+    scores = client.score(prompt, "The capital of France is Paris.")
+    assert len(scores) == len(client.tokenize("The capital of France is Paris.", special=False))
+    assert all(s <= 0 for s in scores)
+    assert sum(scores) > sum(client.score(prompt, "The capital of France is Rome."))
+
+
+def test_a_character_split_between_tokens_is_scored_too(llama_server: LlamaServer) -> None:
+    """llama-server reports no probability for a token after which the text ends inside a character
+    (SmolLM2 writes "œ" in two tokens); the score reads it from the whole distribution there."""
+    client = LlamaServerClient(llama_server.url)
+    prompt = client.tokenize(client.apply_template([{"role": "user", "content": "How do I boil an egg?"}]),
+                             special=True)
+    text = "Mets l'œuf dans l'eau."
+    pieces = client.pieces(text)
+    split = [index for index, (_, piece) in enumerate(pieces) if piece and piece[0] == 0xC5]  # œ = C5 93
+    assert split, pieces  # the test needs a split character
+    scores = client.score(prompt, text)
+    assert len(scores) == len(pieces) and all(s <= 0 for s in scores)
+    for index in split:  # the model's own probability there, as a plain generation reports it
+        after = [*prompt, *(token for token, _ in pieces[:index])]
+        top = requests.post(llama_server.url + "/completion", timeout=60, json={
+            "prompt": after, "n_predict": 1, "n_probs": 200, "temperature": 0}).json()
+        entry = next(t for t in top["completion_probabilities"][0]["top_logprobs"] if t["id"] == pieces[index][0])
+        assert scores[index] == pytest.approx(entry["logprob"], abs=1e-4)
 
 
 # --- bad inputs: clear errors, nothing written ------------------------------------------------------
@@ -257,9 +347,11 @@ def test_a_full_disk_is_refused_before_anything_is_written(tmp_path: Path) -> No
     assert "3 F32 copies of 514 MiB" in result.stderr  # the Q4_1 base dequantized, the trainer's output, its copy
 
 
-def test_a_dataset_too_small_for_one_window_is_refused(tmp_path: Path) -> None:
-    result = train(tmp_path, write_dataset(tmp_path, PAIRS[:1]))
-    assert_refused(tmp_path, result, "invalid_request", "fewer than one training window of --context 256 needs")
+def test_a_dataset_whose_prompts_fill_the_window_is_refused(tmp_path: Path) -> None:
+    long_question = "Why is the sky blue? " * 60  # 360 tokens of prompt, a window of 256
+    result = train(tmp_path, write_dataset(tmp_path, [(long_question, "Bien sûr !")]))
+    assert_refused(tmp_path, result, "invalid_request", "no answer of")
+    assert "starts within a training window of --context 256 tokens" in result.stderr
 
 
 def test_an_existing_output_is_not_overwritten(tmp_path: Path) -> None:
@@ -284,7 +376,7 @@ def test_an_existing_output_is_not_overwritten(tmp_path: Path) -> None:
     (gguf_bytes({"general.architecture": "llama", "tokenizer.chat_template": TEMPLATE}, [("a", (64,), bytes(16))]),
      "is cut short", "invalid_request"),
     # Passes every check here, but is no model llama.cpp can load: llama.cpp's own error (from the
-    # llama-server that counts the training text's tokens, before the trainer), its last lines.
+    # llama-server that tokenizes the exchanges, before the trainer), its last lines.
     (gguf_bytes({"general.architecture": "llama", "tokenizer.chat_template": TEMPLATE,
                  "tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": ["a", "b"]}, [("a", (4,), bytes(16))]),
      "failed with exit code 1", "tool_failed"),

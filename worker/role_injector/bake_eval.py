@@ -10,9 +10,11 @@ the role (fitted as the teacher got it), the baked model without the role. Two m
   rules a program can check (`Checks`: a required opening, a language, forbidden words).
 
 Each is reported as retention = (baked − base without) / (base with − base without): 0 is the base
-without the role, 1 the base with it. The base's general answers are checked on neutral questions
-(`{"question", "expect": [...]}`: passed when the answer contains one of the expected strings): the
-baked model's share must stay within `margin` of the base's.
+without the role, 1 the base with it. General knowledge is checked on neutral questions
+(`{"question", "expect": [...]}`: passed when the answer says one of the expected answers as a
+whole word, in whichever language): the baked model's share must stay within `margin` of the
+base's WITH the role — the model it stands in for, whose answers it learned; what the role itself
+costs (a small model answering in another language knows less) is not lost by baking.
 """
 
 from __future__ import annotations
@@ -118,6 +120,12 @@ class Checks:
         return results
 
 
+def answered(text: str, expect: Sequence[str]) -> bool:
+    """Whether `text` says one of `expect` as a whole word or number, case aside: "sept" is not said by
+    "septembre", nor "8" by "18"."""
+    return any(re.search(rf"(?<!\w){re.escape(e)}(?!\w)", text, re.I) for e in expect)
+
+
 def read_neutral(path: Path) -> list[tuple[str, list[str]]]:
     """Neutral questions: JSON lines `{"question": "...", "expect": ["...", ...]}`."""
     lines = _read_small(path).splitlines()
@@ -168,34 +176,34 @@ def score(client: LlamaServerClient, messages_for: Callable[[str], Messages], pa
         if on_progress:
             on_progress(progress)
 
-    for question, answer in pairs:
-        prompt = client.tokenize(client.apply_template(messages_for(question)), special=True)
-        tokens = client.tokenize(neutralise(answer), special=False)
-        total += sum(client.score(prompt, tokens))
-        scores.answer_tokens += len(tokens)
-        step()
-    scores.log_likelihood = total / max(1, scores.answer_tokens)
-
     def generate(question: str) -> str:
         return client.chat({"messages": messages_for(question),
                             "options": {"temperature": 0, "num_predict": max_tokens}}).text
 
-    if checks is not None:
-        passed: dict[str, int] = dict.fromkeys(checks.names(), 0)
-        for question, _ in pairs:
+    passed: dict[str, int] = dict.fromkeys(checks.names() if checks else (), 0)
+    for question, answer in pairs:
+        # The prompt as llama-server makes it for a chat (a BOS if the model wants one); the answer
+        # is generated right after the scoring, which leaves the prompt in the KV cache.
+        prompt = client.tokenize(client.apply_template(messages_for(question)), special=True, add_special=True)
+        scored = client.score(prompt, neutralise(answer))
+        total += sum(scored)
+        scores.answer_tokens += len(scored)
+        step()
+        if checks is not None:
             text = generate(question)
             if len(scores.samples) < 5:
                 scores.samples.append(text)
             for name, ok in checks.passed(text).items():
                 passed[name] += ok
             step()
+    scores.log_likelihood = total / max(1, scores.answer_tokens)
+    if checks is not None:
         scores.checks = {name: count / len(pairs) for name, count in passed.items()}
         scores.behaviour = sum(scores.checks.values()) / len(scores.checks)
     if neutral:
         right = 0
         for question, expect in neutral:
-            text = generate(question).casefold()
-            right += any(e.casefold() in text for e in expect)
+            right += answered(generate(question), expect)
             step()
         scores.neutral = right / len(neutral)
     return scores
@@ -233,10 +241,10 @@ class EvalReport:
         if self.base_without_role.behaviour is not None:
             out["behaviour"] = measure("behaviour") | {
                 "checks": {key: {k: _round(v) for k, v in s.checks.items()} for key, s in configurations.items()}}
-        base, baked = self.base_without_role.neutral, self.baked_without_role.neutral
-        if base is not None and baked is not None:
-            out["neutral"] = {"base": _round(base), "baked": _round(baked), "margin": self.neutral_margin,
-                              "kept": baked >= base - self.neutral_margin}
+        reference, baked = self.base_with_role.neutral, self.baked_without_role.neutral
+        if reference is not None and baked is not None:
+            out["neutral"] = {key: _round(s.neutral) for key, s in configurations.items()} | {
+                "margin": self.neutral_margin, "kept": baked >= reference - self.neutral_margin}
         out["samples"] = {key: s.samples for key, s in configurations.items() if s.samples}
         out["seconds"] = round(self.seconds, 1)
         return out
@@ -249,22 +257,22 @@ def _round(value: float | None) -> float | None:
 def evaluate(serve: Callable[[str], Any], role: str, version: str, pairs: Sequence[tuple[str, str]],
              with_role: Callable[[str], Messages], checks: Checks | None, neutral: Sequence[tuple[str, list[str]]],
              *, max_tokens: int = 48, neutral_margin: float = 0.1,
-             on_progress: Callable[[Progress], None] | None = None) -> EvalReport:
-    """`serve("base")` / `serve("baked")` are context managers yielding a `LlamaServerClient`."""
+             on_progress: Callable[[Progress], None] | None = None,
+             base: tuple[Scores, Scores] | None = None) -> EvalReport:
+    """`serve("base")` / `serve("baked")` are context managers yielding a `LlamaServerClient`. `base`:
+    the base's scores without and with the role from an earlier run on the same questions, if kept."""
     started = time.monotonic()
-    per_configuration = len(pairs) * (2 if checks else 1) + len(neutral)
 
-    def run(client: LlamaServerClient, phase: str, messages_for: Callable[[str], Messages],
-            with_neutral: bool) -> Scores:
-        progress = Progress(phase, per_configuration - (0 if with_neutral else len(neutral)))
-        return score(client, messages_for, pairs, checks, neutral if with_neutral else (), max_tokens,
-                     progress, on_progress)
+    def run(client: LlamaServerClient, phase: str, messages_for: Callable[[str], Messages]) -> Scores:
+        progress = Progress(phase, len(pairs) * (2 if checks else 1) + len(neutral))
+        return score(client, messages_for, pairs, checks, neutral, max_tokens, progress, on_progress)
 
-    with serve("base") as client:
-        base_without = run(client, "base", without_role, True)
-        base_with = run(client, "base+role", with_role, False)
+    if base is None:
+        with serve("base") as client:
+            base = run(client, "base", without_role), run(client, "base+role", with_role)
+    base_without, base_with = base
     with serve("baked") as client:
-        baked = run(client, "baked", without_role, True)
+        baked = run(client, "baked", without_role)
     return EvalReport(role=role, version=version, questions=len(pairs), base_without_role=base_without,
                       base_with_role=base_with, baked_without_role=baked, neutral_margin=neutral_margin,
                       seconds=time.monotonic() - started)

@@ -7,11 +7,13 @@ llama.cpp's `llama-finetune` (full fine-tuning of F32 weights; docs/bake.md).
    are dequantized to F32 (`llama-quantize`), the only type the trainer trains; asked not to, a
    quantized base is an error.
 3. Free disk and memory are checked before anything is written (figures in docs/bake.md).
-4. The training text: each pair rendered by the base's own chat template exactly as the model sees
+4. The training data: each pair rendered by the base's own chat template exactly as the model sees
    it at inference WITHOUT the role — the template's own default system message included, if it
-   has one — contents neutralised as every injection neutralises them.
-5. `llama-finetune`, its progress passed on; it keeps no checkpoint, so an interrupted run leaves
-   nothing behind and is started again from the beginning.
+   has one — contents neutralised as every injection neutralises them; the prompt (up to where the
+   answer starts) and the answer tokenized apart, as at inference, by the base's own tokenizer
+   (llama-server), and packed into windows where only the answers are trained (`training_windows`).
+5. `llama-finetune` (patched to read such windows), its progress passed on; it keeps no checkpoint,
+   so an interrupted run leaves nothing behind and is started again from the beginning.
 6. The trainer's output gets the base's metadata back (its saver writes the training window as
    the context length and drops the chat template) plus `role_injector.*` keys naming the role
    and version, is checked whole, and only then takes the `--out` name.
@@ -35,9 +37,10 @@ from role_injector.gguf import F32, GgufFile, read_gguf, string_entry, write_wit
 from role_injector.llama_server import LlamaServerClient
 from role_injector.llama_tools import TrainingProgress, TrainingSettings, dequantize, finetune, llama_server
 from role_injector.store import RoleSet
+from role_injector.training_windows import TokenizedExchange, Windows, pack
 
 DEFAULT_SETTINGS = TrainingSettings()
-COUNT_BATCH_CHARS = 1 << 20
+WINDOW_BYTES_PER_TEXT_BYTE = 16  # at most a token per byte, 8 bytes per token, half of a window padding
 MEMORY_PER_F32_BYTE = 5  # weights, gradients, two AdamW moments and the graph: 2.5 GB measured for 540 MB
 TOKENS = "tokenizer.ggml.tokens"
 SPECIAL_TOKENS = {"bos_token": "tokenizer.ggml.bos_token_id", "eos_token": "tokenizer.ggml.eos_token_id"}
@@ -78,10 +81,29 @@ def chat_template(base: GgufFile) -> ChatTemplate:
     return ChatTemplate(base.chat_template, special)
 
 
-def exchange_text(template: ChatTemplate, question: str, answer: str) -> str:
-    """One pair as the model sees it when asked `question` without the role and answering `answer`."""
-    return template.render([{"role": "user", "content": neutralise(question)},
-                            {"role": "assistant", "content": neutralise(answer)}], add_generation_prompt=False)
+@dataclass(frozen=True)
+class Exchange:
+    """One pair as the model sees it when asked `question` without the role and answering `answer`:
+    `prompt` is what it is given (the template up to where the answer starts), `answer` what it
+    writes (the answer and the end of its turn)."""
+
+    prompt: str
+    answer: str
+
+    @property
+    def text(self) -> str:
+        return self.prompt + self.answer
+
+
+def exchange(template: ChatTemplate, question: str, answer: str) -> Exchange:
+    asked = [{"role": "user", "content": neutralise(question)}]
+    prompt = template.render(asked, add_generation_prompt=True)
+    whole = template.render([*asked, {"role": "assistant", "content": neutralise(answer)}],
+                            add_generation_prompt=False)
+    if not whole.startswith(prompt):
+        raise InvalidRequest("the base's chat template renders a question otherwise when an answer follows, so the "
+                             "answer's tokens cannot be told from the prompt's")
+    return Exchange(prompt, whole[len(prompt):])
 
 
 def check_version(meta: DatasetMeta, roles: RoleSet, allow_other_version: bool) -> None:
@@ -119,17 +141,17 @@ def memory_available() -> int | None:
 def check_resources(base: GgufFile, out: Path, text_bytes: int, min_free_disk: int) -> Resources:
     """Refuses, before anything is written, a run the disk or memory cannot hold: on disk the F32
     copy of the base (unless it is F32), the trainer's output and its copy with the base's metadata,
-    the training text, and `min_free_disk` left over; in memory about 5 bytes per F32 weight byte."""
+    the training windows, and `min_free_disk` left over; in memory about 5 bytes per F32 weight byte."""
     f32 = base.f32_size() + base.data_offset
     copies = 2 + any(t.type != F32 for t in base.tensors)
-    resources = Resources(disk_needed=copies * f32 + text_bytes + min_free_disk,
+    resources = Resources(disk_needed=copies * f32 + WINDOW_BYTES_PER_TEXT_BYTE * text_bytes + min_free_disk,
                           disk_free=shutil.disk_usage(out.parent).free,
                           memory_needed=MEMORY_PER_F32_BYTE * base.f32_size(), memory_available=memory_available())
     mib = 1 << 20
     if resources.disk_free < resources.disk_needed:
         raise InvalidRequest(
             f"not enough free disk in {out.parent}: training needs {resources.disk_needed // mib} MiB ({copies} F32 "
-            f"copies of {f32 // mib} MiB, the training text, and {min_free_disk // mib} MiB left free), there are "
+            f"copies of {f32 // mib} MiB, the training windows, and {min_free_disk // mib} MiB left free), there are "
             f"{resources.disk_free // mib} MiB", details={"needed": resources.disk_needed, "free": resources.disk_free})
     if resources.memory_available is not None and resources.memory_available < resources.memory_needed:
         raise InvalidRequest(
@@ -146,11 +168,14 @@ class TrainSummary:
     out: str
     pairs: int = 0
     text_bytes: int = 0
-    tokens: int = 0  # of the training text, as llama-finetune reads it
+    tokens: int = 0  # of the exchanges, prompts and answers
+    trained_tokens: int = 0  # the answers' tokens (and their end of turn) that fit in the windows
+    windows: int = 0
+    cut: int = 0  # exchanges longer than a window, trained up to its end
     dequantized: bool = False
     epochs: int = 0
     steps: int = 0
-    epoch_losses: list[float] = field(default_factory=list)  # each epoch's mean loss, as llama-finetune reports it
+    epoch_losses: list[float] = field(default_factory=list)  # each epoch's mean loss per trained token
     training_seconds: float = 0.0
     seconds: float = 0.0
     peak_memory_bytes: int = 0  # of the tools this process ran
@@ -162,20 +187,16 @@ class TrainSummary:
         return dict(vars(self), training_seconds=round(self.training_seconds, 1), seconds=round(self.seconds, 1))
 
 
-def count_tokens(folder: Path, model: Path, exchanges: Sequence[str], work: Path) -> int:
-    """The tokens of the training text as llama-finetune reads it (control tokens parsed), counted by
-    a short-lived llama-server with the base's own tokenizer, about a MiB at a time (split between
-    exchanges, where a template's control tokens keep tokens from joining)."""
+def tokenize(folder: Path, model: Path, exchanges: Sequence[Exchange], work: Path) -> list[TokenizedExchange]:
+    """Each exchange's prompt and answer tokenized apart by a short-lived llama-server with the base's
+    own tokenizer, as llama-server tokenizes a prompt (control tokens parsed, a BOS if the model
+    wants one) and as the model writes an answer after it (contents are neutralised, so only the
+    template's control tokens are parsed)."""
     with llama_server(folder, model, work / "llama-server.log", context=512, threads=1) as url:
         client = LlamaServerClient(url)
         try:
-            total, batch = 0, ""
-            for exchange in [*exchanges, ""]:
-                if batch and (not exchange or len(batch) + len(exchange) > COUNT_BATCH_CHARS):
-                    total += len(client.tokenize(batch, special=True))
-                    batch = ""
-                batch += exchange
-            return total
+            return [TokenizedExchange(client.tokenize(e.prompt, special=True, add_special=True),
+                                      client.tokenize(e.answer, special=True)) for e in exchanges]
         finally:
             client.close()
 
@@ -205,10 +226,10 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
         raise _fail(base_path, f"has {', '.join(quantized)} weights and llama-finetune trains F32 weights only: leave "
                                f"out --no-dequantize (an F32 copy is made first: {base.f32_size() >> 20} MiB)")
     template = chat_template(base)
-    exchanges = [exchange_text(template, question, answer) for question, answer in pairs]
-    text = "".join(exchanges)
+    exchanges = [exchange(template, question, answer) for question, answer in pairs]
     summary = TrainSummary(role=meta.role, version=meta.version, base=str(base_path), out=str(out), pairs=len(pairs),
-                           text_bytes=len(text.encode("utf-8")), dequantized=bool(quantized), epochs=settings.epochs)
+                           text_bytes=sum(len(e.text.encode("utf-8")) for e in exchanges),
+                           dequantized=bool(quantized), epochs=settings.epochs)
     out.parent.mkdir(parents=True, exist_ok=True)
     resources = check_resources(base, out, summary.text_bytes, min_free_disk)
     summary.disk_needed_bytes = resources.disk_needed - min_free_disk
@@ -216,22 +237,24 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
     shutil.rmtree(work, ignore_errors=True)  # what an interrupted run left
     work.mkdir(parents=True)
     try:
-        summary.tokens = count_tokens(folder, base_path, exchanges, work)
-        # llama-finetune takes a window every context / 2 tokens and needs one at least: with fewer
-        # tokens its unsigned arithmetic wraps round and it asks for an enormous dataset.
-        if summary.tokens < settings.context + settings.context // 2 + 1:
-            raise InvalidRequest(f"{dataset} makes {summary.tokens} tokens of training text, fewer than one training "
-                                 f"window of --context {settings.context} needs ({settings.context * 3 // 2 + 1}): "
-                                 "add pairs, or lower --context", details={"tokens": summary.tokens})
-        text_path = work / "train.txt"
-        text_path.write_text(text, encoding="utf-8")
+        tokenized = tokenize(folder, base_path, exchanges, work)
+        windows = pack(tokenized, settings.context)
+        summary.tokens, summary.trained_tokens = sum(map(len, tokenized)), windows.trained
+        summary.windows, summary.cut = len(windows.inputs), windows.cut
+        if not windows.trained:
+            raise InvalidRequest(f"no answer of {dataset} starts within a training window of --context "
+                                 f"{settings.context} tokens: its prompts are longer; raise --context",
+                                 details={"context": settings.context})
+        windows_path = work / "train.windows"
+        windows.write(windows_path)
         model = base_path
         if quantized:
             model = work / "base-f32.gguf"
             dequantize(folder, base_path, model)
         trained = work / "trained.gguf"
         training_started = time.monotonic()
-        progress = finetune(folder, model, text_path, trained, settings, work / "llama-finetune.log", on_progress)
+        progress = finetune(folder, model, windows_path, trained, settings, work / "llama-finetune.log", on_progress,
+                            loss_scale=_loss_scale(windows))
         summary.training_seconds = time.monotonic() - training_started
         summary.steps, summary.epoch_losses = progress.total, progress.epoch_losses
         trained_from = read_gguf(model)
@@ -253,6 +276,13 @@ def train(dataset: Path, base_path: Path, out: Path, roles: RoleSet, folder: Pat
     return summary
 
 
+def _loss_scale(windows: Windows) -> float:
+    """llama-finetune's loss is a mean over every position of a window, the untrained ones adding 0;
+    times this it is the mean over trained positions (exactly so for an epoch's mean: every window
+    has the same number of positions)."""
+    return windows.positions / windows.trained
+
+
 def _checked_output(trained: Path, model: GgufFile) -> GgufFile:
     """The trainer's output, whole and with the base's tensors (llama-finetune exits 0 even when it
     could not write its output)."""
@@ -268,7 +298,7 @@ def _checked_output(trained: Path, model: GgufFile) -> GgufFile:
 
 
 def training_text(dataset: Path, base_path: Path) -> str:
-    """The text `train` would give the trainer for `dataset` and `base_path` (tests, and a look before
-    a long run)."""
+    """The exchanges `train` trains on for `dataset` and `base_path`, one after the other, as text
+    (tests, and a look before a long run)."""
     template = chat_template(trainable_base(base_path))
-    return "".join(exchange_text(template, q, a) for q, a in read_pairs(DatasetFiles.for_output(dataset).train))
+    return "".join(exchange(template, q, a).text for q, a in read_pairs(DatasetFiles.for_output(dataset).train))

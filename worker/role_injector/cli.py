@@ -560,7 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "language, forbidden")
     evaluation.add_argument("--neutral", metavar="FILE.jsonl", help="neutral questions {\"question\", \"expect\"}")
     evaluation.add_argument("--margin", type=number_in(0, 1, "a share"), default=0.1,
-                            help="how much lower the baked model's neutral score may be (default 0.1)")
+                            help="how much lower the baked model's neutral score may be than the base's with the "
+                            "role (default 0.1)")
     evaluation.add_argument("--max-tokens", type=int, default=48, choices=range(1, 4097), metavar="1-4096")
     evaluation.add_argument("--limit", type=number_in(1, 1_000_000, "pairs", int), metavar="N",
                             help="only the first N held-out pairs")

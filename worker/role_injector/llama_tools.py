@@ -82,7 +82,8 @@ def dequantize(folder: Path, source: Path, target: Path) -> None:
 @dataclass
 class TrainingProgress:
     """What llama-finetune reported last: the step of all epochs, and its loss (the mean over the
-    epoch's steps so far); `epoch_losses` the last of each epoch, i.e. each epoch's mean loss."""
+    epoch's steps so far, scaled as asked); `epoch_losses` the last of each epoch, i.e. each epoch's
+    mean loss."""
 
     epoch: int = 0
     epochs: int = 1
@@ -108,13 +109,15 @@ class TrainingSettings:
     threads: int = 2
 
 
-def finetune(folder: Path, model: Path, text: Path, output: Path, settings: TrainingSettings, log: Path,
-             on_progress: Callable[[TrainingProgress], None] | None = None) -> TrainingProgress:
-    """Full fine-tuning of an F32 `model` on `text` with llama-finetune; its output goes to `log`.
-    Windows of `context` tokens every `context / 2` tokens, every token's loss (the trainer has no
-    mask); no validation split (the dataset's held-out file is for `bake eval`). llama-finetune
-    keeps no checkpoint: it writes `output` at the end or not at all."""
-    command = [str(folder / "llama-finetune"), "--file", str(text), "--model", str(model), "-o", str(output),
+def finetune(folder: Path, model: Path, windows: Path, output: Path, settings: TrainingSettings, log: Path,
+             on_progress: Callable[[TrainingProgress], None] | None = None, *,
+             loss_scale: float = 1.0) -> TrainingProgress:
+    """Full fine-tuning of an F32 `model` with llama-finetune on a file of `training_windows` of
+    `context` tokens, whose labels say which positions are trained; its output goes to `log`. No
+    validation split (the dataset's held-out file is for `bake eval`). The reported losses are
+    llama-finetune's times `loss_scale`. llama-finetune keeps no checkpoint: it writes `output` at
+    the end or not at all."""
+    command = [str(folder / "llama-finetune"), "--file", str(windows), "--model", str(model), "-o", str(output),
                "-c", str(settings.context), "-b", str(settings.context), "-ub", str(settings.context),
                "-epochs", str(settings.epochs), "-lr", f"{settings.learning_rate:g}", "-val-split", "0",
                "-t", str(settings.threads)]
@@ -132,7 +135,7 @@ def finetune(folder: Path, model: Path, text: Path, output: Path, settings: Trai
                     progress.epoch = int(found["epoch"])
                 elif (found := PROGRESS.search(line)) and found["phase"] == "train":
                     progress.step, progress.steps = int(found["done"]), int(found["total"])
-                    progress.loss = float(found["loss"])
+                    progress.loss = float(found["loss"]) * loss_scale
                     del progress.epoch_losses[progress.epoch:]
                     progress.epoch_losses.append(progress.loss)
                     if on_progress:
