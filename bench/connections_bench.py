@@ -26,6 +26,8 @@ server, with the p99 of `/healthz`, what each request got and whether a worker w
   64 MiB at once: 84 MiB of counting, 1-2 minutes of CPU);
 - one worker: ten `POST /v1/count` of 1 MiB of blanks at once;
 - two workers: two `/api/chat` of 3 MiB of blanks at once (both workers busy; new connections probe both).
+- one worker: 200 `POST /v1/count` of 8 KiB of blanks at once, the worst of the small bodies that are
+  counted on the event loop itself (`cpu_pool.INLINE_BYTES`).
 """
 
 from __future__ import annotations
@@ -262,6 +264,8 @@ def cpu_case(title: str, requests: list[tuple[str, bytes]], workers: int, ollama
            "ROLE_INJECTOR_UPSTREAM_TIMEOUT": "900"}
     with run_worker(REPO / "roles", scratch, env=env, workers=workers) as worker:
         host, port = worker.url.rsplit("//", 1)[1].rsplit(":", 1)
+        # Every worker booted first (the server answers as soon as one has): else a late one looks like a restart.
+        wait_until(lambda: len(worker.worker_pids()) == workers, 30)
         pids = sorted(worker.worker_pids())
         pause = threading.Thread(target=time.sleep, args=(2.0,))
         pause.start()
@@ -276,6 +280,11 @@ def cpu_case(title: str, requests: list[tuple[str, bytes]], workers: int, ollama
         took = time.monotonic() - started
         restarted = sorted(worker.worker_pids()) != pids or "WORKER TIMEOUT" in worker.log()
     statuses = ", ".join(f"{status} in {seconds:.1f} s" for status, seconds in sorted(outcome, key=lambda o: o[1]))
+    if len(outcome) > 12:  # many alike: each status with its count and time span
+        statuses = ", ".join(
+            f"{sum(1 for s, _ in outcome if s == status)} × {status} in "
+            f"{min(t for s, t in outcome if s == status):.1f}-{max(t for s, t in outcome if s == status):.1f} s"
+            for status in sorted({s for s, _ in outcome}))
     p99 = percentile(samples, 99)
     print(f"{title}: {len(samples)} probes over {took:.1f} s: p50 {percentile(samples, 50):.1f} ms, "
           f"p99 {p99:.1f} ms, max {max(samples):.1f} ms (idle: p99 {percentile(idle, 99):.1f} ms)")
@@ -296,6 +305,9 @@ def cpu_phase(blanks_mib: list[float], ollama_url: str) -> float:
                                     [("/v1/count", blanks_count(1))] * 10, 1, ollama_url, scratch))
         worst = max(worst, cpu_case("two workers, two /api/chat of 3 MiB of blanks at once",
                                     [("/api/chat", blanks_chat(3))] * 2, 2, ollama_url, scratch))
+        # Small bodies are counted on the event loop itself (cpu_pool.INLINE_BYTES): the worst of them at once.
+        worst = max(worst, cpu_case("one worker, 200 POST /v1/count of 8 KiB of blanks at once (counted on the loop)",
+                                    [("/v1/count", blanks_count(8 / 1024))] * 200, 1, ollama_url, scratch))
     return worst
 
 

@@ -78,6 +78,9 @@ UNDER_GEVENT = textwrap.dedent("""
     left = pool.run(INLINE_BYTES, lambda: pieces(INLINE_CHARS + 1))
     report["heavy_leaves_loop"] = left != loop and tried == [loop, left]  # tried there, then all again
     tried = []
+    left = pool.run(INLINE_BYTES, lambda: [pieces(INLINE_CHARS // 2), pieces(INLINE_CHARS // 2 + 1)][1])
+    report["pieces_add_up"] = left != loop and tried == [loop, loop, left, left]
+    tried = []
     report["big_body_never_tried"] = pool.run(INLINE_BYTES + 1, lambda: pieces(0)) != loop and tried != [loop]
     report["weigh_elsewhere_nothing"] = pool.run(INLINE_BYTES + 1, lambda: pieces(10**9)) != loop
     try:
@@ -97,7 +100,7 @@ def test_under_gevent_work_runs_in_os_threads_with_admission_unless_small_and_li
         "refused": "ROLE_INJECTOR_CPU_QUEUE_BYTES", "small_taken": True, "ran_elsewhere": True,
         "ticks_meanwhile": report["ticks_meanwhile"], "alone_taken": True, "error_back": True,
         "counted_after_kill": MIN_WORK_BYTES, "pending_at_end": 0, "nested_runs_in_place": True,
-        "light_on_loop": True, "heavy_leaves_loop": True, "big_body_never_tried": True,
+        "light_on_loop": True, "heavy_leaves_loop": True, "pieces_add_up": True, "big_body_never_tried": True,
         "weigh_elsewhere_nothing": True, "error_after_leaving": True, "pending_after_all": 0,
     }
     assert report["ticks_meanwhile"] >= 10  # the loop ran while an OS thread worked for 0.5 s

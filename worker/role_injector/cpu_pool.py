@@ -18,7 +18,7 @@ Most requests are small and find what they need in the fit cache: handing them t
 more than their work (the handoff and the GIL passed back and forth). So work that comes from a small
 body (`INLINE_BYTES`) is first tried on the loop itself, and leaves it when it meets a heavy piece: the
 library calls `weigh(chars)` before CPU work proportional to `chars` (counting a text that is not
-cached, building a relevance index, a fit that is not cached), and past `INLINE_CHARS` the try is
+cached, building a relevance index, a fit that is not cached), and past `INLINE_CHARS` in all the try is
 abandoned and the whole work runs again in a thread. That is why work given to the pool must be free of
 side effects other than filling caches (each route's is: it counts, fits and renders).
 
@@ -43,9 +43,9 @@ DEFAULT_THREADS = 2
 DEFAULT_MAX_PENDING_BYTES = 128 * 1024 * 1024  # two bodies at the proxy's limit (ROLE_INJECTOR_CPU_QUEUE_BYTES)
 QUEUE_VARIABLE = "ROLE_INJECTOR_CPU_QUEUE_BYTES"
 INLINE_BYTES = 8 * 1024  # work from a body this small is tried on the loop first
-INLINE_CHARS = 16 * 1024  # the heaviest piece such a try may do there: about 0.7 ms of counting prose
+INLINE_CHARS = 2 * 1024  # what such a try may weigh in all: ~0.1 ms of counting prose, < 1 ms of blanks
 
-_on_loop: ContextVar[bool] = ContextVar("on_loop", default=False)
+_inline_left: ContextVar[int] = ContextVar("inline_left", default=-1)  # -1: not a try on the loop
 
 
 class _LeaveLoop(BaseException):
@@ -54,10 +54,15 @@ class _LeaveLoop(BaseException):
 
 
 def weigh(chars: int) -> None:
-    """Called before CPU work proportional to `chars`: during a try on the event loop, work beyond
-    `INLINE_CHARS` leaves it for the pool's threads; anywhere else this does nothing."""
-    if chars > INLINE_CHARS and _on_loop.get():
-        raise _LeaveLoop
+    """Called before CPU work proportional to `chars`: during a try on the event loop, pieces that
+    weigh more than `INLINE_CHARS` in all leave it for the pool's threads (a flood of small requests
+    then holds the loop no longer than their reading and answering does); anywhere else this does
+    nothing."""
+    left = _inline_left.get()
+    if left >= 0:
+        if chars > left:
+            raise _LeaveLoop
+        _inline_left.set(left - chars)
 
 
 def _gevent_patched() -> bool:
@@ -83,13 +88,13 @@ class CpuPool:
         if not _gevent_patched() or (self._pid == os.getpid() and os_threads.thread_id() != self._loop_thread):
             return work()
         if size <= INLINE_BYTES:
-            trying = _on_loop.set(True)
+            trying = _inline_left.set(INLINE_CHARS)
             try:
                 return work()
             except _LeaveLoop:
                 pass
             finally:
-                _on_loop.reset(trying)
+                _inline_left.reset(trying)
         weight = max(size, MIN_WORK_BYTES)
         with self._lock:
             if self.pending_bytes and self.pending_bytes + weight > self.max_pending_bytes:
