@@ -255,6 +255,17 @@ def probe_while(host: str, port: int, busy: list[threading.Thread]) -> list[floa
     return samples
 
 
+def outcomes_line(outcome: list[tuple[int, float]]) -> str:
+    """Each request's status and time; past a dozen, each status with its count and time span."""
+    ordered = sorted(outcome, key=lambda o: o[1])
+    if len(ordered) <= 12:
+        return ", ".join(f"{status} in {seconds:.1f} s" for status, seconds in ordered)
+    times: dict[int, list[float]] = {}
+    for status, seconds in ordered:
+        times.setdefault(status, []).append(seconds)
+    return ", ".join(f"{len(t)} × {status} in {t[0]:.1f}-{t[-1]:.1f} s" for status, t in sorted(times.items()))
+
+
 def cpu_case(title: str, requests: list[tuple[str, bytes]], workers: int, ollama_url: str, scratch: Path) -> float:
     """Start a server, send `requests` at once, probe meanwhile; print the figures; return the p99."""
     from tests.servers import run_worker
@@ -279,16 +290,10 @@ def cpu_case(title: str, requests: list[tuple[str, bytes]], workers: int, ollama
         samples = probe_while(host, int(port), senders)
         took = time.monotonic() - started
         restarted = sorted(worker.worker_pids()) != pids or "WORKER TIMEOUT" in worker.log()
-    statuses = ", ".join(f"{status} in {seconds:.1f} s" for status, seconds in sorted(outcome, key=lambda o: o[1]))
-    if len(outcome) > 12:  # many alike: each status with its count and time span
-        statuses = ", ".join(
-            f"{sum(1 for s, _ in outcome if s == status)} × {status} in "
-            f"{min(t for s, t in outcome if s == status):.1f}-{max(t for s, t in outcome if s == status):.1f} s"
-            for status in sorted({s for s, _ in outcome}))
     p99 = percentile(samples, 99)
     print(f"{title}: {len(samples)} probes over {took:.1f} s: p50 {percentile(samples, 50):.1f} ms, "
           f"p99 {p99:.1f} ms, max {max(samples):.1f} ms (idle: p99 {percentile(idle, 99):.1f} ms)")
-    print(f"  requests: {statuses}; worker restarted: {'YES' if restarted else 'no'}")
+    print(f"  requests: {outcomes_line(outcome)}; worker restarted: {'YES' if restarted else 'no'}")
     return p99 if not restarted else float("inf")
 
 
