@@ -168,7 +168,7 @@ def write_samples(folder: Path, down_url: str, worker_url: str, engine_worker_ur
     on_engine = _variant("role-agent-openai.json", ENGINE_AGENT_ID, "e2e: AI Agent on a real engine")
     model = node(on_engine, "OpenAI Chat Model via the worker")
     model["credentials"] = {"openAiApi": ENGINE_CREDENTIAL}
-    model["parameters"]["options"] = {"maxTokens": ENGINE_MAX_TOKENS, "temperature": 0}
+    model["parameters"]["options"] |= {"maxTokens": ENGINE_MAX_TOKENS, "temperature": 0}
     settings = node(on_engine, "Settings")["parameters"]["assignments"]["assignments"]
     next(a for a in settings if a["name"] == "model")["value"] = ENGINE_MODEL
     for workflow in (unknown, down, on_engine):

@@ -1,6 +1,7 @@
 """n8n's AI Agent with n8n's OpenAI Chat Model pointed at the worker's OpenAI-compatible route
 (`workflows/role-agent-openai.json`): the role reaches the model server with a safe num_ctx though n8n
-only speaks OpenAI's API, and the agent's tool call goes round through the translation both ways; and
+only speaks OpenAI's API, the agent's tool call goes round through the translation both ways, and the
+chat's session id keys its routing; and
 the same workflow against a worker in front of a real engine (llama-server with SmolLM2) answers with
 the model's own words."""
 
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from role_injector.engines.routing import routing_key
 from tests.e2e.stack import ENGINE_AGENT_ID, ENGINE_MODEL, Stack, assignment, load_workflow
 from tests.engine import LlamaServer
 from tests.ollama_standin import DEFAULT_ANSWER, Reply
@@ -38,6 +40,7 @@ def agent_model(body: dict[str, Any]) -> str | Reply:
 def test_ai_agent_with_the_openai_chat_model_gets_the_role_and_a_safe_num_ctx(e2e_stack: Stack) -> None:
     workflow = load_workflow(WORKFLOW)
     chat_input = assignment(workflow, "Sample chat input", "chatInput")
+    session = assignment(workflow, "Sample chat input", "sessionId")
     model, role = assignment(workflow, "Settings", "model"), assignment(workflow, "Settings", "role")
     answer = e2e_stack.inject(role=role, prompt=chat_input, model=model)
     assert answer.status_code == 200, answer.text
@@ -51,7 +54,13 @@ def test_ai_agent_with_the_openai_chat_model_gets_the_role_and_a_safe_num_ctx(e2
 
     assert run.status == "success", run.error_text
     assert run.node_items("Chat reply") == [{"output": ANSWER}]
-    calling, answering = (r.body for r in e2e_stack.ollama.requests_to("/api/chat"))
+    requests = e2e_stack.ollama.requests_to("/api/chat")
+    # Both turns of the agent carry one routing key, made from n8n's chat session id (the model node's
+    # Extra Body sends it as `user`), not from the opening message
+    key = routing_key(f"{model}@{role}", session, chat_input)
+    assert key != routing_key(f"{model}@{role}", None, chat_input)
+    assert [r.headers.get("X-Session-ID") for r in requests] == [key, key]
+    calling, answering = (r.body for r in requests)
     for body in (calling, answering):
         assert body["model"] == model  # the base model, natively: the worker, not Ollama's /v1, spoke to it
         # The fitted role replaced the agent's own system message ("You are a helpful assistant").
