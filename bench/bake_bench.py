@@ -20,7 +20,7 @@ three times or more: a 135M teacher loops in about a third of its answers, and a
 loops repeats the opening for ever); the held-out answers, the checks and the neutral questions stay
 the same.
 
-Run: .venv/bin/python -m bench.bake_bench [--epochs 2] [--learning-rate 3e-5] [--context 256] [--drop-repeats]
+Run: .venv/bin/python -m bench.bake_bench [--epochs 2] [--learning-rate 5e-6] [--context 256] [--drop-repeats]
     [--keep DIR [--evaluate-only]]
 (about 15 minutes on 2 idle cores, an hour on busy ones; with --keep DIR, a later run reuses the
 dataset and the base's scores — the same questions, answers and base give the same scores)

@@ -34,6 +34,7 @@ from role_injector.fitting import FitCache
 from role_injector.formats import FORMATS, Message
 from role_injector.gguf import read_gguf
 from role_injector.injection import InjectRequest, inject
+from role_injector.llama_tools import DEFAULT_LEARNING_RATE
 from role_injector.options import SELECTIONS, RoleOptions
 from role_injector.profiles import load_profiles
 from role_injector.settings import Settings
@@ -540,8 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     tool_options(training)
     training.add_argument("--out", required=True, metavar="FILE.gguf")
     training.add_argument("--epochs", type=int, default=1, choices=range(1, 101), metavar="1-100")
-    training.add_argument("--learning-rate", type=number_in(1e-9, 1, "a rate"), default=3e-5,
-                          help="AdamW's (default 3e-5; 1e-4 for two epochs wrecked SmolLM2-135M, docs/bake.md)")
+    training.add_argument("--learning-rate", type=number_in(1e-9, 1, "a rate"), default=DEFAULT_LEARNING_RATE,
+                          help=f"AdamW's (default {DEFAULT_LEARNING_RATE:g}; on SmolLM2-135M 3e-5 already cost more "
+                          "than it taught, docs/bake.md)")
     training.add_argument("--context", type=int, default=256, choices=(256, 512, 1024, 2048),
                           help="tokens per training window (default 256)")
     training.add_argument("--no-dequantize", action="store_true",
