@@ -63,7 +63,7 @@ def test_a_dropped_kept_alive_connection_is_tried_once_more(method: str) -> None
     with one_answer_per_connection(linger=0.3) as (url, accepted):
         engine = transport(url)
         for _ in range(3):  # each after the first meets the connection the engine is about to drop
-            assert engine.request_json(method, "/props", {"x": 1} if method == "POST" else None) == {}
+            assert engine.request_json(method, "/props", b'{"x":1}' if method == "POST" else None) == {}
         assert accepted[0] == 3
 
 

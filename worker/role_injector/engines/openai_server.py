@@ -25,6 +25,7 @@ No HTTP here beyond what `Transport` does; errors are `role_injector.errors` cla
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Generator, Iterator, Mapping
@@ -300,14 +301,15 @@ class OpenAIServerEngine(Engine):
         text included, when a request has no key), and spreads these requests as it would by the body.
         A 502 is asked once more: these requests only read, and a router answers 502 when its connection
         to an engine failed, where vllm-router retries chat requests but not these."""
-        key = routing_key(path, None, json.dumps(body, ensure_ascii=True, sort_keys=True))
+        encoded = None if body is None else encode_json(body)  # once: a /tokenize body may be a MiB
+        key = routing_key(path, None, hashlib.sha256(encoded or b"").hexdigest())
         headers = dict.fromkeys(self.routing_headers, key)
         try:
-            return self.transport.request_json(method, path, body, headers)
+            return self.transport.request_json(method, path, encoded, headers)
         except UpstreamRefused as exc:
             if exc.details.get("status") != 502:
                 raise
-            return self.transport.request_json(method, path, body, headers)
+            return self.transport.request_json(method, path, encoded, headers)
 
     def _asked(self, method: str, path: str, body: Any = None) -> Any:
         """A JSON exchange with the engine, a missing endpoint said plainly (is the engine's kind right?)."""

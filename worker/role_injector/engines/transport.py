@@ -186,12 +186,14 @@ class Transport:
                 raise self._send_failure(exc, method, path, watch) from None
         raise AssertionError("unreachable")
 
-    def request_json(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Any:
-        """One JSON exchange (an engine's /props, /tokenize), with `headers` besides its content type: the
-        parsed JSON of a 2xx answer, read within `max_json_bytes`. An error status is `UpstreamRefused`
-        with the start of the engine's message and `details["status"]`; the rest as `send` and `Answer.json`."""
+    def request_json(self, method: str, path: str, body: bytes | None = None,
+                     headers: Mapping[str, str] | None = None) -> Any:
+        """One JSON exchange (an engine's /props, /tokenize) of a body already encoded (`encode_json`),
+        with `headers` besides its content type: the parsed JSON of a 2xx answer, read within
+        `max_json_bytes`. An error status is `UpstreamRefused` with the start of the engine's message and
+        `details["status"]`; the rest as `send` and `Answer.json`."""
         sent = {**(headers or {}), **({"Content-Type": "application/json"} if body is not None else {})}
-        answer = self.send(method, path, None if body is None else encode_json(body), sent)
+        answer = self.send(method, path, body, sent)
         if not 200 <= answer.status < 300:
             text = answer.body(f"{path} error").decode("utf-8", "replace").strip()
             log.warning("%s refused %s %s%s: %s %s", self.label, method, self.url.shown, path, answer.status,
