@@ -1,5 +1,6 @@
 """A small client for llama.cpp's `llama-server`: the one piece of the bake code that speaks its API
-(chat, templates, tokens, scores), so an engine layer can take its place in one spot.
+(chat, templates, tokens, scores), over the engines' one HTTP transport (`engines/transport.py`:
+bounded answers, a dropped keep-alive connection tried once more, errors in the engines' terms).
 
 - `chat` answers an Ollama `/api/chat` body (what `ollama_proxy.rewrite_chat` builds) through the
   OpenAI-compatible `/v1/chat/completions`: the messages as they are, Ollama's sampling options
@@ -17,15 +18,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-import urllib3
-
 from role_injector.engines.answer import ChatAnswer, Delta
-from role_injector.errors import UpstreamError, UpstreamRefused, UpstreamTimeout, UpstreamUnreachable
+from role_injector.engines.transport import Transport, encode_json
+from role_injector.engines.url import EngineUrl
+from role_injector.errors import UpstreamError
 
 MAX_ANSWER_BYTES = 64 * 1024 * 1024
 MAX_SCORED_TOKENS = 8192
@@ -38,39 +38,16 @@ OPTIONS = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "mi
 
 class LlamaServerClient:
     def __init__(self, url: str, *, timeout: float = 300.0, connections: int = 4) -> None:
-        self.url = url.rstrip("/")
-        self.timeout = timeout
-        self.pool = urllib3.PoolManager(maxsize=connections, retries=False)
+        self.transport = Transport(EngineUrl.parse(url, "the llama-server URL"), "llama-server",
+                                   timeout=timeout, max_json_bytes=MAX_ANSWER_BYTES, pool_size=connections)
 
     def close(self) -> None:
-        self.pool.clear()
+        self.transport.close()
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Any:
-        try:
-            response = self.pool.request("POST", self.url + path, body=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"}, preload_content=False,
-                                         timeout=urllib3.Timeout(connect=min(self.timeout, 10.0), read=self.timeout))
-            data = response.read(MAX_ANSWER_BYTES + 1)
-            response.release_conn()
-        except urllib3.exceptions.TimeoutError:
-            raise UpstreamTimeout(f"llama-server at {self.url} did not answer within {self.timeout:g} s",
-                                  details={"url": self.url}) from None
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise UpstreamUnreachable(f"cannot reach llama-server at {self.url}: {exc}",
-                                      details={"url": self.url}) from None
-        if len(data) > MAX_ANSWER_BYTES:
-            raise UpstreamError(f"llama-server's answer to {path} is larger than {MAX_ANSWER_BYTES} bytes")
-        try:
-            value = json.loads(data)
-        except ValueError:
-            value = None
-        if response.status != 200:
-            error = value.get("error") if isinstance(value, dict) else None
-            message = error.get("message") if isinstance(error, dict) else data[:500].decode("utf-8", "replace")
-            raise UpstreamRefused(f"llama-server at {self.url} refused {path}: {message}",
-                                  details={"status": response.status, "retriable": response.status == 503})
+        value = self.transport.request_json("POST", path, encode_json(body))
         if not isinstance(value, dict):
-            raise UpstreamError(f"llama-server at {self.url} answered {path} with something that is not a JSON object")
+            raise UpstreamError(f"{self.transport.where} answered {path} with something that is not a JSON object")
         return value
 
     def chat(self, body: Mapping[str, Any]) -> ChatAnswer:
@@ -91,7 +68,7 @@ class LlamaServerClient:
                            completion_tokens=int(usage.get("completion_tokens") or 0)))
             return chat
         except (KeyError, IndexError, TypeError, ValueError):
-            raise UpstreamError(f"llama-server at {self.url} answered a chat without a message") from None
+            raise UpstreamError(f"{self.transport.where} answered a chat without a message") from None
 
     def apply_template(self, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool = True) -> str:
         """The prompt the model's own chat template makes of `messages`."""
@@ -99,7 +76,7 @@ class LlamaServerClient:
                                                 "add_generation_prompt": add_generation_prompt})
         prompt = answer.get("prompt")
         if not isinstance(prompt, str):
-            raise UpstreamError(f"llama-server at {self.url} answered /apply-template without a prompt")
+            raise UpstreamError(f"{self.transport.where} answered /apply-template without a prompt")
         return prompt
 
     def tokenize(self, text: str, *, special: bool, add_special: bool = False) -> list[int]:
@@ -108,7 +85,7 @@ class LlamaServerClient:
         answer = self._post("/tokenize", {"content": text, "add_special": add_special, "parse_special": special})
         tokens = answer.get("tokens")
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise UpstreamError(f"llama-server at {self.url} answered /tokenize without token ids")
+            raise UpstreamError(f"{self.transport.where} answered /tokenize without token ids")
         return tokens
 
     def pieces(self, text: str) -> list[tuple[int, bytes]]:
@@ -119,7 +96,7 @@ class LlamaServerClient:
             return [(int(t["id"]), t["piece"].encode() if isinstance(t["piece"], str) else bytes(t["piece"]))
                     for t in answer["tokens"]]
         except (KeyError, TypeError, ValueError):
-            raise UpstreamError(f"llama-server at {self.url} answered /tokenize without pieces") from None
+            raise UpstreamError(f"{self.transport.where} answered /tokenize without pieces") from None
 
     def score(self, prompt: Sequence[int], text: str) -> list[float]:
         """The natural-log probability of each token of `text` following `prompt` and the tokens before it."""
@@ -136,7 +113,7 @@ class LlamaServerClient:
         })
         probabilities = answer.get("completion_probabilities")
         if answer.get("tokens") != tokens or not isinstance(probabilities, list):
-            raise UpstreamError(f"llama-server at {self.url} did not follow the scoring grammar")
+            raise UpstreamError(f"{self.transport.where} did not follow the scoring grammar")
         reported = iter(probabilities)
         scores = []
         for index, (token, inside) in enumerate(zip(tokens, _inside_character(piece for _, piece in pieces),
@@ -146,10 +123,10 @@ class LlamaServerClient:
                 continue
             entry = next(reported, None)
             if not isinstance(entry, dict) or entry.get("id") != token:
-                raise UpstreamError(f"llama-server at {self.url} did not report a log-probability for every token")
+                raise UpstreamError(f"{self.transport.where} did not report a log-probability for every token")
             scores.append(float(entry.get("logprob", math.nan)))
         if next(reported, None) is not None or any(math.isnan(s) for s in scores):
-            raise UpstreamError(f"llama-server at {self.url} did not report a log-probability for every token")
+            raise UpstreamError(f"{self.transport.where} did not report a log-probability for every token")
         return scores
 
     def _score_from_distribution(self, prompt: Sequence[int], token: int) -> float:
@@ -164,7 +141,7 @@ class LlamaServerClient:
             [entry] = answer["completion_probabilities"]
             return next(float(t["logprob"]) for t in entry["top_logprobs"] if t["id"] == token)
         except (KeyError, TypeError, ValueError, StopIteration):
-            raise UpstreamError(f"llama-server at {self.url} did not report the distribution of a token") from None
+            raise UpstreamError(f"{self.transport.where} did not report the distribution of a token") from None
 
 
 def _only(tokens: Sequence[int]) -> str:
