@@ -23,8 +23,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import urllib3
-
 from role_injector.errors import ConfigError, ToolFailed
 
 TOOLS = ("llama-server", "llama-finetune", "llama-quantize")
@@ -200,6 +198,8 @@ def llama_server(folder: Path, model: Path, log: Path, *, context: int = 4096, t
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    import urllib3  # here: the CLI reads this module's defaults, and `serve` must import ssl only after gevent
+
     http = urllib3.PoolManager(retries=False)
     deadline = time.monotonic() + SERVER_START_SECONDS
     while time.monotonic() < deadline:
