@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from functools import cached_property
 from typing import Any
 
 from role_injector.engines.answer import ChatAnswer, Delta
@@ -129,12 +130,17 @@ class LlamaServerClient:
             raise UpstreamError(f"{self.transport.where} did not report a log-probability for every token")
         return scores
 
+    @cached_property
+    def _one_letter(self) -> str:
+        """A grammar of one token that is a character of its own (an ASCII letter), asked once."""
+        return _only(self.tokenize("a", special=False)[:1])
+
     def _score_from_distribution(self, prompt: Sequence[int], token: int) -> float:
         """The log-probability of `token` after `prompt`, read from the whole distribution there (reported
         with one generated token that is a character of its own: an ASCII letter)."""
         answer = self._post("/completion", {
             "prompt": list(prompt), "n_predict": 1, "n_probs": EVERY_TOKEN, "post_sampling_probs": False,
-            "grammar": _only(self.tokenize("a", special=False)[:1]), "temperature": 0, "cache_prompt": True,
+            "grammar": self._one_letter, "temperature": 0, "cache_prompt": True,
             "response_fields": ["completion_probabilities"],
         })
         try:
